@@ -1,0 +1,38 @@
+# r1kit: `make demo` and `make test` set up a fresh machine (they create .venv if missing).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned to the CPU wheel for CPU-only machines; GPU users: see README ("GPU install").
+TORCH ?= torch==2.13.0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/r1kit demo --out runs/demo
+
+test: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+bench: venv
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python bench/bench_sampler.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

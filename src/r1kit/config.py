@@ -1,0 +1,123 @@
+"""Configs: dataclasses whose fields carry their documentation, filled from TOML and `--section.key=value`.
+
+Unknown keys and values of the wrong type are UserErrors at load time, naming the key and what was expected.
+Pure Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+
+from r1kit.errors import UserError
+
+
+def _coerce(value, annotation, where: str):
+    """Check (and gently convert: int -> float, str -> number from the command line) one value."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except UserError:
+                pass
+        raise UserError(f"{where}: {value!r} is not a valid {annotation}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        (inner, *_) = typing.get_args(annotation) or (object,)
+        return [_coerce(v, inner, where) for v in value]
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a table, got {value!r}")
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise UserError(f"{where}: expected true or false, got {value!r}")
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, str):
+            try:
+                value = annotation(value) if annotation is float else int(value)
+            except ValueError:
+                raise UserError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
+        if annotation is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if annotation is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, annotation):
+            raise UserError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise UserError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build(cls, data: dict, where: str = ""):
+    """Instantiate dataclass `cls` from `data`, recursing into dataclass fields; unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else key
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise UserError(f"unknown config key {name!r}; known keys here: {known}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise UserError(f"{name}: expected a [{name}] table")
+            kwargs[key] = build(hint, value, name)
+        else:
+            kwargs[key] = _coerce(value, hint, name)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise UserError(f"config {where or cls.__name__}: {e}") from None
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: invalid TOML: {e}") from None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings onto a nested dict (values stay strings; `build` converts them)."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"override {item!r} is not of the form section.key=value")
+        *path, last = key.lstrip("-").split(".")
+        node = data
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {item!r}: {part!r} is not a section")
+        node[last] = value
+    return data
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

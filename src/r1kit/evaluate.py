@@ -1,0 +1,119 @@
+"""Evaluation as the R1 paper does it: k samples per problem at temperature 0.6, top-p 0.95.
+
+Reports pass@1 (mean correctness over the k samples, with a 95% confidence interval across problems), cons@k
+(majority vote over extracted answers), pass@k (unbiased estimator), format rate, truncation rate and mean
+completion length. Correctness comes from `task.score`, the same verifier the RL reward calls.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from r1kit.errors import UserError
+from r1kit.metrics import majority, summarize
+from r1kit.modeling import eos_ids
+from r1kit.sampler import SamplingParams, sample
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"  # never the training split for learning results
+    n: int = 500  # problems
+    k: int = 4  # samples per problem
+    temperature: float = 0.6  # the paper's evaluation settings
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    batch_size: int = 128  # completions sampled together
+    seed: int = 0  # problem draw and sampling
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.k < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise UserError("eval: n, k, batch_size and max_new_tokens must be at least 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise UserError("eval: temperature must be >= 0 and top_p in (0, 1]")
+
+
+def evaluate(model, tokenizer, task, cfg: EvalConfig, *, progress: bool = True, ledger=None,
+             keep_samples: int = 8) -> dict:
+    """Evaluate `model` on `cfg.n` problems of `task`'s split; returns the metrics and a few sample completions."""
+    problems = task.problems(cfg.split, cfg.n, seed=cfg.seed)
+    if not problems:
+        raise UserError(f"task {task.name!r} has no {cfg.split} problems to evaluate on")
+    prompt_ids = [tokenizer(task.prompt(p)).input_ids for p in problems]
+    jobs = [(i, j) for i in range(len(problems)) for j in range(cfg.k)]  # (problem, sample) pairs
+    # Sort by prompt length so batches pad little; the order of results is restored by index.
+    jobs.sort(key=lambda ij: len(prompt_ids[ij[0]]))
+    params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    stops = eos_ids(model, tokenizer)
+    results: dict[tuple[int, int], tuple] = {}
+    t0 = time.perf_counter()
+    n_prompt = n_gen = 0
+    phase = ledger.phase("evaluation") if ledger is not None else nullcontext()
+    with phase as ph, tqdm(total=len(jobs), desc=f"eval {task.name}/{cfg.split}", unit="sample",
+                           disable=not progress, leave=False) as bar:
+        for start in range(0, len(jobs), cfg.batch_size):
+            chunk = jobs[start:start + cfg.batch_size]
+            batch = [prompt_ids[i] for i, _ in chunk]
+            out = sample(model, batch, params, eos_ids=stops, pad_id=tokenizer.pad_token_id, generator=gen)
+            for (i, j), toks, fin in zip(chunk, out.tokens, out.finished):
+                text = tokenizer.decode(toks, skip_special_tokens=True)
+                results[(i, j)] = (task.score(problems[i], text), len(toks), fin, text)
+            n_prompt += sum(len(b) for b in batch)
+            n_gen += out.num_tokens
+            bar.update(len(chunk))
+        if ph is not None:
+            ph.add(prompt_tokens=n_prompt, generated_tokens=n_gen, seq_len=max(len(p) for p in prompt_ids)
+                   + cfg.max_new_tokens)
+    seconds = time.perf_counter() - t0
+
+    correct, cons, formatted, lengths, truncated, examples = [], [], 0, [], 0, []
+    for i, problem in enumerate(problems):
+        rows = [results[(i, j)] for j in range(cfg.k)]
+        flags = [r[0].correct for r in rows]
+        correct.append(flags)
+        vote = majority([r[0].answer for r in rows])
+        cons.append(any(r[0].correct for r in rows if vote is not None and r[0].answer == vote))
+        formatted += sum(r[0].formatted for r in rows)
+        lengths += [r[1] for r in rows]
+        truncated += sum(not r[2] for r in rows)
+        if len(examples) < keep_samples:
+            examples.append({"question": problem.question, "answer": problem.answer, "completion": rows[0][3],
+                             "correct": rows[0][0].correct})
+    total = len(problems) * cfg.k
+    metrics = summarize(correct, cons, cfg.k)
+    metrics.update({
+        "format_rate": formatted / total,
+        "truncation_rate": truncated / total,
+        "mean_completion_tokens": sum(lengths) / total,
+        "problems": len(problems),
+        "samples": total,
+        "seconds": seconds,
+        "generated_tokens": n_gen,
+        "tokens_per_s": n_gen / max(seconds, 1e-9),
+    })
+    return {"task": task.name, "settings": asdict(cfg), "metrics": metrics, "examples": examples}
+
+
+def format_eval_table(result: dict, title: str | None = None) -> str:
+    """The evaluation result as a small fixed-width table."""
+    m, s = result["metrics"], result["settings"]
+    k = s["k"]
+    lines = [
+        title or f"evaluation: {result['task']} / {s['split']}",
+        f"  problems {m['problems']}, k={k} samples each, T={s['temperature']}, top-p={s['top_p']}, "
+        f"max {s['max_new_tokens']} new tokens",
+        f"  {'pass@1':<22}{100 * m['pass@1']:6.1f}%  ± {100 * m['pass@1_ci95']:.1f} (95% CI)",
+        f"  {f'cons@{k}':<22}{100 * m[f'cons@{k}']:6.1f}%",
+        f"  {f'pass@{k}':<22}{100 * m[f'pass@{k}']:6.1f}%",
+        f"  {'format rate':<22}{100 * m['format_rate']:6.1f}%",
+        f"  {'truncated':<22}{100 * m['truncation_rate']:6.1f}%",
+        f"  {'mean length (tokens)':<22}{m['mean_completion_tokens']:6.1f}",
+        f"  {'sampling':<22}{m['tokens_per_s']:6.0f} tokens/s ({m['seconds']:.1f} s)",
+    ]
+    return "\n".join(lines)

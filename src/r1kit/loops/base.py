@@ -1,0 +1,152 @@
+"""Build a tiny base model: a BPE tokenizer and a Llama pre-trained from scratch on worked solutions.
+
+The corpus is the task's own worked solutions to train-split problems in the R1-Zero template (see
+`ArithmeticTask.solution` for how it mixes careful, sloppy and guessed working), so the result is a *base model*:
+it knows the format and the moves, but is unreliable, leaving RL room to improve it. Plain next-token loss on
+whole documents, AdamW, linear warmup then cosine decay to a tenth. Same seed, same weights (on one thread count).
+
+    r1kit base --task arithmetic --size tiny --out runs/base-tiny
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from r1kit.config import to_dict
+from r1kit.errors import UserError
+from r1kit.evaluate import EvalConfig, evaluate, format_eval_table
+from r1kit.modeling import SIZES, count_params, new_model, save_model, train_tokenizer
+from r1kit.runlog import MetricsLog, write_json
+from r1kit.tasks import get_task, task_options
+
+
+@dataclass
+class BaseConfig:
+    task: str = "arithmetic"  # task spec, e.g. "arithmetic:digits=3"
+    size: str = "tiny"  # a key of modeling.SIZES
+    out: str = "runs/base-tiny"  # the model directory (also holds metrics, ledger and eval)
+    seed: int = 0
+    corpus: int = 40_000  # worked solutions in the corpus, from train-split problems
+    steps: int = 1200  # optimiser steps
+    batch_size: int = 32  # documents per step
+    lr: float = 3e-3  # peak learning rate
+    warmup: int = 60  # linear warmup steps
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    log_every: int = 20
+    eval_every: int = 0  # steps between quick held-out checks (100 problems, k=2); 0: only the final eval
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise UserError(f"unknown model size {self.size!r}: use one of {', '.join(SIZES)}")
+        if min(self.corpus, self.steps, self.batch_size) < 1 or self.lr <= 0:
+            raise UserError("base: corpus, steps and batch_size must be at least 1 and lr positive")
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
+    """Linear warmup to `peak`, then cosine decay to `peak * min_ratio` at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def build_corpus(task, n: int, seed: int) -> list[str]:
+    """`n` documents: prompt + worked solution, for train-split problems (repeats allowed, solutions vary)."""
+    distinct = task.problems("train", min(n, 20_000), seed=seed)
+    rng = random.Random(seed)
+    return [task.prompt(p) + " " + task.solution(p, rng) for p in (rng.choice(distinct) for _ in range(n))]
+
+
+def _batch(docs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(d) for d in docs)
+    ids = torch.full((len(docs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(docs), width), dtype=torch.long)
+    for i, d in enumerate(docs):
+        ids[i, : len(d)] = torch.tensor(d)
+        mask[i, : len(d)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return ids, mask, labels
+
+
+def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> dict:
+    """Build, pre-train, save and evaluate a base model; returns a summary (params, seconds, eval)."""
+    out = Path(cfg.out)
+    task = get_task(cfg.task)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "run.json", {"stage": "base", "config": to_dict(cfg), "task_options": task_options(task)})
+    ledger = ledger_factory(out, "base") if ledger_factory else None
+    log = MetricsLog(out)
+    t_start = time.perf_counter()
+
+    texts = build_corpus(task, cfg.corpus, cfg.seed)
+    tokenizer = train_tokenizer(texts, vocab_size=SIZES[cfg.size]["vocab_size"])
+    eos = tokenizer.eos_token_id
+    docs = [ids + [eos] for ids in tokenizer(texts).input_ids]
+    model = new_model(cfg.size, tokenizer, seed=cfg.seed)
+    n_params = count_params(model)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    bar = tqdm(range(cfg.steps), desc=f"pre-train {cfg.size} on {task.name}", disable=not progress)
+    tokens_trained, loss_ema = 0, None
+    for step in bar:
+        lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(len(docs), (cfg.batch_size,), generator=gen).tolist()
+        ids, mask, labels = _batch([docs[i] for i in idx], tokenizer.pad_token_id)
+        with ledger.phase("training") if ledger else nullcontext() as phase:
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"base: loss became {loss.item()} at step {step}; lower the lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            n_tok = int(mask.sum())
+            tokens_trained += n_tok
+            if phase is not None:
+                phase.add(trained_tokens=n_tok, seq_len=ids.shape[1])
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            log.log(step, {"loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm),
+                           "tokens_trained": tokens_trained})
+            bar.set_postfix(loss=f"{loss_ema:.3f}")
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            quick = EvalConfig(split=cfg.eval.split, n=100, k=2, max_new_tokens=cfg.eval.max_new_tokens)
+            m = evaluate(model, tokenizer, task, quick, progress=False)["metrics"]
+            model.train()
+            log.log(step, {"eval/pass@1": m["pass@1"], "eval/format_rate": m["format_rate"]})
+            bar.write(f"step {step + 1}: held-out pass@1 {m['pass@1']:.3f} (100 problems x 2)")
+    train_seconds = time.perf_counter() - t_start
+    model.eval()
+    with ledger.phase("checkpointing") if ledger else nullcontext():
+        save_model(model, tokenizer, out)
+    result = evaluate(model, tokenizer, task, cfg.eval, progress=progress, ledger=ledger)
+    summary = {"model": str(out), "params": n_params, "train_seconds": train_seconds,
+               "tokens_trained": tokens_trained, "final_loss": loss_ema, "eval": result}
+    write_json(out / "eval.json", result)
+    write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})
+    log.close()
+    return summary
+
+
+def describe(summary: dict) -> str:
+    head = (f"base model {summary['model']}: {summary['params'] / 1e6:.2f}M parameters, "
+            f"pre-trained on {summary['tokens_trained'] / 1e6:.2f}M tokens in {summary['train_seconds']:.0f} s "
+            f"(final loss {summary['final_loss']:.3f})")
+    return head + "\n" + format_eval_table(summary["eval"])

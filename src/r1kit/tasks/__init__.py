@@ -1,0 +1,79 @@
+"""Tasks by name. A task spec is `NAME` or `NAME:key=value,key=value` (for jsonl: `jsonl:PATH[,key=value]`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+from r1kit.errors import UserError
+from r1kit.tasks.base import Problem, Score, Task
+
+
+def _arithmetic(**kw):
+    from r1kit.tasks.arithmetic import ArithmeticTask
+
+    return ArithmeticTask(**kw)
+
+
+def _countdown(**kw):
+    from r1kit.tasks.countdown import CountdownTask
+
+    return CountdownTask(**kw)
+
+
+def _jsonl(**kw):
+    from r1kit.tasks.jsonl import JsonlTask
+
+    return JsonlTask(**kw)
+
+
+TASKS = {"arithmetic": _arithmetic, "countdown": _countdown, "jsonl": _jsonl}
+
+
+def _coerce(value: str):
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def parse_task_spec(spec: str) -> tuple[str, dict]:
+    """`arithmetic:digits=2,ops=+` -> ("arithmetic", {"digits": 2, "ops": "+"}); `jsonl:data.jsonl` -> path."""
+    name, _, rest = spec.partition(":")
+    kwargs: dict = {}
+    for i, item in enumerate(p for p in rest.split(",") if p):
+        key, eq, value = item.partition("=")
+        if not eq:
+            if i == 0 and name == "jsonl":
+                kwargs["path"] = item
+                continue
+            raise UserError(f"task spec {spec!r}: {item!r} is not key=value (e.g. arithmetic:digits=2)")
+        kwargs[key.strip()] = _coerce(value.strip())
+    return name, kwargs
+
+
+def get_task(spec: str | Task, **overrides) -> Task:
+    """Build a task from its spec; unknown names or knobs are UserErrors that list what exists."""
+    if not isinstance(spec, str):
+        return spec
+    name, kwargs = parse_task_spec(spec)
+    kwargs.update(overrides)
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r}: use one of {', '.join(sorted(TASKS))} (or jsonl:PATH)")
+    try:
+        return TASKS[name](**kwargs)
+    except TypeError as e:
+        raise UserError(f"task {name!r}: {e}; check the task's options") from None
+
+
+def task_options(task: Task) -> dict:
+    """The task's knobs, for recording in a run's resolved config."""
+    if dataclasses.is_dataclass(task):
+        return dataclasses.asdict(task)
+    sig = inspect.signature(type(task).__init__)
+    return {k: getattr(task, k) for k in sig.parameters if k != "self" and hasattr(task, k)}
+
+
+__all__ = ["Problem", "Score", "Task", "TASKS", "get_task", "parse_task_spec", "task_options"]

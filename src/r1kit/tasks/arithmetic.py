@@ -1,0 +1,179 @@
+"""Multi-digit addition and multiplication, with worked column-by-column solutions.
+
+Problems: `a+b[+c]` (operands up to `digits` digits, `operands` terms) and `a*b` (a up to `digits` digits, b up to
+`mul_digits` digits). The reference answer is the exact integer; the verifier accepts it with thousands separators
+or spaces and a leading `+`.
+
+`solution()` writes the pre-training corpus of the tiny base models. To give RL something real to improve (as the
+R1-Zero base had), the corpus mixes three ways of answering, chosen at the first word of the reasoning:
+
+- `careful` (share `p_careful`): every column written out, with carries; always right.
+- `sloppy`: the same columns, but each carry is dropped with probability 1/2; wrong whenever a dropped carry mattered.
+- `guess`: no working, just a claimed answer, right only half the time.
+
+and a share `p_bad_format` of completions that break the format (no `<answer>` tags, or text after them). A model
+trained on it is competent but unreliable; RL with the rule reward can learn to prefer careful, formatted working.
+This is our departure from the paper, whose base model learnt from web text: here the base is built in minutes.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from r1kit.errors import UserError
+from r1kit.tasks.base import Problem, Score, extract_answer, is_formatted, render_prompt, sample_problems
+
+_INT_RE = re.compile(r"^[+]?\s*(-?\d[\d, ]*)$")
+
+
+def parse_int(text: str | None) -> int | None:
+    """An integer from an answer string: `1,234`, `1 234`, `+42`, `-7`; None when it is not one."""
+    if text is None:
+        return None
+    m = _INT_RE.match(text.strip())
+    if not m:
+        return None
+    digits = m.group(1).replace(",", "").replace(" ", "")
+    try:
+        return int(digits)
+    except ValueError:
+        return None
+
+
+def _digits(n: int) -> list[int]:
+    """Digits of n, least significant first."""
+    return [int(c) for c in reversed(str(n))]
+
+
+def add_steps(terms: list[int], drop_carry: float, rng: random.Random) -> tuple[list[str], int]:
+    """Column addition of `terms`; each non-zero carry is dropped with probability `drop_carry`.
+
+    Returns the written steps (one per column, e.g. `4+8+1=13, 3 c1`) and the result those steps reach.
+    """
+    cols = [_digits(t) for t in terms]
+    width = max(len(c) for c in cols)
+    steps, out, carry = [], [], 0
+    for i in range(width):
+        ds = [c[i] for c in cols if i < len(c)]
+        parts = [str(d) for d in ds] + ([str(carry)] if carry else [])
+        s = sum(ds) + carry
+        out.append(s % 10)
+        carry = s // 10
+        if carry and rng.random() < drop_carry:
+            carry = 0
+        steps.append(f"{'+'.join(parts)}={s}, {s % 10} c{carry}")
+    if carry:
+        out.append(carry)
+    value = int("".join(str(d) for d in reversed(out)))
+    return steps, value
+
+
+def mul1_steps(a: int, b: int, drop_carry: float, rng: random.Random) -> tuple[list[str], int]:
+    """`a` times the single digit `b`, column by column (e.g. `7*8+5=61, 1 c6`)."""
+    steps, out, carry = [], [], 0
+    for d in _digits(a):
+        s = d * b + carry
+        parts = f"{d}*{b}" + (f"+{carry}" if carry else "")
+        out.append(s % 10)
+        carry = s // 10
+        if carry and rng.random() < drop_carry:
+            carry = 0
+        steps.append(f"{parts}={s}, {s % 10} c{carry}")
+    if carry:
+        out.append(carry)
+    return steps, int("".join(str(d) for d in reversed(out)))
+
+
+@dataclass
+class ArithmeticTask:
+    """Addition and multiplication; knobs set the difficulty and the base-model corpus mixture."""
+
+    digits: int = 3  # most digits of each addend / of the multiplicand
+    operands: int = 2  # terms in an addition
+    mul_digits: int = 1  # most digits of the multiplier
+    ops: str = "+*"  # which operations appear
+    template: str = "r1-zero-compact"
+    test_percent: int = 10
+    p_careful: float = 0.3  # corpus share of careful working
+    p_sloppy: float = 0.35  # corpus share of working that may drop carries (the rest guesses)
+    p_bad_format: float = 0.2  # corpus share of completions that break the format
+    name: str = "arithmetic"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.digits <= 12 or not 1 <= self.mul_digits <= 6 or not 2 <= self.operands <= 5:
+            raise UserError("arithmetic: digits must be 1..12, mul_digits 1..6, operands 2..5")
+        if not self.ops or set(self.ops) - {"+", "*"}:
+            raise UserError(f"arithmetic: ops={self.ops!r}; use '+', '*' or '+*'")
+        if self.p_careful + self.p_sloppy > 1 or min(self.p_careful, self.p_sloppy, self.p_bad_format) < 0:
+            raise UserError("arithmetic: p_careful + p_sloppy must be at most 1, and shares non-negative")
+
+    # -- problems -------------------------------------------------------------------------------------
+    def _make(self, rng: random.Random) -> Problem:
+        op = rng.choice(self.ops)
+        if op == "+":
+            terms = [rng.randint(1, 10**rng.randint(1, self.digits) - 1) for _ in range(self.operands)]
+            answer = sum(terms)
+        else:
+            terms = [rng.randint(2, 10**rng.randint(1, self.digits) - 1),
+                     rng.randint(2, 10**rng.randint(1, self.mul_digits) - 1)]
+            answer = terms[0] * terms[1]
+        question = op.join(str(t) for t in terms)
+        return Problem(id=f"arithmetic/{question}", question=question, answer=str(answer),
+                       meta={"op": op, "terms": terms})
+
+    def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
+        return sample_problems(self._make, split, n, seed, self.test_percent)
+
+    def prompt(self, problem: Problem) -> str:
+        return render_prompt(self.template, problem.question)
+
+    # -- verifier -------------------------------------------------------------------------------------
+    def score(self, problem: Problem, completion: str) -> Score:
+        answer = extract_answer(completion)
+        value = parse_int(answer)
+        return Score(correct=value is not None and value == int(problem.answer),
+                     formatted=is_formatted(completion),
+                     answer=None if value is None else str(value))
+
+    # -- worked solutions for the base corpus ---------------------------------------------------------
+    def working(self, problem: Problem, drop_carry: float, rng: random.Random) -> tuple[list[str], int]:
+        """Written steps solving the problem, and the value they reach (wrong if a carry was dropped)."""
+        op, terms = problem.meta.get("op"), problem.meta.get("terms")
+        if op is None:  # a Problem rebuilt from its id
+            op = "*" if "*" in problem.question else "+"
+            terms = [int(t) for t in problem.question.split(op)]
+        if op == "+":
+            return add_steps(terms, drop_carry, rng)
+        a, b = terms
+        if b < 10:
+            return mul1_steps(a, b, drop_carry, rng)
+        steps, partials = [], []
+        for shift, d in enumerate(_digits(b)):
+            s, v = mul1_steps(a, d, drop_carry, rng)
+            shifted = f", shift {v}{'0' * shift}" if shift else ""
+            steps += s + [f"{a}*{d}={v}{shifted}"]
+            partials.append(v * 10**shift)
+        s, v = add_steps(partials, drop_carry, rng)
+        return steps + s, v
+
+    def solution(self, problem: Problem, rng: random.Random) -> str:
+        u = rng.random()
+        if u < self.p_careful:
+            steps, value = self.working(problem, 0.0, rng)
+            think = "careful: " + ". ".join(steps) + f". so {value}"
+        elif u < self.p_careful + self.p_sloppy:
+            steps, value = self.working(problem, 0.5, rng)
+            think = "quick: " + ". ".join(steps) + f". so {value}"
+        else:
+            value = int(problem.answer)
+            if rng.random() < 0.5:  # a guess that is off in one digit
+                value += rng.choice([-1, 1]) * 10 ** rng.randrange(len(str(value)))
+                value = abs(value)
+            think = f"guess: about {value}"
+        if rng.random() < self.p_bad_format:
+            if rng.random() < 0.5:
+                return f"<think> {think} </think> answer: {value}"
+            return f"<think> {think} </think> <answer>{value}</answer> done"
+        return f"<think> {think} </think> <answer>{value}</answer>"
