@@ -9,12 +9,15 @@ def rows_by_name(price=2.0):
     return {(r["group"], r["stage"]): r for r in paper_table(price)}
 
 
-@pytest.mark.parametrize("stage,gpu_hours_k,usd_k", [
-    ("DeepSeek-R1-Zero", 101, 202),
-    ("SFT data creation", 5, 10),
-    ("DeepSeek-R1", 41, 82),
-    ("total", 147, 294),
-])
+@pytest.mark.parametrize(
+    "stage,gpu_hours_k,usd_k",
+    [
+        ("DeepSeek-R1-Zero", 101, 202),
+        ("SFT data creation", 5, 10),
+        ("DeepSeek-R1", 41, 82),
+        ("total", 147, 294),
+    ],
+)
 def test_r1_rows_match_the_published_rounding(stage, gpu_hours_k, usd_k):
     row = rows_by_name()[("DeepSeek-R1", stage)]
     assert row["gpu_hours_k"] == gpu_hours_k and row["usd_k"] == usd_k
@@ -48,9 +51,13 @@ def test_totals_are_computed_not_typed():
 def test_format_prints_the_papers_table():
     text = format_paper_table()
     lines = {line.split("|")[0].strip(): line for line in text.splitlines() if "|" in line}
-    for stage, gpu_h, usd in [("DeepSeek-R1-Zero", "101K", "$202K"), ("SFT data creation", "5K", "$10K"),
-                              ("DeepSeek-R1", "41K", "$82K"), ("total", "147K", "$294K"),
-                              ("DeepSeek-V3 total", "2,788K", "$5.576M")]:
+    for stage, gpu_h, usd in [
+        ("DeepSeek-R1-Zero", "101K", "$202K"),
+        ("SFT data creation", "5K", "$10K"),
+        ("DeepSeek-R1", "41K", "$82K"),
+        ("total", "147K", "$294K"),
+        ("DeepSeek-V3 total", "2,788K", "$5.576M"),
+    ]:
         cells = [c.strip() for c in lines[stage].split("|")]
         assert cells[2:] == [gpu_h, usd]
     assert "512 x 198 h" in lines["DeepSeek-R1-Zero"] and "$2.00 per GPU-hour" in text

@@ -16,10 +16,17 @@ def test_cpu_detected():
     assert detect_device() == ("cpu", torch.get_num_threads())
 
 
-@pytest.mark.parametrize("name,kind", [
-    ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H800", "H800"), ("NVIDIA H200", "H200"),
-    ("NVIDIA A100-SXM4-80GB", "A100"), ("NVIDIA B200", "B200"), ("Tesla T4", "Tesla T4"),
-])
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        ("NVIDIA H100 80GB HBM3", "H100"),
+        ("NVIDIA H800", "H800"),
+        ("NVIDIA H200", "H200"),
+        ("NVIDIA A100-SXM4-80GB", "A100"),
+        ("NVIDIA B200", "B200"),
+        ("Tesla T4", "Tesla T4"),
+    ],
+)
 def test_gpu_kind(name, kind):
     assert gpu_kind(name) == kind
 
@@ -42,9 +49,11 @@ def test_cpu_probe_is_plausible_and_cached(tmp_path, monkeypatch):
 def fake_pynvml(millijoules):
     handles = list(range(len(millijoules)))
     return types.SimpleNamespace(
-        nvmlInit=lambda: None, nvmlDeviceGetCount=lambda: len(handles),
+        nvmlInit=lambda: None,
+        nvmlDeviceGetCount=lambda: len(handles),
         nvmlDeviceGetHandleByIndex=lambda i: handles[i],
-        nvmlDeviceGetTotalEnergyConsumption=lambda h: millijoules[h])
+        nvmlDeviceGetTotalEnergyConsumption=lambda h: millijoules[h],
+    )
 
 
 def test_nvml_energy(monkeypatch):

@@ -25,13 +25,25 @@ from r1kit.ledger import (
 H800_PEAK = 989.4e12
 # d=64, 2 layers, ff=128, 4 heads of 16, 2 kv heads, vocab 100. Per layer: q 64x64 + k,v 2x64x32 + o 64x64
 # = 12,288; MLP 3x64x128 = 24,576; so 2 x 36,864 + LM head 100x64 = 80,128 matmul weights.
-TINY = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": 100, "tie_word_embeddings": False}
+TINY = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 100,
+    "tie_word_embeddings": False,
+}
 
 
 def h800_ledger(path, stage="rl", **kw):
-    args = {"device_kind": "H800", "device_count": 8, "peak_flops": H800_PEAK, "price_per_hour": 2.0,
-            "power_w": 700.0}
+    args = {
+        "device_kind": "H800",
+        "device_count": 8,
+        "peak_flops": H800_PEAK,
+        "price_per_hour": 2.0,
+        "power_w": 700.0,
+    }
     return Ledger(path, stage, **{**args, **kw})
 
 
@@ -155,18 +167,23 @@ def test_flops_per_token_by_hand():
         param_count({"n_embd": 64})
 
 
-@pytest.mark.parametrize("arch,extra", [
-    ("llama", {}),
-    ("llama", {"tie_word_embeddings": True, "head_dim": 32}),
-    ("llama", {"attention_bias": True, "mlp_bias": True, "num_key_value_heads": 4}),
-    ("qwen2", {}),
-    ("qwen2", {"tie_word_embeddings": True}),
-])
+@pytest.mark.parametrize(
+    "arch,extra",
+    [
+        ("llama", {}),
+        ("llama", {"tie_word_embeddings": True, "head_dim": 32}),
+        ("llama", {"attention_bias": True, "mlp_bias": True, "num_key_value_heads": 4}),
+        ("qwen2", {}),
+        ("qwen2", {"tie_word_embeddings": True}),
+    ],
+)
 def test_param_count_matches_transformers(arch, extra):
     import transformers
 
-    config_cls, model_cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
-                             "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}[arch]
+    config_cls, model_cls = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM"),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    }[arch]
     kwargs = {k: v for k, v in TINY.items()} | extra
     config = getattr(transformers, config_cls)(**kwargs)
     model = getattr(transformers, model_cls)(config)
@@ -174,8 +191,18 @@ def test_param_count_matches_transformers(arch, extra):
 
 
 def test_estimate_run_arithmetic():
-    est = estimate_run(TINY, steps=10, prompts_per_step=4, group_size=2, prompt_len=6, completion_len=4,
-                       device_kind="H800", device_count=2, mfu=0.5, ref_forward=True)
+    est = estimate_run(
+        TINY,
+        steps=10,
+        prompts_per_step=4,
+        group_size=2,
+        prompt_len=6,
+        completion_len=4,
+        device_kind="H800",
+        device_count=2,
+        mfu=0.5,
+        ref_forward=True,
+    )
     tokens = 10 * 4 * 2 * 10
     assert est["tokens"] == tokens
     assert est["rollout_flops"] == tokens * 162_816 == est["reference_flops"]

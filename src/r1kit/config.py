@@ -7,10 +7,11 @@ Pure Python.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from pathlib import Path
+
+import tomllib
 
 from r1kit.errors import UserError
 

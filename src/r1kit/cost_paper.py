@@ -53,10 +53,16 @@ def _row(group: str, name: str, stages: tuple[PaperStage, ...], price: float, to
     gpu_hours_k = _thousands(gpu_hours)
     one = stages[0]
     return {
-        "group": group, "stage": name, "device": one.device, "total": total,
-        "count": None if total else one.count, "hours": None if total else one.hours,
-        "gpu_hours": gpu_hours, "usd": gpu_hours * price,  # exact
-        "gpu_hours_k": gpu_hours_k, "usd_k": gpu_hours_k * price,  # as published: rounded GPU-hours x price
+        "group": group,
+        "stage": name,
+        "device": one.device,
+        "total": total,
+        "count": None if total else one.count,
+        "hours": None if total else one.hours,
+        "gpu_hours": gpu_hours,
+        "usd": gpu_hours * price,  # exact
+        "gpu_hours_k": gpu_hours_k,
+        "usd_k": gpu_hours_k * price,  # as published: rounded GPU-hours x price
         "price_per_hour": price,
     }
 
@@ -90,11 +96,17 @@ def format_paper_table(price_per_hour: float = PAPER_PRICE_PER_HOUR) -> str:
     def line(c: list[str]) -> str:
         return " | ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(c, widths)))
 
-    out = [f"DeepSeek-R1 training cost, H800 at ${price_per_hour:.2f} per GPU-hour (Nature supplement)",
-           line(header), "-+-".join("-" * w for w in widths)]
+    out = [
+        f"DeepSeek-R1 training cost, H800 at ${price_per_hour:.2f} per GPU-hour (Nature supplement)",
+        line(header),
+        "-+-".join("-" * w for w in widths),
+    ]
     out += ["" if b is None else line(b) for b in body]
     r1_total = next(r for r in rows if r["group"] == "DeepSeek-R1" and r["total"])
-    out += ["", f"exact R1 total: {r1_total['gpu_hours']:,.0f} GPU-h = ${r1_total['usd']:,.0f} "
-            "(the paper prices the GPU-hours rounded to thousands).",
-            "Rental prices of those runs only: no ablations, failed runs, staff or hardware purchase."]
+    out += [
+        "",
+        f"exact R1 total: {r1_total['gpu_hours']:,.0f} GPU-h = ${r1_total['usd']:,.0f} "
+        "(the paper prices the GPU-hours rounded to thousands).",
+        "Rental prices of those runs only: no ablations, failed runs, staff or hardware purchase.",
+    ]
     return "\n".join(out)

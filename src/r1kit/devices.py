@@ -65,7 +65,9 @@ def measure_matmul_flops(dtype: str = "fp32", size: int = 2048, seconds: float =
 
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     gen = torch.Generator().manual_seed(0)
-    torch.matmul(torch.ones(64, 64, dtype=torch_dtype), torch.ones(64, 64, dtype=torch_dtype))  # start threads
+    torch.matmul(
+        torch.ones(64, 64, dtype=torch_dtype), torch.ones(64, 64, dtype=torch_dtype)
+    )  # start threads
     n = min(128, size)
     while True:
         a = torch.randn(n, n, generator=gen).to(torch_dtype)  # (n, n)
@@ -86,8 +88,13 @@ def measure_matmul_flops(dtype: str = "fp32", size: int = 2048, seconds: float =
             return best
 
 
-def cpu_peak_flops(cache_dir: str | Path | None = None, dtype: str = "fp32", size: int = 2048,
-                   seconds: float = 1.0, refresh: bool = False) -> float:
+def cpu_peak_flops(
+    cache_dir: str | Path | None = None,
+    dtype: str = "fp32",
+    size: int = 2048,
+    seconds: float = 1.0,
+    refresh: bool = False,
+) -> float:
     """Peak FLOP/s of this CPU on all torch threads, measured once and cached per (model, threads, dtype)."""
     import torch
 
@@ -147,8 +154,14 @@ class NvmlEnergy:
             return None
 
 
-def ledger_for(run_dir: str | Path, stage: str, price_override: float | None = None, dtype: str | None = None,
-               cache_dir: str | Path | None = None) -> Ledger:
+def ledger_for(
+    run_dir: str | Path,
+    stage: str,
+    price_override: float | None = None,
+    dtype: str | None = None,
+    cache_dir: str | Path | None = None,
+    model_config: dict | None = None,
+) -> Ledger:
     """A Ledger writing `run_dir/ledger.jsonl` for this machine: kind, count, peak, price, power, NVML energy.
 
     dtype is the compute dtype MFU is measured against: default bf16 on GPUs, fp32 on the CPU.
@@ -163,6 +176,14 @@ def ledger_for(run_dir: str | Path, stage: str, price_override: float | None = N
         peak = peak_flops(kind, dtype)
         nvml = NvmlEnergy(indices=None)
         meter = nvml.read_j if nvml.available else None
-    return Ledger(Path(run_dir) / LEDGER_FILE, stage, kind, count, peak_flops=peak,
-                  price_per_hour=resolve_price(kind, price_override), power_w=device_power_w(kind),
-                  energy_meter=meter)
+    return Ledger(
+        Path(run_dir) / LEDGER_FILE,
+        stage,
+        kind,
+        count,
+        peak_flops=peak,
+        price_per_hour=resolve_price(kind, price_override),
+        power_w=device_power_w(kind),
+        energy_meter=meter,
+        model_config=model_config,
+    )

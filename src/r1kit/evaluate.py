@@ -9,37 +9,20 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from tqdm.auto import tqdm
 
 from r1kit.errors import UserError
-from r1kit.metrics import majority, summarize
+from r1kit.metrics import EvalConfig, majority, summarize
 from r1kit.modeling import eos_ids
 from r1kit.sampler import SamplingParams, sample
 
 
-@dataclass
-class EvalConfig:
-    split: str = "test"  # never the training split for learning results
-    n: int = 500  # problems
-    k: int = 4  # samples per problem
-    temperature: float = 0.6  # the paper's evaluation settings
-    top_p: float = 0.95
-    max_new_tokens: int = 128
-    batch_size: int = 128  # completions sampled together
-    seed: int = 0  # problem draw and sampling
-
-    def __post_init__(self) -> None:
-        if self.n < 1 or self.k < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
-            raise UserError("eval: n, k, batch_size and max_new_tokens must be at least 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise UserError("eval: temperature must be >= 0 and top_p in (0, 1]")
-
-
-def evaluate(model, tokenizer, task, cfg: EvalConfig, *, progress: bool = True, ledger=None,
-             keep_samples: int = 8) -> dict:
+def evaluate(
+    model, tokenizer, task, cfg: EvalConfig, *, progress: bool = True, ledger=None, keep_samples: int = 8
+) -> dict:
     """Evaluate `model` on `cfg.n` problems of `task`'s split; returns the metrics and a few sample completions."""
     problems = task.problems(cfg.split, cfg.n, seed=cfg.seed)
     if not problems:
@@ -55,10 +38,18 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, *, progress: bool = True, 
     t0 = time.perf_counter()
     n_prompt = n_gen = 0
     phase = ledger.phase("evaluation") if ledger is not None else nullcontext()
-    with phase as ph, tqdm(total=len(jobs), desc=f"eval {task.name}/{cfg.split}", unit="sample",
-                           disable=not progress, leave=False) as bar:
+    with (
+        phase as ph,
+        tqdm(
+            total=len(jobs),
+            desc=f"eval {task.name}/{cfg.split}",
+            unit="sample",
+            disable=not progress,
+            leave=False,
+        ) as bar,
+    ):
         for start in range(0, len(jobs), cfg.batch_size):
-            chunk = jobs[start:start + cfg.batch_size]
+            chunk = jobs[start : start + cfg.batch_size]
             batch = [prompt_ids[i] for i, _ in chunk]
             out = sample(model, batch, params, eos_ids=stops, pad_id=tokenizer.pad_token_id, generator=gen)
             for (i, j), toks, fin in zip(chunk, out.tokens, out.finished):
@@ -68,8 +59,11 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, *, progress: bool = True, 
             n_gen += out.num_tokens
             bar.update(len(chunk))
         if ph is not None:
-            ph.add(prompt_tokens=n_prompt, generated_tokens=n_gen, seq_len=max(len(p) for p in prompt_ids)
-                   + cfg.max_new_tokens)
+            ph.add(
+                prompt_tokens=n_prompt,
+                generated_tokens=n_gen,
+                seq_len=max(len(p) for p in prompt_ids) + cfg.max_new_tokens,
+            )
     seconds = time.perf_counter() - t0
 
     correct, cons, formatted, lengths, truncated, examples = [], [], 0, [], 0, []
@@ -83,20 +77,28 @@ def evaluate(model, tokenizer, task, cfg: EvalConfig, *, progress: bool = True, 
         lengths += [r[1] for r in rows]
         truncated += sum(not r[2] for r in rows)
         if len(examples) < keep_samples:
-            examples.append({"question": problem.question, "answer": problem.answer, "completion": rows[0][3],
-                             "correct": rows[0][0].correct})
+            examples.append(
+                {
+                    "question": problem.question,
+                    "answer": problem.answer,
+                    "completion": rows[0][3],
+                    "correct": rows[0][0].correct,
+                }
+            )
     total = len(problems) * cfg.k
     metrics = summarize(correct, cons, cfg.k)
-    metrics.update({
-        "format_rate": formatted / total,
-        "truncation_rate": truncated / total,
-        "mean_completion_tokens": sum(lengths) / total,
-        "problems": len(problems),
-        "samples": total,
-        "seconds": seconds,
-        "generated_tokens": n_gen,
-        "tokens_per_s": n_gen / max(seconds, 1e-9),
-    })
+    metrics.update(
+        {
+            "format_rate": formatted / total,
+            "truncation_rate": truncated / total,
+            "mean_completion_tokens": sum(lengths) / total,
+            "problems": len(problems),
+            "samples": total,
+            "seconds": seconds,
+            "generated_tokens": n_gen,
+            "tokens_per_s": n_gen / max(seconds, 1e-9),
+        }
+    )
     return {"task": task.name, "settings": asdict(cfg), "metrics": metrics, "examples": examples}
 
 
@@ -117,3 +119,6 @@ def format_eval_table(result: dict, title: str | None = None) -> str:
         f"  {'sampling':<22}{m['tokens_per_s']:6.0f} tokens/s ({m['seconds']:.1f} s)",
     ]
     return "\n".join(lines)
+
+
+__all__ = ["EvalConfig", "evaluate", "format_eval_table"]

@@ -47,7 +47,13 @@ DEVICE_PEAKS: dict[str, dict[str, float]] = {
 }
 
 # Board power (max TDP, W) per device, for energy when NVML is not available.
-DEVICE_POWER_W: dict[str, float] = {"A100": 400.0, "H100": 700.0, "H800": 700.0, "H200": 700.0, "B200": 1000.0}
+DEVICE_POWER_W: dict[str, float] = {
+    "A100": 400.0,
+    "H100": 700.0,
+    "H800": 700.0,
+    "H200": 700.0,
+    "B200": 1000.0,
+}
 # A server CPU's TDP over its cores: EPYC 9654 360 W / 96 = 3.8 W, Xeon 8480+ 350 W / 56 = 6.3 W. An estimate.
 CPU_WATTS_PER_THREAD = 5.0
 
@@ -62,11 +68,34 @@ PRICES_PER_HOUR: dict[str, float] = {
 }
 PRICE_ENV = "R1KIT_PRICE_PER_HOUR"
 
-COUNTERS = ("prompt_tokens", "generated_tokens", "trained_tokens", "flops", "energy_j")
-_COMPUTED = ("schema", "stage", "phase", "start", "end", "wall_s", "device_kind", "device_count", "peak_flops",
-             "device_hours", "flops_per_s", "mfu", "power_w", "price_per_hour", "usd")
-_SUMMED = ("wall_s", "device_hours", "prompt_tokens", "generated_tokens", "trained_tokens", "flops",
-           "energy_j", "usd")
+COUNTERS = ("prompt_tokens", "generated_tokens", "trained_tokens", "forward_tokens", "flops", "energy_j")
+_COMPUTED = (
+    "schema",
+    "stage",
+    "phase",
+    "start",
+    "end",
+    "wall_s",
+    "device_kind",
+    "device_count",
+    "peak_flops",
+    "device_hours",
+    "flops_per_s",
+    "mfu",
+    "power_w",
+    "price_per_hour",
+    "usd",
+)
+_SUMMED = (
+    "wall_s",
+    "device_hours",
+    "prompt_tokens",
+    "generated_tokens",
+    "trained_tokens",
+    "flops",
+    "energy_j",
+    "usd",
+)
 
 
 def peak_flops(kind: str, dtype: str = "bf16", measured: float | None = None) -> float | None:
@@ -91,8 +120,9 @@ def _parse_price(text: str, source: str) -> float:
     return price
 
 
-def resolve_price(kind: str, override: float | None = None,
-                  env: Mapping[str, str] = os.environ) -> float | None:
+def resolve_price(
+    kind: str, override: float | None = None, env: Mapping[str, str] = os.environ
+) -> float | None:
     """USD per device-hour: override (run/config) > R1KIT_PRICE_<KIND> > R1KIT_PRICE_PER_HOUR > table."""
     if override is not None:
         return _parse_price(str(override), "price override")
@@ -114,8 +144,16 @@ def _shape(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise UserError(f"model config lacks {e.args[0]!r}; r1kit counts FLOPs of Llama/Qwen configs") from e
     head_dim = cfg.get("head_dim") or d // heads
     kv_heads = cfg.get("num_key_value_heads") or heads
-    return {"d": d, "layers": layers, "ff": ff, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
-            "vocab": vocab, "tied": bool(cfg.get("tie_word_embeddings", False))}
+    return {
+        "d": d,
+        "layers": layers,
+        "ff": ff,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "vocab": vocab,
+        "tied": bool(cfg.get("tie_word_embeddings", False)),
+    }
 
 
 def matmul_param_count(cfg: Mapping[str, Any]) -> int:
@@ -175,14 +213,24 @@ class Ledger:
     In a distributed run only one rank should write; device_count covers all ranks.
     """
 
-    def __init__(self, path: str | Path, stage: str, device_kind: str, device_count: int,
-                 peak_flops: float | None, price_per_hour: float | None, power_w: float | None,
-                 energy_meter: Callable[[], float | None] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        stage: str,
+        device_kind: str,
+        device_count: int,
+        peak_flops: float | None,
+        price_per_hour: float | None,
+        power_w: float | None,
+        energy_meter: Callable[[], float | None] | None = None,
+        model_config: Mapping[str, Any] | None = None,
+    ) -> None:
         path = Path(path)
         self.path = path if path.suffix == ".jsonl" else path / LEDGER_FILE
         self.stage, self.device_kind, self.device_count = stage, device_kind, device_count
         self.peak_flops, self.price_per_hour, self.power_w = peak_flops, price_per_hour, power_w
         self.energy_meter = energy_meter
+        self.model_config = model_config  # when set, FLOPs not given are derived from the token counts
 
     @contextmanager
     def phase(self, name: str) -> Iterator[Phase]:
@@ -216,9 +264,21 @@ class Ledger:
             f.flush()
         return rec
 
-    def _compute(self, phase: str, wall_s: float, start: float, end: float, ph: Phase,
-                 source: str | None) -> dict[str, Any]:
-        count, flops = self.device_count, ph.counters.get("flops", 0)
+    def _token_flops(self, ph: Phase) -> float:
+        """FLOPs from the token counts: 2N (+attention) per token inferred, 6N (+attention) per token trained."""
+        seq_len = int(ph.extra.get("seq_len", 0) or 0)
+        c = ph.counters
+        inferred = c.get("prompt_tokens", 0) + c.get("generated_tokens", 0) + c.get("forward_tokens", 0)
+        return inferred * flops_per_token(self.model_config, seq_len, training=False) + c.get(
+            "trained_tokens", 0
+        ) * flops_per_token(self.model_config, seq_len, training=True)
+
+    def _compute(
+        self, phase: str, wall_s: float, start: float, end: float, ph: Phase, source: str | None
+    ) -> dict[str, Any]:
+        count, flops = self.device_count, ph.counters.get("flops")
+        if flops is None:
+            flops = self._token_flops(ph) if self.model_config else 0
         device_hours = wall_s * count / 3600
         energy = ph.counters.get("energy_j")
         if energy is None and self.power_w is not None:
@@ -227,15 +287,25 @@ class Ledger:
             source = source or "measured"
         budget = wall_s * self.peak_flops * count if self.peak_flops else 0.0
         return {
-            "schema": SCHEMA_VERSION, "stage": self.stage, "phase": phase, "start": start, "end": end,
-            "wall_s": wall_s, "device_kind": self.device_kind, "device_count": count,
-            "peak_flops": self.peak_flops, "device_hours": device_hours,
+            "schema": SCHEMA_VERSION,
+            "stage": self.stage,
+            "phase": phase,
+            "start": start,
+            "end": end,
+            "wall_s": wall_s,
+            "device_kind": self.device_kind,
+            "device_count": count,
+            "peak_flops": self.peak_flops,
+            "device_hours": device_hours,
             "prompt_tokens": ph.counters.get("prompt_tokens", 0),
             "generated_tokens": ph.counters.get("generated_tokens", 0),
             "trained_tokens": ph.counters.get("trained_tokens", 0),
-            "flops": flops, "flops_per_s": flops / wall_s if wall_s > 0 else None,
+            "flops": flops,
+            "flops_per_s": flops / wall_s if wall_s > 0 else None,
             "mfu": flops / budget if budget > 0 else None,
-            "power_w": self.power_w, "energy_j": energy, "energy_source": source,
+            "power_w": self.power_w,
+            "energy_j": energy,
+            "energy_source": source,
             "price_per_hour": self.price_per_hour,
             "usd": device_hours * self.price_per_hour if self.price_per_hour is not None else None,
             **ph.extra,
@@ -327,8 +397,10 @@ def format_table(summary: dict[str, Any]) -> str:
         rows.append(_row(stage, "(all)", summary["stages"][stage]))
     rows.append(_row("total", "", summary["total"]))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [" | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in [header, *rows]]
+    lines = [
+        " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in [header, *rows]
+    ]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -336,10 +408,21 @@ def format_table(summary: dict[str, Any]) -> str:
 # ---- Estimating a run before it starts -------------------------------------------------------------------
 
 
-def estimate_run(params_cfg: Mapping[str, Any], steps: int, prompts_per_step: int, group_size: int,
-                 prompt_len: int, completion_len: int, device_kind: str, device_count: int, mfu: float,
-                 price_per_hour: float | None = None, ref_forward: bool = False, dtype: str = "bf16",
-                 peak: float | None = None) -> dict[str, Any]:
+def estimate_run(
+    params_cfg: Mapping[str, Any],
+    steps: int,
+    prompts_per_step: int,
+    group_size: int,
+    prompt_len: int,
+    completion_len: int,
+    device_kind: str,
+    device_count: int,
+    mfu: float,
+    price_per_hour: float | None = None,
+    ref_forward: bool = False,
+    dtype: str = "bf16",
+    peak: float | None = None,
+) -> dict[str, Any]:
     """Predict an RL run's FLOPs, seconds, device-hours and dollars (pure: uses the tables, not env).
 
     Per step, prompts_per_step x group_size sequences of prompt_len + completion_len tokens: rollout at the
@@ -360,7 +443,13 @@ def estimate_run(params_cfg: Mapping[str, Any], steps: int, prompts_per_step: in
     device_hours = seconds * device_count / 3600
     price = resolve_price(device_kind, price_per_hour, env={})
     return {
-        "tokens": tokens, "rollout_flops": rollout, "training_flops": training, "reference_flops": reference,
-        "flops": flops, "seconds": seconds, "device_hours": device_hours, "price_per_hour": price,
+        "tokens": tokens,
+        "rollout_flops": rollout,
+        "training_flops": training,
+        "reference_flops": reference,
+        "flops": flops,
+        "seconds": seconds,
+        "device_hours": device_hours,
+        "price_per_hour": price,
         "usd": device_hours * price if price is not None else None,
     }

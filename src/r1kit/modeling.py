@@ -26,13 +26,34 @@ EOS, PAD = "<|endoftext|>", "<|pad|>"
 # Named sizes of the built-in Llama models (vocab_size: the BPE target; the model takes the tokenizer's real size).
 # Parameter counts include the (tied) embedding.
 SIZES: dict[str, dict] = {
-    "tiny": dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=6,
-                 intermediate_size=512, max_position_embeddings=512, vocab_size=512),  # ~1.9M
-    "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-                  intermediate_size=1408, max_position_embeddings=1024, vocab_size=1024),  # ~24M
+    "tiny": dict(
+        hidden_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=6,
+        num_key_value_heads=6,
+        intermediate_size=512,
+        max_position_embeddings=512,
+        vocab_size=512,
+    ),  # ~1.9M
+    "small": dict(
+        hidden_size=512,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        intermediate_size=1408,
+        max_position_embeddings=1024,
+        vocab_size=1024,
+    ),  # ~24M
     # Smaller than tiny: distillation students and fast tests.
-    "micro": dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                  intermediate_size=256, max_position_embeddings=512, vocab_size=512),  # ~0.3M
+    "micro": dict(
+        hidden_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=512,
+        vocab_size=512,
+    ),  # ~0.3M
 }
 
 
@@ -100,8 +121,10 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, traina
 
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"model directory {str(path)!r} does not exist: build one with `r1kit base` or give a "
-                        "Hugging Face model directory")
+        raise UserError(
+            f"model directory {str(path)!r} does not exist: build one with `r1kit base` or give a "
+            "Hugging Face model directory"
+        )
     if not (path / "config.json").is_file():
         raise UserError(f"{str(path)!r} has no config.json: it is not a Hugging Face model directory")
     try:
@@ -130,7 +153,9 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def save_model(model, tokenizer, out_dir: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
+def save_model(
+    model, tokenizer, out_dir: str | os.PathLike, extra_files: dict[str, str] | None = None
+) -> Path:
     """Save as a Hugging Face directory atomically; refuses to save non-finite weights."""
     out = Path(out_dir)
     for name, p in model.named_parameters():

@@ -44,7 +44,9 @@ class Samples:
         return sum(len(t) for t in self.tokens)
 
 
-def choose_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+def choose_tokens(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> torch.Tensor:
     """Next tokens from logits (B, V) by temperature and top-p; greedy at temperature 0. Returns (B,)."""
     if params.temperature == 0:
         return logits.argmax(-1)
@@ -65,8 +67,8 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     mask = torch.zeros((len(prompts), width), dtype=torch.bool)
     for i, p in enumerate(prompts):
         if p:
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = True
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = True
     return ids, mask
 
 
@@ -122,7 +124,9 @@ class _FastDecoder:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor
+    ) -> torch.Tensor:
         """Logits of the last position. ids/positions (B, T) are written to cache slots [start, start+T);
         mask (B, T, start+T) says which cached keys each query may attend to."""
         B, T = ids.shape
@@ -140,7 +144,10 @@ class _FastDecoder:
             self.k_cache[i, :, :, start:end] = k
             self.v_cache[i, :, :, start:end] = v
             o = F.scaled_dot_product_attention(
-                q, self.k_cache[i, :, :, :end], self.v_cache[i, :, :, :end], attn_mask=attn_mask,
+                q,
+                self.k_cache[i, :, :, :end],
+                self.v_cache[i, :, :, :end],
+                attn_mask=attn_mask,
                 enable_gqa=self.n_kv != self.n_heads,
             )  # (B, H, T, D)
             h = h + att.o_proj(o.transpose(1, 2).reshape(B, T, -1))
@@ -219,8 +226,13 @@ def _sample_generic(model, ids, mask, params, eos, generator, want_logprobs, pad
             break
         tok = torch.where(torch.tensor(finished), torch.full_like(tok, pad_id), tok)
         attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype)], -1)
-        res = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                    past_key_values=past, use_cache=True)
+        res = model(
+            input_ids=tok[:, None],
+            attention_mask=attn,
+            position_ids=next_pos[:, None],
+            past_key_values=past,
+            use_cache=True,
+        )
         past, logits = res.past_key_values, res.logits[:, -1].float()
         next_pos = next_pos + 1
     return Samples(out, finished, lps if want_logprobs else None)

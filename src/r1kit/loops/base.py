@@ -84,8 +84,9 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
     out = Path(cfg.out)
     task = get_task(cfg.task)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "run.json", {"stage": "base", "config": to_dict(cfg), "task_options": task_options(task)})
-    ledger = ledger_factory(out, "base") if ledger_factory else None
+    write_json(
+        out / "run.json", {"stage": "base", "config": to_dict(cfg), "task_options": task_options(task)}
+    )
     log = MetricsLog(out)
     t_start = time.perf_counter()
 
@@ -95,11 +96,15 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
     docs = [ids + [eos] for ids in tokenizer(texts).input_ids]
     model = new_model(cfg.size, tokenizer, seed=cfg.seed)
     n_params = count_params(model)
+    ledger = ledger_factory(out, "base", model.config.to_dict()) if ledger_factory else None
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     bar = tqdm(range(cfg.steps), desc=f"pre-train {cfg.size} on {task.name}", disable=not progress)
     tokens_trained, loss_ema = 0, None
@@ -123,8 +128,15 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
                 phase.add(trained_tokens=n_tok, seq_len=ids.shape[1])
         loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            log.log(step, {"loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm),
-                           "tokens_trained": tokens_trained})
+            log.log(
+                step,
+                {
+                    "loss": loss.item(),
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "tokens_trained": tokens_trained,
+                },
+            )
             bar.set_postfix(loss=f"{loss_ema:.3f}")
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             quick = EvalConfig(split=cfg.eval.split, n=100, k=2, max_new_tokens=cfg.eval.max_new_tokens)
@@ -137,8 +149,14 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
     with ledger.phase("checkpointing") if ledger else nullcontext():
         save_model(model, tokenizer, out)
     result = evaluate(model, tokenizer, task, cfg.eval, progress=progress, ledger=ledger)
-    summary = {"model": str(out), "params": n_params, "train_seconds": train_seconds,
-               "tokens_trained": tokens_trained, "final_loss": loss_ema, "eval": result}
+    summary = {
+        "model": str(out),
+        "params": n_params,
+        "train_seconds": train_seconds,
+        "tokens_trained": tokens_trained,
+        "final_loss": loss_ema,
+        "eval": result,
+    }
     write_json(out / "eval.json", result)
     write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})
     log.close()
@@ -146,7 +164,9 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
 
 
 def describe(summary: dict) -> str:
-    head = (f"base model {summary['model']}: {summary['params'] / 1e6:.2f}M parameters, "
-            f"pre-trained on {summary['tokens_trained'] / 1e6:.2f}M tokens in {summary['train_seconds']:.0f} s "
-            f"(final loss {summary['final_loss']:.3f})")
+    head = (
+        f"base model {summary['model']}: {summary['params'] / 1e6:.2f}M parameters, "
+        f"pre-trained on {summary['tokens_trained'] / 1e6:.2f}M tokens in {summary['train_seconds']:.0f} s "
+        f"(final loss {summary['final_loss']:.3f})"
+    )
     return head + "\n" + format_eval_table(summary["eval"])

@@ -23,7 +23,15 @@ import re
 from dataclasses import dataclass
 
 from r1kit.errors import UserError
-from r1kit.tasks.base import Problem, Score, extract_answer, is_formatted, render_prompt, sample_problems
+from r1kit.tasks.base import (
+    Problem,
+    Score,
+    check_template,
+    extract_answer,
+    is_formatted,
+    render_prompt,
+    sample_problems,
+)
 
 _INT_RE = re.compile(r"^[+]?\s*(-?\d[\d, ]*)$")
 
@@ -50,40 +58,41 @@ def _digits(n: int) -> list[int]:
 def add_steps(terms: list[int], drop_carry: float, rng: random.Random) -> tuple[list[str], int]:
     """Column addition of `terms`; each non-zero carry is dropped with probability `drop_carry`.
 
-    Returns the written steps (one per column, e.g. `4+8+1=13, 3 c1`) and the result those steps reach.
+    Each step restates what is left of the terms, adds their last digits and the carry, and extends the result
+    so far, e.g. `76+9: 6+9=15 c1 r59`: every number a step needs stands in the step before it, so a small
+    model copies locally instead of searching the question. Returns the steps and the value they reach.
     """
-    cols = [_digits(t) for t in terms]
-    width = max(len(c) for c in cols)
-    steps, out, carry = [], [], 0
-    for i in range(width):
-        ds = [c[i] for c in cols if i < len(c)]
-        parts = [str(d) for d in ds] + ([str(carry)] if carry else [])
-        s = sum(ds) + carry
-        out.append(s % 10)
-        carry = s // 10
+    steps, partial, carry, i = [], "", 0, 0
+    while any(t // 10**i for t in terms) or i == 0:
+        rest = [t // 10**i for t in terms]
+        digits = [str(r % 10) for r in rest] + ([str(carry)] if carry else [])
+        total = sum(r % 10 for r in rest) + carry
+        partial = str(total % 10) + partial
+        carry = total // 10
         if carry and rng.random() < drop_carry:
             carry = 0
-        steps.append(f"{'+'.join(parts)}={s}, {s % 10} c{carry}")
-    if carry:
-        out.append(carry)
-    value = int("".join(str(d) for d in reversed(out)))
+        steps.append(f"{'+'.join(str(r) for r in rest)}: {'+'.join(digits)}={total} c{carry} r{partial}")
+        i += 1
+    value = int((str(carry) if carry else "") + partial)
     return steps, value
 
 
 def mul1_steps(a: int, b: int, drop_carry: float, rng: random.Random) -> tuple[list[str], int]:
-    """`a` times the single digit `b`, column by column (e.g. `7*8+5=61, 1 c6`)."""
-    steps, out, carry = [], [], 0
-    for d in _digits(a):
-        s = d * b + carry
-        parts = f"{d}*{b}" + (f"+{carry}" if carry else "")
-        out.append(s % 10)
-        carry = s // 10
+    """`a` times the single digit `b`, one digit of `a` a step (e.g. `76*7: 6*7+5=47 c4 r76`)."""
+    steps, partial, carry, rest = [], "", 0, a
+    while True:
+        d = rest % 10
+        total = d * b + carry
+        expr = f"{d}*{b}" + (f"+{carry}" if carry else "")
+        partial = str(total % 10) + partial
+        carry = total // 10
         if carry and rng.random() < drop_carry:
             carry = 0
-        steps.append(f"{parts}={s}, {s % 10} c{carry}")
-    if carry:
-        out.append(carry)
-    return steps, int("".join(str(d) for d in reversed(out)))
+        steps.append(f"{rest}*{b}: {expr}={total} c{carry} r{partial}")
+        rest //= 10
+        if rest == 0:
+            break
+    return steps, int((str(carry) if carry else "") + partial)
 
 
 @dataclass
@@ -102,6 +111,7 @@ class ArithmeticTask:
     name: str = "arithmetic"
 
     def __post_init__(self) -> None:
+        check_template(self.template)
         if not 1 <= self.digits <= 12 or not 1 <= self.mul_digits <= 6 or not 2 <= self.operands <= 5:
             raise UserError("arithmetic: digits must be 1..12, mul_digits 1..6, operands 2..5")
         if not self.ops or set(self.ops) - {"+", "*"}:
@@ -113,15 +123,21 @@ class ArithmeticTask:
     def _make(self, rng: random.Random) -> Problem:
         op = rng.choice(self.ops)
         if op == "+":
-            terms = [rng.randint(1, 10**rng.randint(1, self.digits) - 1) for _ in range(self.operands)]
+            terms = [rng.randint(1, 10 ** rng.randint(1, self.digits) - 1) for _ in range(self.operands)]
             answer = sum(terms)
         else:
-            terms = [rng.randint(2, 10**rng.randint(1, self.digits) - 1),
-                     rng.randint(2, 10**rng.randint(1, self.mul_digits) - 1)]
+            terms = [
+                rng.randint(2, 10 ** rng.randint(1, self.digits) - 1),
+                rng.randint(2, 10 ** rng.randint(1, self.mul_digits) - 1),
+            ]
             answer = terms[0] * terms[1]
         question = op.join(str(t) for t in terms)
-        return Problem(id=f"arithmetic/{question}", question=question, answer=str(answer),
-                       meta={"op": op, "terms": terms})
+        return Problem(
+            id=f"arithmetic/{question}",
+            question=question,
+            answer=str(answer),
+            meta={"op": op, "terms": terms},
+        )
 
     def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
         return sample_problems(self._make, split, n, seed, self.test_percent)
@@ -133,9 +149,11 @@ class ArithmeticTask:
     def score(self, problem: Problem, completion: str) -> Score:
         answer = extract_answer(completion)
         value = parse_int(answer)
-        return Score(correct=value is not None and value == int(problem.answer),
-                     formatted=is_formatted(completion),
-                     answer=None if value is None else str(value))
+        return Score(
+            correct=value is not None and value == int(problem.answer),
+            formatted=is_formatted(completion),
+            answer=None if value is None else str(value),
+        )
 
     # -- worked solutions for the base corpus ---------------------------------------------------------
     def working(self, problem: Problem, drop_carry: float, rng: random.Random) -> tuple[list[str], int]:

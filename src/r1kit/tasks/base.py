@@ -31,7 +31,11 @@ TEMPLATES = {
     "r1-zero-compact": "User: {question}. Reason in <think> </think>, answer in <answer> </answer>. Assistant:",
 }
 
-_FORMAT_RE = re.compile(r"^\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*$", re.DOTALL)
+# One think block then one answer block; neither may contain another tag.
+_FORMAT_RE = re.compile(
+    r"^\s*<think>((?:(?!</?think>|</?answer>).)*)</think>\s*<answer>((?:(?!</?think>|</?answer>).)*)</answer>\s*$",
+    re.DOTALL,
+)
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
@@ -60,7 +64,9 @@ class Task(Protocol):
     name: str
     template: str
 
-    def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]: ...
+    def problems(self, split: str, n: int | None, seed: int = 0) -> list[Problem]:
+        """`n` problems of the split (all of them when n is None, for finite tasks)."""
+        ...
 
     def prompt(self, problem: Problem) -> str: ...
 
@@ -69,6 +75,18 @@ class Task(Protocol):
     def solution(self, problem: Problem, rng: random.Random) -> str:
         """A worked completion (think + answer) for the synthetic pre-training corpus; may be imperfect."""
         ...
+
+
+def check_template(template: str) -> str:
+    """A template is a key of TEMPLATES or a literal string containing `{question}`; else a UserError."""
+    from r1kit.errors import UserError
+
+    if template not in TEMPLATES and "{question}" not in template:
+        raise UserError(
+            f"unknown template {template!r}: use one of {', '.join(TEMPLATES)} "
+            "or a string containing {question}"
+        )
+    return template
 
 
 def render_prompt(template: str, question: str) -> str:
@@ -107,7 +125,9 @@ def check_split(split: str) -> None:
         raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
 
 
-def sample_problems(make, split: str, n: int, seed: int, test_percent: int = 10, max_tries: int = 200) -> list:
+def sample_problems(
+    make, split: str, n: int, seed: int, test_percent: int = 10, max_tries: int = 200
+) -> list:
     """Draw `n` distinct problems of `split` from a seeded generator `make(rng) -> Problem` by rejection.
 
     The split of a problem is a hash of its id, so a problem drawn for one split can never appear in the other.

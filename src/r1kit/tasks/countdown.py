@@ -23,7 +23,15 @@ from fractions import Fraction
 from itertools import combinations
 
 from r1kit.errors import UserError
-from r1kit.tasks.base import Problem, Score, extract_answer, is_formatted, render_prompt, sample_problems
+from r1kit.tasks.base import (
+    Problem,
+    Score,
+    check_template,
+    extract_answer,
+    is_formatted,
+    render_prompt,
+    sample_problems,
+)
 
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 _AST_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
@@ -179,7 +187,7 @@ class CountdownTask:
         self.numbers = numbers  # how many numbers a problem gives
         self.max_value = max_value  # numbers are drawn from 1..max_value (repeats allowed)
         self.max_target = max_target  # targets are integers in 1..max_target
-        self.template = template
+        self.template = check_template(template)
         self.test_percent = test_percent
 
     def _make(self, rng: random.Random) -> Problem:

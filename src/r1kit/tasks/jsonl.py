@@ -35,6 +35,7 @@ from r1kit.tasks.base import (
     Problem,
     Score,
     check_split,
+    check_template,
     extract_answer,
     is_formatted,
     render_prompt,
@@ -67,7 +68,7 @@ class JsonlTask:
         answer_key: str = "answer",
     ):
         self.path = os.fspath(path)
-        self.template = template
+        self.template = check_template(template)
         self.test_percent = test_percent
         self.prompt_key = prompt_key
         self.answer_key = answer_key
@@ -128,7 +129,7 @@ class JsonlTask:
         except json.JSONDecodeError as e:
             return f"not valid JSON ({e.msg} at column {e.colno})"
         if not isinstance(row, dict):
-            return f"not a JSON object (a {type(row).__name__})"
+            return "not a JSON object"
         prompt, answer = row.get(self.prompt_key), row.get(self.answer_key)
         if prompt is None:
             return f'missing "{self.prompt_key}"'
@@ -150,9 +151,7 @@ class JsonlTask:
         if split is not None and split not in SPLITS:
             return f'"split" must be "train" or "test", not {split!r}'
         row_id = row.get("id")
-        if row_id is not None and (
-            isinstance(row_id, bool) or not isinstance(row_id, (str, int)) or row_id == ""
-        ):
+        if row_id is not None and (type(row_id) not in (str, int) or row_id == ""):  # type(): bools are ints
             return '"id" must be a non-empty string or an integer'
         solution = row.get("solution") or row.get("reasoning")
         return {
@@ -247,12 +246,13 @@ def _verify(gold: tuple, pred: tuple) -> bool:
 
 
 def normalise(text: str, parsed: tuple) -> str:
-    """A key for majority voting: the first parsed value (floats made exact, so 0.5 and 1/2 agree), else the text."""
+    """A key for majority voting: the parsed value when it is free of symbols (floats made exact, so 0.5 and 1/2
+    agree), else the text with its white space collapsed (math-verify would read `banana` as a*a*a*b*n*n)."""
     import sympy
 
-    if not parsed or isinstance(parsed[0], str):
-        return text.strip()
-    value = parsed[0]
+    value = parsed[0] if parsed else None
+    if value is None or isinstance(value, str) or getattr(value, "free_symbols", True):
+        return " ".join(text.split())
     if isinstance(value, sympy.Float):
         value = sympy.nsimplify(value, rational=True)
     return str(value)

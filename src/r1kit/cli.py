@@ -1,0 +1,237 @@
+"""The `r1kit` command: parses arguments and dispatches to the loops. The only place that reads argv.
+
+A user's mistake (missing model dir, unknown task, bad flag value, unreadable data file) prints one line,
+`r1kit: error: ...`, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, status 2, no usage dump
+        self.exit(2, f"r1kit: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range")
+    return value
+
+
+def _add_eval_flags(p: argparse.ArgumentParser, n: int = 500, k: int = 4) -> None:
+    p.add_argument("--split", default="test", choices=["train", "test"], help="problems to evaluate on")
+    p.add_argument("--n", type=_positive_int, default=n, help="number of problems")
+    p.add_argument("--k", type=_positive_int, default=k, help="samples per problem")
+    p.add_argument("--temperature", type=_unit_float, default=0.6)
+    p.add_argument("--top-p", type=_unit_float, default=0.95)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _eval_config(args):
+    from r1kit.evaluate import EvalConfig
+
+    return EvalConfig(
+        split=args.split,
+        n=args.n,
+        k=args.k,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="r1kit", description="Train DeepSeek-R1-style reasoning models; know what it cost.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("base", help="build a tiny base model: tokenizer + Llama pre-trained from scratch")
+    p.add_argument("--task", default="arithmetic", help="task spec, e.g. arithmetic or arithmetic:digits=2")
+    p.add_argument("--size", default="tiny", help="tiny (~2M parameters) or small (~24M)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=_positive_int, default=None, help="pre-training steps")
+    p.add_argument("--eval-n", type=_positive_int, default=500, help="held-out problems for the final eval")
+    p.add_argument("--eval-k", type=_positive_int, default=4, help="samples per problem for the final eval")
+
+    p = sub.add_parser("eval", help="evaluate a model as the R1 paper does (pass@1 over k samples, cons@k)")
+    p.add_argument("--model", required=True, help="a Hugging Face causal-LM directory")
+    p.add_argument("--task", required=True, help="task spec: arithmetic, countdown, jsonl:PATH")
+    _add_eval_flags(p)
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+    p = sub.add_parser("rl", help="R1-Zero RL (GRPO) from a model; extra --section.key=value set the config")
+    p.add_argument("--model", default=None, help="the policy to start from (a Hugging Face model directory)")
+    p.add_argument("--task", default=None, help="task spec (default: the config's, else arithmetic)")
+    p.add_argument("--out", default=None, help="run directory")
+    p.add_argument("--config", default=None, help="a recipe TOML file (see recipes/)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--strict", action="store_true", help="stop when the run doctor finds the run cannot learn")
+
+    p = sub.add_parser("demo", help="the main job on the built-in tiny default")
+    p.add_argument("--out", default="runs/demo", help="run directory")
+
+    p = sub.add_parser("cost", help="cost ledger: `cost paper`, or `cost RUN_DIR`")
+    p.add_argument("what", help="`paper` for DeepSeek's published table, or a run directory")
+    p.add_argument("--price", type=float, default=None, help="USD per device-hour (default: the price table)")
+    return parser
+
+
+def _ledger(run_dir, stage: str, model_config: dict | None = None):
+    from r1kit.devices import ledger_for
+
+    return ledger_for(run_dir, stage, model_config=model_config)
+
+
+def cmd_base(args) -> int:
+    from r1kit.evaluate import EvalConfig
+    from r1kit.loops.base import BaseConfig, describe, run_base
+
+    kwargs = {"steps": args.steps} if args.steps else {}
+    cfg = BaseConfig(
+        task=args.task,
+        size=args.size,
+        out=args.out,
+        seed=args.seed,
+        eval=EvalConfig(n=args.eval_n, k=args.eval_k),
+        **kwargs,
+    )
+    summary = run_base(cfg, ledger_factory=_ledger)
+    print(describe(summary))
+    return 0
+
+
+def rl_config_from(args, overrides: list[str]):
+    """RLConfig from a recipe file, then --section.key=value overrides, then the explicit flags."""
+    from r1kit.config import apply_overrides, build, load_toml
+    from r1kit.rl_config import RLConfig
+
+    data = load_toml(args.config) if args.config else {}
+    data = {k: v for k, v in data.items() if k != "recipe"}  # [recipe] holds notes for people
+    data = apply_overrides(data, overrides)
+    for key in ("model", "task", "out"):
+        if getattr(args, key):
+            data[key] = getattr(args, key)
+    if args.strict:
+        data.setdefault("doctor", {})["strict"] = True
+    return build(RLConfig, data)
+
+
+def cmd_rl(args, overrides: list[str]) -> int:
+    from r1kit.evaluate import format_eval_table
+    from r1kit.loops.rl import run_rl
+
+    cfg = rl_config_from(args, overrides)
+    summary = run_rl(cfg, resume=args.resume, ledger_factory=_ledger)
+    if summary.get("eval"):
+        if summary.get("before"):
+            b = summary["before"]
+            print(f"before RL: held-out pass@1 {100 * b['pass@1']:.1f}% (n={b['problems']} x k={cfg.eval.k})")
+        print(format_eval_table(summary["eval"], title=f"after RL: {cfg.out}/model"))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from r1kit.evaluate import evaluate, format_eval_table
+    from r1kit.modeling import load_model
+    from r1kit.runlog import write_json
+    from r1kit.tasks import get_task
+
+    task = get_task(args.task)
+    cfg = _eval_config(args)
+    model, tokenizer = load_model(args.model)
+    result = evaluate(model, tokenizer, task, cfg)
+    result["model"] = args.model
+    print(format_eval_table(result, title=f"evaluation: {args.model} on {task.name} / {cfg.split}"))
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from pathlib import Path
+
+    from r1kit.evaluate import EvalConfig
+    from r1kit.ledger import format_table, read_ledger, summarize
+    from r1kit.loops.base import BaseConfig, describe, run_base
+
+    out = Path(args.out)
+    print(f"r1kit demo: building the tiny arithmetic base model in {out / 'base'}")
+    summary = run_base(
+        BaseConfig(out=str(out / "base"), eval=EvalConfig(n=500, k=4)),
+        ledger_factory=_ledger,
+    )
+    print(describe(summary))
+    print("\ncost of this run (r1kit cost " + str(out) + "):")
+    print(format_table(summarize(read_ledger(out))))
+    return 0
+
+
+def cmd_cost(args) -> int:
+    from pathlib import Path
+
+    from r1kit.cost_paper import format_paper_table
+    from r1kit.errors import UserError
+    from r1kit.ledger import format_table, read_ledger, summarize
+
+    if args.what == "paper":
+        print(format_paper_table(args.price or 2.0))
+        return 0
+    path = Path(args.what)
+    if not path.exists():
+        raise UserError(f"{args.what!r} is neither `paper` nor an existing run directory")
+    records = read_ledger(path)
+    if not records:
+        raise UserError(f"no ledger.jsonl under {args.what!r}: is it an r1kit run directory?")
+    print(format_table(summarize(records)))
+    return 0
+
+
+COMMANDS = {"base": cmd_base, "eval": cmd_eval, "demo": cmd_demo, "cost": cmd_cost}
+TAKES_OVERRIDES = {"rl": cmd_rl}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from r1kit.errors import UserError
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [e for e in extra if not (e.startswith("--") and "=" in e and "." in e.split("=")[0])]
+    if args.command not in TAKES_OVERRIDES and extra or bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    try:
+        if args.command in TAKES_OVERRIDES:
+            return TAKES_OVERRIDES[args.command](args, extra)
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"r1kit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("r1kit: interrupted", file=sys.stderr)
+        return 130
+    except json.JSONDecodeError as e:  # a corrupt run file
+        print(f"r1kit: error: unreadable JSON ({e}); the run directory may be damaged", file=sys.stderr)
+        return 2

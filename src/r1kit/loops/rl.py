@@ -1,0 +1,329 @@
+"""R1-Zero reinforcement learning: GRPO with rule-based rewards, as ../shared/r1-reference.md §2 states it.
+
+Each step: take `prompts_per_step` training questions; sample a group of G completions for each from the current
+policy; score them with the task's verifier through the reward functions; advantages (r - mean)/std within each
+group; then `train_on_rollout` (grpo.py): μ epochs over mini-batches of the clipped objective plus β·k3 KL to a
+reference policy that is reset to the current policy every `ref_reset_every` steps.
+
+Departures from the paper, all settings: G, batch, lengths and lr are scaled to the model; old log-probs for
+off-policy mini-batches come from the sampler (the same weights) instead of an extra forward pass.
+
+Randomness is derived from (seed, step, rank, round), never carried in a global generator, so `--resume` from a
+checkpoint replays the remaining steps exactly. Under `torchrun` each rank samples and scores its share of the
+questions; gradients are summed over ranks (dist.py).
+
+    r1kit rl --model runs/base-tiny --task arithmetic --out runs/rl --config recipes/tiny-r1-zero.toml
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from r1kit import dist
+from r1kit.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from r1kit.config import to_dict
+from r1kit.doctor import Doctor
+from r1kit.errors import UserError
+from r1kit.evaluate import evaluate
+from r1kit.grpo import UpdateSettings, build_rollout, rollout_logprobs, train_on_rollout
+from r1kit.losses import ADVANTAGES
+from r1kit.modeling import eos_ids, load_model, save_model
+from r1kit.rewards import combine
+from r1kit.rl_config import RLConfig
+from r1kit.runlog import MetricsLog, write_json
+from r1kit.sampler import SamplingParams, sample
+from r1kit.tasks import get_task, task_options
+
+
+def learning_rate(step: int, cfg) -> float:
+    """Linear warmup, then constant, cosine or linear decay to lr * min_lr_ratio at the last step."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.steps - o.warmup_steps))
+    floor = o.lr * o.min_lr_ratio
+    if o.schedule == "cosine":
+        return floor + (o.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if o.schedule == "linear":
+        return o.lr - (o.lr - floor) * progress
+    return o.lr
+
+
+def _seed(*parts: int) -> int:
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p + 0x9E3779B9)) * 1099511628211) % (2**63)
+    return h
+
+
+class _Stream:
+    """Training questions in a fresh seeded permutation per epoch; question j of step s is fixed by (seed, s, j)."""
+
+    def __init__(self, pool: list, seed: int):
+        self.pool, self.seed, self._perms = pool, seed, {}
+
+    def __getitem__(self, j: int):
+        epoch, i = divmod(j, len(self.pool))
+        if epoch not in self._perms:
+            self._perms = {epoch: torch.randperm(len(self.pool), generator=torch.Generator().manual_seed(
+                _seed(self.seed, epoch)))}
+        return self.pool[int(self._perms[epoch][i])]
+
+    def extra(self, n: int, *key: int) -> list:
+        g = torch.Generator().manual_seed(_seed(self.seed, *key))
+        return [self.pool[int(i)] for i in torch.randint(len(self.pool), (n,), generator=g)]
+
+
+def _sample_groups(policy, tokenizer, task, problems, cfg, gen, want_logprobs):
+    """G completions per problem, scored. Returns per-completion lists."""
+    r, G = cfg.rollout, cfg.rollout.group_size
+    params = SamplingParams(r.temperature, r.top_p, r.max_new_tokens)
+    prompts = [tokenizer(task.prompt(p)).input_ids for p in problems]
+    rows = [i for i in range(len(problems)) for _ in range(G)]
+    toks, fins, lps = [], [], []
+    for s in range(0, len(rows), r.batch_size):
+        chunk = rows[s: s + r.batch_size]
+        out = sample(policy, [prompts[i] for i in chunk], params, eos_ids=eos_ids(policy, tokenizer),
+                     pad_id=tokenizer.pad_token_id, generator=gen, return_logprobs=want_logprobs)
+        toks += out.tokens
+        fins += out.finished
+        lps += out.logprobs or []
+    return prompts, rows, toks, fins, lps
+
+
+def _score(task, tokenizer, reward_fn, cfg, problems, rows, toks, fins):
+    rewards, parts_all, scores = [], [], []
+    for i, t, fin in zip(rows, toks, fins):
+        text = tokenizer.decode(t, skip_special_tokens=True)
+        score = task.score(problems[i], text)
+        ctx = {"max_new_tokens": cfg.rollout.max_new_tokens, "length": len(t), "truncated": not fin,
+               "language": cfg.reward.language, "overlong_buffer": cfg.reward.overlong_buffer}
+        total, parts = reward_fn(problems[i], text, score, ctx)
+        rewards.append(total)
+        parts_all.append(parts)
+        scores.append(score)
+    return rewards, parts_all, scores
+
+
+def _rollout_step(step, policy, tokenizer, task, stream, reward_fn, cfg, info, ledger):
+    """Sample, score and (with dynamic sampling) refill this rank's groups. Returns the kept data + stats."""
+    G, local_n = cfg.rollout.group_size, cfg.rollout.prompts_per_step // info.world
+    first = [stream[step * cfg.rollout.prompts_per_step + j]
+             for j in range(cfg.rollout.prompts_per_step) if j % info.world == info.rank]
+    want_lp = cfg.algo.mu * cfg.algo.mini_batches > 1
+    kept = {"prompts": [], "toks": [], "fins": [], "lps": [], "rewards": [], "problems": []}
+    seen = {"rewards": [], "parts": [], "scores": [], "lengths": [], "fins": [], "zero_var": 0, "groups": 0}
+    problems, t_roll, t_score, n_prompt_tok, n_gen = first, 0.0, 0.0, 0, 0
+    for rnd in range(cfg.rollout.max_refill_rounds + 1):
+        gen = torch.Generator().manual_seed(_seed(cfg.seed, step, info.rank, rnd))
+        t0 = time.perf_counter()
+        with ledger.phase("rollout") if ledger else nullcontext() as ph:
+            prompts, rows, toks, fins, lps = _sample_groups(policy, tokenizer, task, problems, cfg, gen, want_lp)
+            if ph is not None:
+                ph.add(prompt_tokens=sum(len(prompts[i]) for i in rows), generated_tokens=sum(map(len, toks)),
+                       seq_len=max(map(len, prompts)) + cfg.rollout.max_new_tokens)
+        t1 = time.perf_counter()
+        with ledger.phase("scoring") if ledger else nullcontext():
+            rewards, parts, scores = _score(task, tokenizer, reward_fn, cfg, problems, rows, toks, fins)
+        t_roll, t_score = t_roll + t1 - t0, t_score + time.perf_counter() - t1
+        n_prompt_tok += sum(len(prompts[i]) for i in rows)
+        n_gen += sum(map(len, toks))
+        seen["rewards"] += rewards
+        seen["parts"] += parts
+        seen["scores"] += scores
+        seen["lengths"] += [len(t) for t in toks]
+        seen["fins"] += fins
+        for g in range(len(problems)):
+            sl = slice(g * G, (g + 1) * G)
+            flat = max(rewards[sl]) - min(rewards[sl]) < 1e-9
+            seen["groups"] += 1
+            seen["zero_var"] += flat
+            if (flat and cfg.rollout.dynamic_sampling) or len(kept["problems"]) >= local_n:
+                continue
+            kept["problems"].append(problems[g])
+            kept["prompts"] += [prompts[g]] * G
+            kept["toks"] += toks[sl]
+            kept["fins"] += fins[sl]
+            kept["lps"] += lps[sl] if lps else []
+            kept["rewards"] += rewards[sl]
+        missing = local_n - len(kept["problems"])
+        if not cfg.rollout.dynamic_sampling or missing <= 0:
+            break
+        problems = stream.extra(missing, step, info.rank, rnd + 1)
+    return kept, seen, {"rollout": t_roll, "scoring": t_score, "prompt_tokens": n_prompt_tok, "generated": n_gen}
+
+
+def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger):
+    """Advantages, reference log-probs and the GRPO update on this rank's kept groups."""
+    G, a = cfg.rollout.group_size, cfg.algo
+    n = len(kept["toks"])
+    if n == 0:
+        rewards = torch.zeros(0)
+        advantages = torch.zeros(0)
+        prompts, toks = [[tokenizer.pad_token_id]], [[tokenizer.pad_token_id]]
+    else:
+        rewards = torch.tensor(kept["rewards"], dtype=torch.float32)
+        advantages = ADVANTAGES[a.advantage_scale](rewards, G)
+        prompts, toks = kept["prompts"], kept["toks"]
+    loss_rows = kept["fins"] if a.mask_truncated else None
+    rollout = build_rollout(prompts, toks, tokenizer.pad_token_id, advantages if n else torch.zeros(1), loss_rows)
+    if n == 0:
+        rollout.completion_mask.zero_()
+    groups = n // G
+    rollout.mini_batch = torch.tensor([(i // G) * a.mini_batches // max(groups, 1) for i in range(max(n, 1))])
+    if kept["lps"]:
+        t_len = rollout.completion_len
+        old = torch.zeros(n, t_len)
+        for i, lp in enumerate(kept["lps"]):
+            old[i, : len(lp)] = torch.tensor(lp)
+        rollout.old_logprobs = old
+    settings = UpdateSettings(cfg.rollout.temperature, a.loss_aggregation, a.beta, a.eps_low, a.eps_high, a.mu,
+                              a.mini_batches, cfg.rollout.max_new_tokens, cfg.optim.grad_clip)
+    with ledger.phase("training") if ledger else nullcontext() as ph:
+        if a.beta > 0 and n:
+            rollout.ref_logprobs = rollout_logprobs(ref, rollout, cfg.rollout.temperature)
+        elif a.beta > 0:
+            rollout.ref_logprobs = torch.zeros_like(rollout.completion_mask)
+        stats = train_on_rollout(policy, optimizer, rollout, settings)
+        if ph is not None:
+            ph.add(trained_tokens=stats["tokens_trained"],
+                   forward_tokens=int(rollout.attention_mask.sum()) if a.beta > 0 and n else 0,
+                   seq_len=rollout.input_ids.shape[1])
+    return stats
+
+
+def _step_metrics(seen, kept, stats, times, lr, t_step, info) -> dict:
+    """Reduce this step's numbers over ranks into the logged metrics."""
+    n = len(seen["rewards"])
+    rewards = seen["rewards"]
+    sums = [n, sum(rewards), sum(r * r for r in rewards), sum(s.correct for s in seen["scores"]),
+            sum(s.formatted for s in seen["scores"]), sum(seen["lengths"]), sum(not f for f in seen["fins"]),
+            seen["zero_var"], seen["groups"], times["generated"], times["rollout"], times["scoring"],
+            len(kept["toks"])]
+    names = sorted({k for p in seen["parts"] for k in p})
+    sums += [sum(p.get(k, 0.0) for p in seen["parts"]) for k in names]
+    tot = dist.all_reduce_sum(sums)
+    max_len = dist.all_gather_objects(max(seen["lengths"], default=0))
+    count = max(tot[0], 1)
+    mean = tot[1] / count
+    m = {
+        "reward_mean": mean, "reward_std": math.sqrt(max(tot[2] / count - mean * mean, 0.0)),
+        "accuracy": tot[3] / count, "format_rate": tot[4] / count, "completion_len_mean": tot[5] / count,
+        "completion_len_max": max(max_len), "truncation_rate": tot[6] / count,
+        "zero_variance_share": tot[7] / max(tot[8], 1), "completions_sampled": int(tot[0]),
+        "completions_trained": int(tot[12]),
+        **{k: stats[k] for k in ("loss", "kl", "clip_fraction", "entropy", "grad_norm", "skipped_updates")},
+        "lr": lr, "time_rollout": tot[10] / info.world, "time_scoring": tot[11] / info.world,
+        "time_training": stats["time_training"], "time_step": t_step,
+        "tokens_per_s": tot[9] / max(tot[10] / info.world, 1e-9), "completions_per_s": tot[0] / max(t_step, 1e-9),
+    }
+    m.update({f"reward/{k}": v / count for k, v in zip(names, tot[13:])})
+    return m
+
+
+def _evaluate(policy, tokenizer, task, cfg, ledger, progress) -> dict:
+    result = evaluate(policy, tokenizer, task, cfg.eval, progress=progress, ledger=ledger)
+    policy.train()
+    return result
+
+
+def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger_factory=None,
+           stop_after: int | None = None) -> dict:
+    """Run GRPO as configured; returns a summary (held-out before/after, steps, seconds, run dir).
+
+    `stop_after` ends the process's work after that many steps (as if killed), for tests of --resume.
+    """
+    info = dist.init_distributed()
+    cfg.resolve(info.world)
+    out = Path(cfg.out)
+    task = get_task(cfg.task)
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None and not resume:
+        raise UserError(f"{out} already holds a run (checkpoint {ckpt.name}): add --resume to continue it, or "
+                        "choose another --out")
+    policy, tokenizer = load_model(ckpt if (resume and ckpt) else cfg.model, trainable=True)
+    ref = None
+    if cfg.algo.beta > 0:  # β = 0 loads no reference model at all
+        ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
+                                  weight_decay=o.weight_decay)
+    doctor = Doctor(cfg.doctor.strict, cfg.doctor.truncation_limit, cfg.doctor.zero_variance_limit,
+                    cfg.doctor.patience, cfg.doctor.hacking_drop)
+    start, history = 0, {}
+    if resume and ckpt is not None:
+        state = load_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        if ref is not None:
+            ref.load_state_dict(state["ref"])
+        doctor.load(state["doctor"])
+        start, history = state["step"], state["history"]
+    log = MetricsLog(out, enabled=info.main)
+    if info.main:
+        log.truncate_after(start - 1)
+        write_json(out / "run.json", {"stage": "rl", "config": to_dict(cfg), "task_options": task_options(task),
+                                      "world_size": info.world, "resumed_from": start or None})
+    ledger = ledger_factory(out, "rl", policy.config.to_dict()) if (ledger_factory and info.main) else None
+    stream = _Stream(task.problems("train", cfg.train_problems, seed=cfg.seed), cfg.seed)
+    reward_fn = combine(cfg.reward.weights)
+
+    if start == 0 and cfg.eval_every and info.main:
+        history["before"] = _evaluate(policy, tokenizer, task, cfg, ledger, progress)["metrics"]
+        log.log(0, {f"eval/{k}": v for k, v in history["before"].items() if isinstance(v, (int, float))})
+    dist.barrier()
+    bar = tqdm(range(start, cfg.steps), desc="GRPO", disable=not (progress and info.main), initial=start,
+               total=cfg.steps)
+    t_run = time.perf_counter()
+    for step in bar:
+        if stop_after is not None and step >= start + stop_after:
+            break
+        t0 = time.perf_counter()
+        lr = learning_rate(step, cfg)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        if ref is not None and cfg.algo.ref_reset_every and step > 0 and step % cfg.algo.ref_reset_every == 0:
+            ref.load_state_dict(policy.state_dict())
+        kept, seen, times = _rollout_step(step, policy, tokenizer, task, stream, reward_fn, cfg, info, ledger)
+        t1 = time.perf_counter()
+        stats = _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger)
+        stats["time_training"] = time.perf_counter() - t1
+        m = _step_metrics(seen, kept, stats, times, lr, time.perf_counter() - t0, info)
+        warnings = doctor.check_step(step + 1, m)
+        done = step + 1
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps and info.main:
+            ev = _evaluate(policy, tokenizer, task, cfg, ledger, progress=False)["metrics"]
+            m.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
+            warnings += doctor.check_eval(done, ev["pass@1"])
+        if info.main:
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                log.log(done, m)
+            for w in warnings:
+                bar.write(f"r1kit doctor: {w}")
+            bar.set_postfix(reward=f"{m['reward_mean']:.2f}", acc=f"{m['accuracy']:.2f}",
+                            len=f"{m['completion_len_mean']:.0f}")
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            if info.main:
+                state = {"optimizer": optimizer.state_dict(), "ref": ref.state_dict() if ref is not None else None,
+                         "doctor": doctor.state(), "history": history}
+                with ledger.phase("checkpointing") if ledger else nullcontext():
+                    save_checkpoint(out, done, policy, tokenizer, state, cfg.keep_checkpoints)
+            dist.barrier()
+    seconds = time.perf_counter() - t_run
+    finished = latest_checkpoint(out) is not None and int(latest_checkpoint(out).name.split("_")[1]) == cfg.steps
+    summary = {"run_dir": str(out), "steps": cfg.steps, "seconds_this_process": seconds, "finished": finished}
+    if finished and info.main:
+        with ledger.phase("checkpointing") if ledger else nullcontext():
+            save_model(policy, tokenizer, out / "model")
+        result = _evaluate(policy, tokenizer, task, cfg, ledger, progress)
+        write_json(out / "eval.json", result)
+        summary.update(before=history.get("before"), after=result["metrics"], eval=result)
+        write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})
+    log.close()
+    return summary

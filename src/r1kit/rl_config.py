@@ -1,0 +1,140 @@
+"""The RL (GRPO) configuration: one dataclass per concern, each field documented beside it.
+
+Defaults follow the R1-Zero column of ../shared/r1-reference.md §2 where they make sense at any scale (β=0.001,
+temperature 1.0, G=16, reference reset every 400 steps, 16 mini-batches are *not* the default: a small run has
+too few completions). Variants (GRPO, Dr. GRPO, DAPO) are named rows of `VARIANTS` that fill whatever the user
+left unset. Pure Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from r1kit.errors import UserError
+from r1kit.metrics import EvalConfig
+
+# name -> settings it implies (only applied to fields the user left as None)
+VARIANTS: dict[str, dict] = {
+    "grpo": {"loss_aggregation": "seq_mean", "advantage_scale": "std", "eps_high": None,
+             "dynamic_sampling": False},
+    "dr_grpo": {"loss_aggregation": "constant", "advantage_scale": "none", "eps_high": None,
+                "dynamic_sampling": False},
+    "dapo": {"loss_aggregation": "token_mean", "advantage_scale": "std", "eps_high": 0.28,
+             "dynamic_sampling": True},
+}
+LOSS_AGGREGATIONS = ("seq_mean", "token_mean", "constant")
+ADVANTAGE_SCALES = ("std", "none")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 16  # questions per step, over all ranks
+    group_size: int = 8  # G: completions sampled per question
+    temperature: float = 1.0  # sampling temperature (the paper: 1.0)
+    top_p: float = 1.0
+    max_new_tokens: int = 128  # completion budget; longer completions are truncated
+    dynamic_sampling: bool | None = None  # drop groups whose rewards are all equal and refill (DAPO)
+    max_refill_rounds: int = 4  # at most this many extra sampling rounds per step when refilling
+    batch_size: int = 256  # completions sampled in one batch
+
+
+@dataclass
+class AlgoConfig:
+    variant: str = "grpo"  # a key of VARIANTS: grpo | dr_grpo | dapo
+    loss_aggregation: str | None = None  # seq_mean (paper) | token_mean (DAPO) | constant (Dr. GRPO)
+    advantage_scale: str | None = None  # std: (r-mean)/std | none: r-mean (Dr. GRPO)
+    beta: float = 0.001  # KL weight; 0 loads no reference model at all
+    ref_reset_every: int = 400  # replace the reference by the current policy every N steps; 0 never
+    eps_low: float = 0.2  # clip ratio below 1
+    eps_high: float | None = None  # clip ratio above 1 (clip-higher); None: same as eps_low
+    mu: int = 1  # inner epochs over each rollout
+    mini_batches: int = 1  # optimiser steps per epoch: the rollout is split into this many parts
+    mask_truncated: bool = False  # truncated completions carry no loss (DAPO's overlong filtering)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-6  # peak learning rate (the paper: 3e-6)
+    warmup_steps: int = 0  # linear warmup
+    schedule: str = "constant"  # after warmup: constant | cosine | linear decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    beta1: float = 0.9
+    beta2: float = 0.99
+
+
+@dataclass
+class RewardConfig:
+    weights: dict = field(default_factory=lambda: {"accuracy": 1.0, "format": 1.0})  # name -> weight
+    language: str = "latin"  # target script of the language-consistency reward
+    overlong_buffer: int = 0  # tokens before the budget where the overlong penalty ramps in
+
+
+@dataclass
+class DoctorConfig:
+    strict: bool = False  # stop the run (instead of warning) when it cannot learn
+    truncation_limit: float = 0.95  # warn when this share of completions is truncated
+    zero_variance_limit: float = 0.95  # ... when this share of groups has all-equal rewards
+    patience: int = 5  # steps a condition must last before it is reported
+    hacking_drop: float = 0.05  # held-out pass@1 falling this much while reward rises: reward hacking
+
+
+@dataclass
+class RLConfig:
+    model: str = ""  # the policy to start from: any Hugging Face causal-LM directory
+    task: str = "arithmetic"  # task spec
+    out: str = ""  # run directory
+    steps: int = 100  # RL steps
+    seed: int = 0
+    train_problems: int = 20_000  # size of the training pool (train split)
+    eval_every: int = 0  # held-out evaluation every N steps (and at the end); 0: only at the end
+    checkpoint_every: int = 50  # checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept
+    log_every: int = 1
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(n=500, k=4))
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
+
+    def resolve(self, world: int = 1) -> RLConfig:
+        """Fill variant defaults and check cross-field rules; raises UserError before step 1."""
+        a, r = self.algo, self.rollout
+        if a.variant not in VARIANTS:
+            raise UserError(f"unknown algo.variant {a.variant!r}: use one of {', '.join(VARIANTS)}")
+        implied = VARIANTS[a.variant]
+        if a.loss_aggregation is None:
+            a.loss_aggregation = implied["loss_aggregation"]
+        if a.advantage_scale is None:
+            a.advantage_scale = implied["advantage_scale"]
+        if a.eps_high is None:
+            a.eps_high = implied["eps_high"] if implied["eps_high"] is not None else a.eps_low
+        if r.dynamic_sampling is None:
+            r.dynamic_sampling = implied["dynamic_sampling"]
+        checks = [
+            (bool(self.model), "model: give the policy's directory (--model DIR)"),
+            (bool(self.out), "out: give a run directory (--out RUN_DIR)"),
+            (a.loss_aggregation in LOSS_AGGREGATIONS, f"algo.loss_aggregation must be one of {LOSS_AGGREGATIONS}"),
+            (a.advantage_scale in ADVANTAGE_SCALES, f"algo.advantage_scale must be one of {ADVANTAGE_SCALES}"),
+            (self.optim.schedule in LR_SCHEDULES, f"optim.schedule must be one of {LR_SCHEDULES}"),
+            (self.steps >= 1 and self.seed >= 0, "steps must be at least 1 and seed non-negative"),
+            (r.group_size >= 2, "rollout.group_size must be at least 2 (advantages compare within a group)"),
+            (r.prompts_per_step % world == 0,
+             f"rollout.prompts_per_step ({r.prompts_per_step}) must be divisible by the number of ranks ({world})"),
+            (r.max_new_tokens >= 1 and r.temperature > 0 and 0 < r.top_p <= 1,
+             "rollout: max_new_tokens >= 1, temperature > 0 and 0 < top_p <= 1"),
+            (a.beta >= 0 and 0 <= a.eps_low < 1 and a.eps_high >= 0, "algo: beta >= 0 and 0 <= eps_low < 1"),
+            (a.mu >= 1 and a.mini_batches >= 1, "algo.mu and algo.mini_batches must be at least 1"),
+            (r.prompts_per_step // world >= a.mini_batches,
+             "algo.mini_batches must not exceed the prompts per step on each rank"),
+            (self.optim.lr > 0 and self.optim.grad_clip >= 0, "optim.lr must be positive"),
+            (bool(self.reward.weights), "reward.weights must name at least one reward"),
+            (self.checkpoint_every >= 1 and self.keep_checkpoints >= 1, "checkpoint_every/keep_checkpoints >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        return self
