@@ -176,11 +176,6 @@ def test_override_into_a_value_that_is_not_a_section():
         apply_overrides({"optim": {"lr": 1.0}}, ["optim.lr.x=1"])
 
 
-@pytest.mark.xfail(
-    reason="apply_overrides copies only the top level, so an override two sections deep writes into the "
-    "caller's nested dict",
-    strict=True,
-)
 def test_overrides_leave_deeply_nested_input_alone():
     data = {"rl": {"optim": {"lr": 1.0}}}
     before = copy.deepcopy(data)

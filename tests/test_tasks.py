@@ -338,11 +338,6 @@ def test_arithmetic_knobs_are_validated(knobs):
         ArithmeticTask(**knobs)
 
 
-@pytest.mark.xfail(
-    reason="ArithmeticTask.__post_init__ range-checks digits with <= only, so a float passes and "
-    "problems() later fails in random.randint with a ValueError (a traceback, not a UserError)",
-    strict=True,
-)
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize(
     "spec", ["arithmetic:digits=2.5", "arithmetic:mul_digits=1.5", "arithmetic:operands=2.5"]
@@ -352,9 +347,6 @@ def test_non_integer_counts_are_user_errors(spec):
         get_task(spec).problems("train", 5)
 
 
-@pytest.mark.xfail(
-    reason="ArithmeticTask does not check test_percent (0..100) or p_bad_format (<= 1)", strict=True
-)
 @pytest.mark.parametrize("knobs", [{"test_percent": 150}, {"test_percent": -5}, {"p_bad_format": 2.0}])
 def test_out_of_range_shares_are_user_errors(knobs):
     with pytest.raises(UserError):

@@ -6,6 +6,7 @@ Pure Python.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -105,7 +106,7 @@ def load_toml(path: str | Path) -> dict:
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `section.key=value` strings onto a nested dict (values stay strings; `build` converts them)."""
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    data = copy.deepcopy(data)
     for item in overrides:
         key, eq, value = item.partition("=")
         if not eq or not key:

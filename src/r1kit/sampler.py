@@ -201,12 +201,21 @@ def _sample_fast(model, ids, mask, params, eos, generator, want_logprobs):
     return Samples(out, finished, lps if want_logprobs else None)
 
 
+def _cache_io(model):
+    """The KV-cache keyword of this transformers version (`cache` since 5.x, `past_key_values` before)."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return name, (lambda res: getattr(res, name))
+
+
 def _sample_generic(model, ids, mask, params, eos, generator, want_logprobs, pad_id):
     B, P = ids.shape
     attn = mask.long()
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    cache_kw, cache_of = _cache_io(model)
     res = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True)
-    past, logits = res.past_key_values, res.logits[:, -1].float()
+    past, logits = cache_of(res), res.logits[:, -1].float()
     next_pos = positions[:, -1] + 1
     out: list[list[int]] = [[] for _ in range(B)]
     lps: list[list[float]] = [[] for _ in range(B)]

@@ -112,6 +112,12 @@ class ArithmeticTask:
 
     def __post_init__(self) -> None:
         check_template(self.template)
+        for name in ("digits", "mul_digits", "operands", "test_percent"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise UserError(f"arithmetic: {name} must be a whole number, got {value!r}")
+        if not 0 < self.test_percent < 100 or not 0 <= self.p_bad_format <= 1:
+            raise UserError("arithmetic: test_percent must be in 1..99 and p_bad_format in [0, 1]")
         if not 1 <= self.digits <= 12 or not 1 <= self.mul_digits <= 6 or not 2 <= self.operands <= 5:
             raise UserError("arithmetic: digits must be 1..12, mul_digits 1..6, operands 2..5")
         if not self.ops or set(self.ops) - {"+", "*"}:
