@@ -239,10 +239,10 @@ def _sample_generic(model, ids, mask, params, eos, generator, want_logprobs, pad
             input_ids=tok[:, None],
             attention_mask=attn,
             position_ids=next_pos[:, None],
-            past_key_values=past,
             use_cache=True,
+            **{cache_kw: past},
         )
-        past, logits = res.past_key_values, res.logits[:, -1].float()
+        past, logits = cache_of(res), res.logits[:, -1].float()
         next_pos = next_pos + 1
     return Samples(out, finished, lps if want_logprobs else None)
 
