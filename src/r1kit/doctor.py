@@ -12,6 +12,7 @@ Warnings are returned as strings; in strict mode `DoctorStop` is raised with the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from r1kit.errors import UserError
@@ -56,7 +57,7 @@ class Doctor:
         out: list[str] = []
         for name in ("loss", "grad_norm"):
             value = m.get(name)
-            if value is not None and value != value or value in (float("inf"), float("-inf")):
+            if value is not None and not math.isfinite(value):
                 out += self._report(f"nan{step}", f"step {step}: {name} is {value}; the update was skipped "
                                     "(lower optim.lr or check the data)")
         if m.get("skipped_updates"):

@@ -12,11 +12,11 @@ from contextlib import nullcontext
 from dataclasses import asdict
 
 import torch
-from tqdm.auto import tqdm
 
 from r1kit.errors import UserError
 from r1kit.metrics import EvalConfig, majority, summarize
 from r1kit.modeling import eos_ids
+from r1kit.runlog import progress_bar
 from r1kit.sampler import SamplingParams, sample
 
 
@@ -40,7 +40,7 @@ def evaluate(
     phase = ledger.phase("evaluation") if ledger is not None else nullcontext()
     with (
         phase as ph,
-        tqdm(
+        progress_bar(
             total=len(jobs),
             desc=f"eval {task.name}/{cfg.split}",
             unit="sample",

@@ -5,7 +5,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
+
+
+def progress_bar(iterable=None, **kwargs):
+    """A tqdm bar: redrawn often on a terminal, every 30 s in a log file (so CI logs stay readable)."""
+    from tqdm.auto import tqdm
+
+    interactive = sys.stderr.isatty()
+    kwargs.setdefault("mininterval", 0.5 if interactive else 30.0)
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kwargs)
 
 
 def write_json(path: str | os.PathLike, data) -> None:

@@ -86,7 +86,12 @@ def supports_fast_path(model) -> bool:
 
 
 class _FastDecoder:
-    """Functional Llama-family forward over a model's weights, with a preallocated KV cache."""
+    """Functional Llama-family forward over a model's weights, with a preallocated KV cache.
+
+    For models under ~1B parameters the q/k/v and gate/up projections are concatenated once per call to
+    `sample` (fewer, larger matmuls: per-call overhead dominates small models); larger models use the weights
+    in place, so no memory is duplicated.
+    """
 
     def __init__(self, model, batch: int, max_len: int):
         self.m = model.model
@@ -102,59 +107,99 @@ class _FastDecoder:
         shape = (len(self.m.layers), batch, self.n_kv, max_len, self.head_dim)
         self.k_cache = torch.zeros(shape, dtype=dtype)  # (L, B, Hkv, S, D)
         self.v_cache = torch.zeros(shape, dtype=dtype)
+        fuse = sum(p.numel() for p in model.parameters()) < 1_000_000_000
+        self.layers = [self._layer_weights(layer, fuse) for layer in self.m.layers]
+        freqs = torch.arange(max_len + 1, dtype=torch.float32)[:, None] * self.inv_freq  # (S, D/2)
+        emb = torch.cat((freqs, freqs), -1)  # (S, D): rotary angles of every position, computed once
+        self.cos_table = (emb.cos() * self.rope_scale).to(dtype)
+        self.sin_table = (emb.sin() * self.rope_scale).to(dtype)
+
+    @staticmethod
+    def _layer_weights(layer, fuse: bool) -> dict:
+        att, mlp = layer.self_attn, layer.mlp
+        projs = (att.q_proj, att.k_proj, att.v_proj)
+        w = {"ln1": layer.input_layernorm.weight, "ln2": layer.post_attention_layernorm.weight,
+             "o": att.o_proj.weight, "o_b": att.o_proj.bias, "down": mlp.down_proj.weight}
+        if fuse:
+            w["qkv"] = torch.cat([p.weight for p in projs])
+            w["qkv_b"] = torch.cat([p.bias for p in projs]) if att.q_proj.bias is not None else None
+            w["gate_up"] = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+        else:
+            w["q"], w["k"], w["v"] = [(p.weight, p.bias) for p in projs]
+            w["gate"], w["up"] = mlp.gate_proj.weight, mlp.up_proj.weight
+        return w
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         self.k_cache = self.k_cache[:, rows]
         self.v_cache = self.v_cache[:, rows]
 
-    def _norm(self, x: torch.Tensor, norm) -> torch.Tensor:
-        xf = x.float()
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, weight.shape, weight, self.eps)
+        xf = x.float()  # half precision: normalise in fp32, as the model's own RMSNorm does
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return norm.weight * xf.to(x.dtype)
-
-    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions[..., None].float() * self.inv_freq  # (B, T, D/2)
-        emb = torch.cat((freqs, freqs), -1)  # (B, T, D)
-        cos = (emb.cos() * self.rope_scale).to(dtype)[:, None]  # (B, 1, T, D)
-        sin = (emb.sin() * self.rope_scale).to(dtype)[:, None]
-        return cos, sin
+        return weight * xf.to(x.dtype)
 
     @staticmethod
     def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
 
-    def forward(
-        self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Logits of the last position. ids/positions (B, T) are written to cache slots [start, start+T);
-        mask (B, T, start+T) says which cached keys each query may attend to."""
+    def _qk_v(self, w: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q and k side by side, v): (B, T, (H+Hkv)*D) and (B, T, Hkv*D)."""
+        if "qkv" in w:
+            qkv = F.linear(x, w["qkv"], w["qkv_b"])
+            cut = (self.n_heads + self.n_kv) * self.head_dim
+            return qkv[..., :cut], qkv[..., cut:]
+        q, k, v = [F.linear(x, weight, bias) for weight, bias in (w["q"], w["k"], w["v"])]
+        return torch.cat((q, k), -1), v
+
+    def _mlp(self, w: dict, x: torch.Tensor) -> torch.Tensor:
+        if "gate_up" in w:
+            gate, up = F.linear(x, w["gate_up"]).chunk(2, -1)
+        else:
+            gate, up = F.linear(x, w["gate"]), F.linear(x, w["up"])
+        return F.linear(F.silu(gate) * up, w["down"])
+
+    def _attend_one(self, q: torch.Tensor, i: int, end: int, bias: torch.Tensor) -> torch.Tensor:
+        """One new query per row; q (B, H, 1, D), bias (B, 1, 1, S) additive. Returns (B, H, 1, D)."""
+        B, rep = q.shape[0], self.n_heads // self.n_kv
+        k = self.k_cache[i, :, :, :end]  # (B, Hkv, S, D)
+        v = self.v_cache[i, :, :, :end]
+        qg = q.view(B, self.n_kv, rep, self.head_dim)  # (B, Hkv, rep, D): query heads grouped by KV head
+        scores = torch.matmul(qg, k.transpose(-1, -2)) * self.head_dim**-0.5 + bias  # (B, Hkv, rep, S)
+        out = torch.matmul(scores.softmax(-1), v)  # (B, Hkv, rep, D)
+        return out.view(B, self.n_heads, 1, self.head_dim)
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
+        """Logits of the last position. ids/positions (B, T) are written to cache slots [start, start+T).
+        mask: for a prefill, (B, T, start+T) booleans (which cached keys each query may see); for one decoding
+        step, (B, 1, start+1) additive biases (0 or -inf)."""
         B, T = ids.shape
         h = self.m.embed_tokens(ids)  # (B, T, C)
-        cos, sin = self._rope(positions, h.dtype)
-        attn_mask = mask[:, None]  # (B, 1, T, S)
+        cos, sin = self.cos_table[positions][:, :, None], self.sin_table[positions][:, :, None]  # (B, T, 1, D)
         end = start + T
-        for i, layer in enumerate(self.m.layers):
-            att = layer.self_attn
-            x = self._norm(h, layer.input_layernorm)
-            q = att.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-            k = att.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-            v = att.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        if T == 1:  # decoding: an additive bias and two matmuls beat SDPA's masked path for one query
+            bias = mask[:, None]  # (B, 1, 1, S), already additive
+        n_qk = self.n_heads + self.n_kv
+        for i, w in enumerate(self.layers):
+            qk, v = self._qk_v(w, self._norm(h, w["ln1"]))
+            qk = qk.reshape(B, T, n_qk, self.head_dim)  # (B, T, H+Hkv, D)
+            qk = self._rotate(qk, cos, sin).transpose(1, 2)  # (B, H+Hkv, T, D): one rotation for q and k
+            q, k = qk[:, : self.n_heads], qk[:, self.n_heads:]
+            v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
             self.k_cache[i, :, :, start:end] = k
             self.v_cache[i, :, :, start:end] = v
-            o = F.scaled_dot_product_attention(
-                q,
-                self.k_cache[i, :, :, :end],
-                self.v_cache[i, :, :, :end],
-                attn_mask=attn_mask,
-                enable_gqa=self.n_kv != self.n_heads,
-            )  # (B, H, T, D)
-            h = h + att.o_proj(o.transpose(1, 2).reshape(B, T, -1))
-            x = self._norm(h, layer.post_attention_layernorm)
-            mlp = layer.mlp
-            h = h + mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
-        h = self._norm(h[:, -1], self.m.norm)  # (B, C)
+            if T == 1:
+                o = self._attend_one(q, i, end, bias)
+            else:
+                o = F.scaled_dot_product_attention(
+                    q, self.k_cache[i, :, :, :end], self.v_cache[i, :, :, :end], attn_mask=mask[:, None],
+                    enable_gqa=self.n_kv != self.n_heads,
+                )  # (B, H, T, D)
+            h = h + F.linear(o.transpose(1, 2).reshape(B, T, -1), w["o"], w["o_b"])
+            h = h + self._mlp(w, self._norm(h, w["ln2"]))
+        h = self._norm(h[:, -1], self.m.norm.weight)  # (B, C)
         return self.lm_head(h).float()  # (B, V)
 
 
@@ -165,10 +210,11 @@ def _sample_fast(model, ids, mask, params, eos, generator, want_logprobs):
     causal = torch.ones(P, P, dtype=torch.bool).tril()
     prefill_mask = (causal[None] & mask[:, None, :]) | torch.eye(P, dtype=torch.bool)[None]  # (B, P, P)
     logits = dec.forward(ids, positions, 0, prefill_mask)
-    valid = torch.ones(B, P + params.max_new_tokens, dtype=torch.bool)
-    valid[:, :P] = mask
+    valid = torch.zeros(B, P + params.max_new_tokens, dtype=dec.k_cache.dtype)  # additive key bias: -inf on pads
+    valid[:, :P].masked_fill_(~mask, float("-inf"))
     next_pos = positions[:, -1] + 1  # (B,)
-    rows = torch.arange(B)  # original row of each live row
+    rows = torch.arange(B)  # original row of each cache row
+    alive = torch.ones(B, dtype=torch.bool)  # cache rows still generating
     out: list[list[int]] = [[] for _ in range(B)]
     lps: list[list[float]] = [[] for _ in range(B)]
     finished = [False] * B
@@ -178,21 +224,24 @@ def _sample_fast(model, ids, mask, params, eos, generator, want_logprobs):
         if want_logprobs:
             scale = params.temperature or 1.0
             lp = (logits / scale).log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1).tolist()
-        tok_list = tok.tolist()
-        done = torch.isin(tok, eos_t)
+        tok_list, alive_list = tok.tolist(), alive.tolist()
         for j, r in enumerate(rows.tolist()):
-            out[r].append(tok_list[j])
-            if want_logprobs:
-                lps[r].append(lp[j])
+            if alive_list[j]:
+                out[r].append(tok_list[j])
+                if want_logprobs:
+                    lps[r].append(lp[j])
+        done = torch.isin(tok, eos_t) & alive
         if done.any():
             for r in rows[done].tolist():
                 finished[r] = True
-            keep = ~done
-            if not keep.any():
+            alive &= ~done
+            n_alive = int(alive.sum())
+            if n_alive == 0:
                 break
-            rows, tok, next_pos = rows[keep], tok[keep], next_pos[keep]
-            valid = valid[keep]
-            dec.keep_rows(keep.nonzero().squeeze(-1))
+            if n_alive <= 0.75 * len(rows):  # drop finished rows once enough of them pile up
+                keep = alive.nonzero().squeeze(-1)
+                rows, tok, next_pos, valid, alive = rows[keep], tok[keep], next_pos[keep], valid[keep], alive[keep]
+                dec.keep_rows(keep)
         if t + 1 == params.max_new_tokens:
             break
         step_mask = valid[:, None, : P + t + 1]  # (b, 1, S)

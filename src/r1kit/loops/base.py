@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from r1kit.config import to_dict
 from r1kit.errors import UserError
 from r1kit.evaluate import EvalConfig, evaluate, format_eval_table
 from r1kit.modeling import SIZES, count_params, new_model, save_model, train_tokenizer
-from r1kit.runlog import MetricsLog, write_json
+from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.tasks import get_task, task_options
 
 
@@ -106,7 +105,7 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
         betas=(0.9, 0.95),
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    bar = tqdm(range(cfg.steps), desc=f"pre-train {cfg.size} on {task.name}", disable=not progress)
+    bar = progress_bar(range(cfg.steps), desc=f"pre-train {cfg.size} on {task.name}", disable=not progress)
     tokens_trained, loss_ema = 0, None
     for step in bar:
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)

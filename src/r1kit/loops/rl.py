@@ -24,7 +24,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from r1kit import dist
 from r1kit.checkpoint import latest_checkpoint, load_state, save_checkpoint
@@ -37,7 +36,7 @@ from r1kit.losses import ADVANTAGES
 from r1kit.modeling import eos_ids, load_model, save_model
 from r1kit.rewards import combine
 from r1kit.rl_config import RLConfig
-from r1kit.runlog import MetricsLog, write_json
+from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.sampler import SamplingParams, sample
 from r1kit.tasks import get_task, task_options
 
@@ -278,7 +277,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         history["before"] = _evaluate(policy, tokenizer, task, cfg, ledger, progress)["metrics"]
         log.log(0, {f"eval/{k}": v for k, v in history["before"].items() if isinstance(v, (int, float))})
     dist.barrier()
-    bar = tqdm(range(start, cfg.steps), desc="GRPO", disable=not (progress and info.main), initial=start,
+    bar = progress_bar(range(start, cfg.steps), desc="GRPO", disable=not (progress and info.main), initial=start,
                total=cfg.steps)
     t_run = time.perf_counter()
     for step in bar:

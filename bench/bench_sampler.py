@@ -1,0 +1,232 @@
+"""r1kit's sampler against transformers' `generate`: tokens/s on the same model, prompts and sampling settings.
+
+Both sample arithmetic test prompts, left-padded, at temperature 0.6 and top-p 0.95 (the R1 evaluation settings;
+top-k off for `generate`), up to `--max-new-tokens`, stopping a row at EOS. Tokens are counted the same way for
+both: per row, every sampled position up to and including the first EOS (all of them when there is none). The two
+alternate in one process: one warm-up each per batch size, then `--reps` timed runs each; the table gives the
+median tokens/s and the ratio r1kit / transformers. The target is r1kit ≥ 2× at batch 64.
+
+Without `--model` the script builds an untrained tiny Llama (a BPE tokenizer trained on 2,000 arithmetic documents,
+`new_model("tiny", seed=0)`): such a model rarely samples EOS, so nearly every row runs to `--max-new-tokens`. A
+trained model (e.g. `runs/demo/base`) stops rows early, which r1kit's sampler exploits by dropping finished rows.
+
+    .venv/bin/python bench/bench_sampler.py --model runs/demo/base --json bench/sampler.json
+    .venv/bin/python bench/bench_sampler.py --batches 1,16,64 --reps 5 --threads 2   # untrained tiny model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from r1kit.modeling import eos_ids, load_model, new_model, train_tokenizer  # noqa: E402
+from r1kit.sampler import SamplingParams, left_pad, sample, supports_fast_path  # noqa: E402
+from r1kit.tasks import get_task  # noqa: E402
+
+TEMPERATURE, TOP_P = 0.6, 0.95
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else whatever `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(threads: int) -> dict:
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+    }
+
+
+def build_untrained(task, seed: int = 0):
+    """(model, tokenizer): a BPE trained on 2,000 arithmetic documents and a freshly initialised tiny Llama."""
+    rng = random.Random(seed)
+    docs = [task.prompt(p) + " " + task.solution(p, rng) for p in task.problems("train", 2000, seed=seed)]
+    tokenizer = train_tokenizer(docs)
+    model = new_model("tiny", tokenizer, seed=seed).eval()
+    return model, tokenizer
+
+
+def count_generated(new_tokens: torch.Tensor, eos: list[int]) -> int:
+    """Sampled tokens in (B, T) `generate` output after the prompt: up to and including each row's first EOS.
+
+    Positions are counted rather than non-pad tokens, so a pad id the model samples mid-row counts, as it does in
+    r1kit's `Samples.num_tokens`; `generate` fills the rest of a finished row with pad tokens, which do not count.
+    """
+    is_eos = torch.isin(new_tokens, torch.tensor(eos))  # (B, T)
+    width = new_tokens.shape[1]
+    first = torch.where(
+        is_eos.any(-1), is_eos.int().argmax(-1) + 1, torch.full_like(is_eos[:, 0], width, dtype=torch.long)
+    )
+    return int(first.sum())
+
+
+def run_r1kit(model, prompts, params, eos, pad_id, seed) -> tuple[int, float]:
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    out = sample(model, prompts, params, eos_ids=eos, pad_id=pad_id, generator=gen)
+    return out.num_tokens, time.perf_counter() - t0
+
+
+def run_hf(model, ids, mask, params, eos, pad_id, seed) -> tuple[int, float]:
+    torch.manual_seed(seed)  # generate samples from the global generator
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=True,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=0,  # off, as in r1kit (generate's default would be 50)
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=eos,
+        )  # (B, P + T)
+    seconds = time.perf_counter() - t0
+    return count_generated(out[:, ids.shape[1] :], eos), seconds
+
+
+def bench_batch(model, tokenizer, prompts, params, reps: int, seed: int) -> dict:
+    """Warm up both, then `reps` alternating timed runs of each (the order flips every repetition)."""
+    eos, pad_id = eos_ids(model, tokenizer), tokenizer.pad_token_id
+    ids, mask = left_pad(prompts, pad_id)
+    mask = mask.long()
+
+    def r1(s):
+        return run_r1kit(model, prompts, params, eos, pad_id, s)
+
+    def hf(s):
+        return run_hf(model, ids, mask, params, eos, pad_id, s)
+
+    r1(seed), hf(seed)  # warm-up
+    runs = {"r1kit": [], "transformers": []}
+    for rep in range(reps):
+        order = [("r1kit", r1), ("transformers", hf)]
+        for name, fn in order if rep % 2 == 0 else order[::-1]:
+            tokens, seconds = fn(seed + 1 + rep)
+            runs[name].append({"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds})
+    result = {"batch": len(prompts)}
+    for name, rs in runs.items():
+        result[name] = {
+            "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in rs),
+            "tokens_per_row_mean": statistics.mean(r["tokens"] for r in rs) / len(prompts),
+            "runs": rs,
+        }
+    result["speedup"] = result["r1kit"]["tokens_per_s_median"] / result["transformers"]["tokens_per_s_median"]
+    return result
+
+
+def format_table(report: dict) -> str:
+    s, e = report["settings"], report["environment"]
+    lines = [
+        f"sampler: r1kit vs transformers {e['transformers']} `generate` (torch {e['torch']}, "
+        f"{e['torch_threads']} threads, {e['cpu']})",
+        f"model: {s['model']} ({s['model_note']}); T={s['temperature']}, top-p={s['top_p']}, "
+        f"max {s['max_new_tokens']} new tokens; median of {s['reps']} runs after 1 warm-up",
+        "",
+        "| batch | r1kit tokens/s | transformers tokens/s | r1kit / transformers | mean tokens per row (r1kit / HF) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        a, b = r["r1kit"], r["transformers"]
+        lines.append(
+            f"| {r['batch']} | {a['tokens_per_s_median']:.0f} | {b['tokens_per_s_median']:.0f} | "
+            f"{r['speedup']:.2f}× | {a['tokens_per_row_mean']:.1f} / {b['tokens_per_row_mean']:.1f} |"
+        )
+    at64 = [r for r in report["results"] if r["batch"] == 64]
+    if at64:
+        verdict = "met" if at64[0]["speedup"] >= 2 else "not met"
+        lines += ["", f"target r1kit ≥ 2× at batch 64: {verdict} ({at64[0]['speedup']:.2f}×)"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--model",
+        help="a Hugging Face model directory (e.g. runs/demo/base); default: build an untrained tiny one",
+    )
+    ap.add_argument("--task", default="arithmetic", help="task spec the prompts come from")
+    ap.add_argument("--batches", default="1,16,64", help="comma-separated batch sizes")
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=5, help="timed runs per backend and batch size")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write the full report (every run) to this path")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",") if b]
+    if not batches or min(batches) < 1 or args.reps < 1:
+        ap.error("--batches needs positive sizes and --reps at least 1")
+
+    task = get_task(args.task)
+    if args.model:
+        model, tokenizer = load_model(args.model)
+        model_name, note = args.model, "as given"
+    else:
+        model, tokenizer = build_untrained(task, args.seed)
+        model_name, note = "tiny, untrained", "rarely samples EOS: rows run to max_new_tokens"
+    problems = task.problems("test", max(batches), seed=args.seed)
+    prompts = [tokenizer(task.prompt(p)).input_ids for p in problems]
+    params = SamplingParams(TEMPERATURE, TOP_P, args.max_new_tokens)
+
+    results = []
+    for b in batches:
+        results.append(bench_batch(model, tokenizer, prompts[:b], params, args.reps, args.seed))
+        r = results[-1]
+        print(
+            f"batch {b}: r1kit {r['r1kit']['tokens_per_s_median']:.0f} tok/s, "
+            f"transformers {r['transformers']['tokens_per_s_median']:.0f} tok/s",
+            flush=True,
+        )
+    report = {
+        "benchmark": "sampler",
+        "settings": {
+            "model": model_name,
+            "model_note": note,
+            "model_type": model.config.model_type,
+            "r1kit_fast_path": supports_fast_path(model),
+            "task": args.task,
+            "temperature": TEMPERATURE,
+            "top_p": TOP_P,
+            "max_new_tokens": args.max_new_tokens,
+            "reps": args.reps,
+            "seed": args.seed,
+            "prompt_tokens_mean": statistics.mean(len(p) for p in prompts),
+        },
+        "environment": environment(args.threads),
+        "results": results,
+    }
+    print()
+    print(format_table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
