@@ -93,9 +93,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on the built-in tiny default")
     p.add_argument("--out", default="runs/demo", help="run directory")
 
-    p = sub.add_parser("cost", help="cost ledger: `cost paper`, or `cost RUN_DIR`")
-    p.add_argument("what", help="`paper` for DeepSeek's published table, or a run directory")
+    p = sub.add_parser("cost", help="cost ledger: `cost paper`, `cost estimate --config R --model M`, `cost RUN_DIR`")
+    p.add_argument("what", help="`paper` for DeepSeek's published table, `estimate` to predict an RL run's cost "
+                   "before launch (extra --section.key=value set its config), or a run directory")
     p.add_argument("--price", type=float, default=None, help="USD per device-hour (default: the price table)")
+    p.add_argument("--config", default=None, help="estimate: a recipe TOML file (see recipes/)")
+    p.add_argument("--model", default=None, help="estimate: the policy's model directory")
+    p.add_argument("--task", default=None, help="estimate: task spec (default: the config's)")
+    p.add_argument("--gpu", default=None, help="estimate for this device kind (A100, H100, H800, H200, B200, cpu)")
+    p.add_argument("--count", type=_positive_int, default=None, help="estimate for this many devices")
+    p.add_argument("--mfu", type=_unit_float, default=None, help="estimate at this MFU (0-1) in every phase")
+    p.add_argument("--calibrate-steps", type=int, default=2,
+                   help="estimate: real RL steps run here first to measure the rates (0: none)")
+    p.add_argument("--completion-len", type=float, default=None, help="estimate: expected completion tokens")
+    p.add_argument("--save", default=None, help="estimate: also write it as DIR/estimate.json")
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html: curves, evaluation, cost, lineage")
+    p.add_argument("run_dir", help="a run (or pipeline) directory")
+    p.add_argument("--out", default=None, help="the HTML file to write (default RUN_DIR/report.html)")
     return parser
 
 
@@ -170,32 +185,89 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def find_recipe(name: str) -> str:
+    """A shipped recipe: ./recipes/NAME, else the repository's recipes/ beside the package source."""
     from pathlib import Path
 
-    from r1kit.evaluate import EvalConfig
+    from r1kit.errors import UserError
+
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        path = root / "recipes" / name
+        if path.is_file():
+            return str(path)
+    raise UserError(f"recipe {name!r} not found: run from the r1kit repository, or give --config PATH")
+
+
+def cmd_demo(args) -> int:
+    """Base model -> R1-Zero RL -> held-out evaluation -> cost table. Re-running skips finished stages."""
+    import json
+    from pathlib import Path
+
+    from r1kit.config import build, load_toml
+    from r1kit.evaluate import format_eval_table
     from r1kit.ledger import format_table, read_ledger, summarize
     from r1kit.loops.base import BaseConfig, describe, run_base
+    from r1kit.loops.rl import run_rl
+    from r1kit.metrics import EvalConfig
+    from r1kit.rl_config import RLConfig
 
     out = Path(args.out)
-    print(f"r1kit demo: building the tiny arithmetic base model in {out / 'base'}")
-    summary = run_base(
-        BaseConfig(out=str(out / "base"), eval=EvalConfig(n=500, k=4)),
-        ledger_factory=_ledger,
-    )
-    print(describe(summary))
-    print("\ncost of this run (r1kit cost " + str(out) + "):")
+    base_dir = out / "base"
+    if (base_dir / "summary.json").is_file():
+        print(f"[1/2] base model: {base_dir} (already built)")
+    else:
+        print(f"[1/2] building the tiny arithmetic base model in {base_dir}")
+        print(describe(run_base(BaseConfig(out=str(base_dir), eval=EvalConfig(n=500, k=4)), ledger_factory=_ledger)))
+    data = {k: v for k, v in load_toml(find_recipe("tiny-r1-zero.toml")).items() if k != "recipe"}
+    data.update(model=str(base_dir), out=str(out / "rl"), eval_every=0)
+    cfg = build(RLConfig, data)
+    summary_file = out / "rl" / "summary.json"
+    if not summary_file.is_file():
+        print(f"\n[2/2] R1-Zero RL (GRPO, {cfg.steps} steps) from the base model into {cfg.out}")
+        run_rl(cfg, resume=True, ledger_factory=_ledger)
+    before = json.loads((base_dir / "eval.json").read_text())
+    after = json.loads((out / "rl" / "eval.json").read_text())
+    print("\n" + format_eval_table(before, title=f"before RL (base model {base_dir})"))
+    print("\n" + format_eval_table(after, title=f"after RL ({out / 'rl' / 'model'})"))
+    gain = 100 * (after["metrics"]["pass@1"] - before["metrics"]["pass@1"])
+    print(f"\nheld-out pass@1 gain: {gain:+.1f} points")
+    print(f"\ncost of this run (r1kit cost {out}):")
     print(format_table(summarize(read_ledger(out))))
     return 0
 
 
-def cmd_cost(args) -> int:
+def cmd_cost_estimate(args, overrides: list[str]) -> int:
+    """`r1kit cost estimate`: calibrate the RL config here for a few steps, then predict the whole run."""
+    import types
+
+    from r1kit.costview import format_estimate
+    from r1kit.estimate import estimate_from_config, write_estimate
+    from r1kit.loops.rl import run_rl
+
+    flags = types.SimpleNamespace(config=args.config, model=args.model, task=args.task, out=None, strict=False)
+    cfg = rl_config_from(flags, overrides)
+    if args.calibrate_steps:
+        print(f"calibrating: {args.calibrate_steps} RL steps of this config on this machine ...", file=sys.stderr)
+    est = estimate_from_config(cfg, run_rl, device_kind=args.gpu, device_count=args.count, mfu=args.mfu,
+                               price=args.price, calibrate_steps=max(args.calibrate_steps, 0),
+                               expected_completion_len=args.completion_len, ledger_factory=_ledger)
+    print(format_estimate(est))
+    if args.save:
+        print(f"written to {write_estimate(args.save, est)}")
+    return 0
+
+
+def cmd_cost(args, overrides: list[str] | None = None) -> int:
     from pathlib import Path
 
     from r1kit.cost_paper import format_paper_table
     from r1kit.errors import UserError
     from r1kit.ledger import format_table, read_ledger, summarize
 
+    if args.what == "estimate":
+        return cmd_cost_estimate(args, overrides or [])
+    if overrides:
+        raise UserError(f"unrecognized arguments: {' '.join(overrides)} (config overrides go with `cost estimate`)")
     if args.what == "paper":
         print(format_paper_table(args.price or 2.0))
         return 0
@@ -206,11 +278,22 @@ def cmd_cost(args) -> int:
     if not records:
         raise UserError(f"no ledger.jsonl under {args.what!r}: is it an r1kit run directory?")
     print(format_table(summarize(records)))
+    from r1kit.costview import estimates_beside_measured
+
+    for text in estimates_beside_measured(path):
+        print("\n" + text)
     return 0
 
 
-COMMANDS = {"base": cmd_base, "eval": cmd_eval, "demo": cmd_demo, "cost": cmd_cost}
-TAKES_OVERRIDES = {"rl": cmd_rl}
+def cmd_report(args) -> int:
+    from r1kit.report import write_report
+
+    print(f"wrote {write_report(args.run_dir, out=args.out)}")
+    return 0
+
+
+COMMANDS = {"base": cmd_base, "eval": cmd_eval, "demo": cmd_demo, "report": cmd_report}
+TAKES_OVERRIDES = {"rl": cmd_rl, "cost": cmd_cost}
 
 
 def main(argv: list[str] | None = None) -> int:

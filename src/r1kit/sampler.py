@@ -215,25 +215,22 @@ def _sample_fast(model, ids, mask, params, eos, generator, want_logprobs):
     next_pos = positions[:, -1] + 1  # (B,)
     rows = torch.arange(B)  # original row of each cache row
     alive = torch.ones(B, dtype=torch.bool)  # cache rows still generating
-    out: list[list[int]] = [[] for _ in range(B)]
-    lps: list[list[float]] = [[] for _ in range(B)]
-    finished = [False] * B
+    tokens = torch.zeros(B, params.max_new_tokens, dtype=torch.long)  # (B, T) by original row
+    logprobs = torch.zeros(B, params.max_new_tokens) if want_logprobs else None
+    lengths = torch.zeros(B, dtype=torch.long)
+    finished = torch.zeros(B, dtype=torch.bool)
     eos_t = torch.tensor(eos, dtype=torch.long)
     for t in range(params.max_new_tokens):
         tok = choose_tokens(logits, params, generator)  # (b,)
+        live = rows[alive]
+        tokens[live, t] = tok[alive]
+        lengths[live] += 1
         if want_logprobs:
-            scale = params.temperature or 1.0
-            lp = (logits / scale).log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1).tolist()
-        tok_list, alive_list = tok.tolist(), alive.tolist()
-        for j, r in enumerate(rows.tolist()):
-            if alive_list[j]:
-                out[r].append(tok_list[j])
-                if want_logprobs:
-                    lps[r].append(lp[j])
+            lp = (logits / (params.temperature or 1.0)).log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)
+            logprobs[live, t] = lp[alive]
         done = torch.isin(tok, eos_t) & alive
         if done.any():
-            for r in rows[done].tolist():
-                finished[r] = True
+            finished[rows[done]] = True
             alive &= ~done
             n_alive = int(alive.sum())
             if n_alive == 0:
@@ -247,7 +244,10 @@ def _sample_fast(model, ids, mask, params, eos, generator, want_logprobs):
         step_mask = valid[:, None, : P + t + 1]  # (b, 1, S)
         logits = dec.forward(tok[:, None], next_pos[:, None], P + t, step_mask)
         next_pos = next_pos + 1
-    return Samples(out, finished, lps if want_logprobs else None)
+    n = lengths.tolist()
+    out = [row[:k] for row, k in zip(tokens.tolist(), n)]
+    lps = [row[:k] for row, k in zip(logprobs.tolist(), n)] if want_logprobs else None
+    return Samples(out, finished.tolist(), lps)
 
 
 def _cache_io(model):

@@ -67,6 +67,20 @@ def build_corpus(task, n: int, seed: int) -> list[str]:
     return [task.prompt(p) + " " + task.solution(p, rng) for p in (rng.choice(distinct) for _ in range(n))]
 
 
+def length_grouped_batches(lengths: list[int], batch_size: int, gen: torch.Generator, group: int = 32):
+    """Endless batches of indices: each epoch a fresh permutation, cut into mega-batches of `group` batches that
+    are sorted by length and split, then the batches shuffled (as transformers' group_by_length). Every document
+    is seen once per epoch, and a batch pads little."""
+    while True:
+        order = torch.randperm(len(lengths), generator=gen).tolist()
+        batches = []
+        for s in range(0, len(order), batch_size * group):
+            mega = sorted(order[s: s + batch_size * group], key=lambda i: lengths[i])
+            batches += [mega[b: b + batch_size] for b in range(0, len(mega), batch_size)]
+        for b in torch.randperm(len(batches), generator=gen).tolist():
+            yield batches[b]
+
+
 def _batch(docs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(len(d) for d in docs)
     ids = torch.full((len(docs), width), pad_id, dtype=torch.long)
@@ -105,13 +119,14 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
         betas=(0.9, 0.95),
     )
     gen = torch.Generator().manual_seed(cfg.seed)
+    batches = length_grouped_batches([len(d) for d in docs], cfg.batch_size, gen)
     bar = progress_bar(range(cfg.steps), desc=f"pre-train {cfg.size} on {task.name}", disable=not progress)
     tokens_trained, loss_ema = 0, None
     for step in bar:
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = torch.randint(len(docs), (cfg.batch_size,), generator=gen).tolist()
+        idx = next(batches)
         ids, mask, labels = _batch([docs[i] for i in idx], tokenizer.pad_token_id)
         with ledger.phase("training") if ledger else nullcontext() as phase:
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -136,7 +151,7 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
                     "tokens_trained": tokens_trained,
                 },
             )
-            bar.set_postfix(loss=f"{loss_ema:.3f}")
+            bar.set_postfix(loss=f"{loss_ema:.3f}", refresh=False)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             quick = EvalConfig(split=cfg.eval.split, n=100, k=2, max_new_tokens=cfg.eval.max_new_tokens)
             m = evaluate(model, tokenizer, task, quick, progress=False)["metrics"]

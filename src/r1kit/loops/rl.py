@@ -306,7 +306,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
             for w in warnings:
                 bar.write(f"r1kit doctor: {w}")
             bar.set_postfix(reward=f"{m['reward_mean']:.2f}", acc=f"{m['accuracy']:.2f}",
-                            len=f"{m['completion_len_mean']:.0f}")
+                            len=f"{m['completion_len_mean']:.0f}", refresh=False)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             if info.main:
                 state = {"optimizer": optimizer.state_dict(), "ref": ref.state_dict() if ref is not None else None,

@@ -1,0 +1,420 @@
+"""Estimate an RL run's hours and dollars before launch, and compare the estimate with the ledger afterwards.
+
+Per phase of the ledger (`r1kit.ledger`), with C = steps x prompts_per_step x G x (completions sampled per
+nominal completion: > 1 when dynamic sampling refills) and F(s) = `flops_per_token` at sequence length s:
+
+    rollout        C x (prompt_len + completion_len) tokens x F           at the rollout FLOP/s
+    scoring        C x seconds per completion                                (measured; no FLOPs)
+    training       C_trained x (prompt_len + completion_len) x (μ x 3F + F if β > 0, the reference forward)
+                                                                             at the training FLOP/s
+    evaluation     evals x n x k x (prompt_len + eval completion_len) x F   at the evaluation FLOP/s
+    checkpointing  saves x seconds per save                                  (measured)
+
+evals = the final one, plus one before step 1 and one every `eval_every` steps when eval_every > 0 (as
+`run_rl` does); saves = the checkpoints plus the final model. FLOPs are counted exactly as the ledger counts
+them, so a predicted FLOP/s and a measured one mean the same thing.
+
+Rates come from a *calibration*: the same config run for a few steps (`calibrate`, into a temporary directory,
+no periodic evaluation, a one-batch final evaluation) on the machine at hand; its ledger gives each phase's
+achieved FLOP/s, and its metrics the completion and prompt lengths. Per-phase rates matter on a CPU, where
+sampling runs at a fraction of the training rate. For another device (`--gpu H100 --count 8`) a phase runs at
+the table peak x MFU: the MFU given, else `ASSUMED_MFU` (an assumption, and the output says so).
+
+Limits: the completion length is the one of the first steps (RL changes it: on the tiny recipe it grows by about
+a third over 120 steps; pass expected_completion_len if you know better); time outside the ledger's phases
+(loading, building the problem pool, logging) is not predicted; the first calibration step is excluded from the
+rates (warm-up) when there are more. Layer 1: torch only enters through `devices` and the run function.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from r1kit.errors import UserError
+from r1kit.ledger import (
+    DEVICE_PEAKS,
+    LEDGER_FILE,
+    device_power_w,
+    flops_per_token,
+    param_count,
+    peak_flops,
+    read_ledger,
+    resolve_price,
+)
+from r1kit.rl_config import RLConfig
+
+ESTIMATE_FILE = "estimate.json"
+PHASES = ("rollout", "scoring", "training", "evaluation", "checkpointing")
+FLOP_PHASES = ("rollout", "training", "evaluation")
+
+# MFU assumed on a datacenter GPU when no calibration on it is possible here: an assumption, not a measurement.
+# Training: well-tuned bf16 training reaches 40-55% on large models (PaLM 46%, Megatron-LM ~50%); RL trainers
+# with small micro-batches and activation checkpointing do less, so 30%. Sampling is memory-bound decoding: an
+# inference engine (vLLM/SGLang) at RL batch sizes reaches roughly 5-15% of the matmul peak, so 10%.
+ASSUMED_MFU: dict[str, float] = {"rollout": 0.10, "training": 0.30, "evaluation": 0.10}
+
+
+# ---- Calibration: a few real steps, read back from the ledger ----------------------------------------------
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _rate(records: list[dict]) -> tuple[float | None, float | None]:
+    """(achieved FLOP/s, MFU) over some ledger records: sum of FLOPs over sum of wall seconds."""
+    wall = sum(r["wall_s"] for r in records)
+    flops = sum(r.get("flops") or 0 for r in records)
+    budget = sum(r["wall_s"] * (r.get("peak_flops") or 0) * r.get("device_count", 1) for r in records)
+    return (flops / wall if wall > 0 else None), (flops / budget if budget > 0 else None)
+
+
+def calibration_from_run(run_dir: str | Path, steps: int | None = None, skip_first: bool = True) -> dict:
+    """What a (calibration) RL run measured in its first `steps` steps (all when None): per-phase FLOP/s and MFU,
+    mean prompt and completion lengths, completions sampled/trained per step, scoring and saving seconds.
+
+    Reads RUN_DIR/ledger.jsonl (a step ends at its "training" record), metrics.jsonl and run.json.
+    """
+    run_dir = Path(run_dir)
+    records = [r for r in read_ledger(run_dir / LEDGER_FILE) if not r.get("error")]
+    config = json.loads((run_dir / "run.json").read_text())["config"] if (run_dir / "run.json").is_file() else {}
+    by_step, current, evals, saves = [], [], [], []
+    for r in records:
+        if r["phase"] == "evaluation":
+            evals.append(r)
+        elif r["phase"] == "checkpointing":
+            saves.append(r)
+        elif r["phase"] in ("rollout", "scoring", "training"):
+            current.append(r)
+            if r["phase"] == "training":
+                by_step.append(current)
+                current = []
+    by_step = by_step[:steps] if steps else by_step
+    if not by_step:
+        raise UserError(f"{run_dir}: the ledger holds no complete RL step to calibrate from")
+    skip = 1 if skip_first and len(by_step) > 1 else 0
+    timed = by_step[skip:]
+    flat = [r for step in by_step for r in step]
+    timed_flat = [r for step in timed for r in step]
+
+    rollout = config.get("rollout", {})
+    nominal = rollout.get("prompts_per_step", 1) * rollout.get("group_size", 1)
+    rows = {m["step"]: m for m in _read_jsonl(run_dir / "metrics.jsonl")}
+    sampled = [rows.get(i + 1, {}).get("completions_sampled", nominal) for i in range(len(by_step))]
+    trained = [rows.get(i + 1, {}).get("completions_trained", nominal) for i in range(len(by_step))]
+    generated = sum(r["generated_tokens"] for r in flat if r["phase"] == "rollout")
+    prompted = sum(r["prompt_tokens"] for r in flat if r["phase"] == "rollout")
+    timed_sampled = sum(sampled[skip:])
+
+    first = next(iter(records))
+    out: dict[str, Any] = {
+        "source": str(run_dir),
+        "steps": len(by_step),
+        "timed_steps": len(timed),
+        "device_kind": first["device_kind"],
+        "device_count": first["device_count"],
+        "peak_flops": first.get("peak_flops"),
+        "completion_len": generated / max(sum(sampled), 1),
+        "prompt_len": prompted / max(sum(sampled), 1),
+        "sampled_share": sum(sampled) / (nominal * len(by_step)),
+        "trained_share": sum(trained) / (nominal * len(by_step)),
+        "flops_per_s": {},
+        "mfu": {},
+        "scoring_s_per_completion": sum(r["wall_s"] for r in timed_flat if r["phase"] == "scoring")
+        / max(timed_sampled, 1),
+        "seconds_per_save": sum(r["wall_s"] for r in saves) / len(saves) if saves else None,
+        "wall_s": sum(r["wall_s"] for r in records),
+    }
+    for phase in ("rollout", "training"):
+        out["flops_per_s"][phase], out["mfu"][phase] = _rate([r for r in timed_flat if r["phase"] == phase])
+    if evals:
+        ev = config.get("eval", {})
+        samples = max(ev.get("n", 1) * ev.get("k", 1), 1)
+        out["flops_per_s"]["evaluation"], out["mfu"]["evaluation"] = _rate(evals[:1])
+        out["eval_completion_len"] = evals[0]["generated_tokens"] / samples
+        out["eval_prompt_len"] = evals[0]["prompt_tokens"] / samples
+    return out
+
+
+def calibration_config(cfg: RLConfig, steps: int, out: str | Path) -> RLConfig:
+    """The config of a calibration run: `steps` steps into `out`, one checkpoint, no periodic evaluation, and a
+    final evaluation of one sampling batch (same batch shape as the real one, so its rate carries over)."""
+    cal = copy.deepcopy(cfg)
+    cal.out, cal.steps, cal.eval_every, cal.log_every = str(out), steps, 0, 1
+    cal.checkpoint_every, cal.keep_checkpoints = steps, 1
+    cal.doctor.strict = False
+    cal.eval.n = min(cal.eval.n, max(1, cal.eval.batch_size // cal.eval.k))
+    return cal
+
+
+def calibrate(
+    cfg: RLConfig,
+    run: Callable[..., dict],
+    steps: int = 2,
+    ledger_factory: Callable | None = None,
+    work_dir: str | Path | None = None,
+) -> dict:
+    """Run `steps` real RL steps of `cfg` with `run` (pass `r1kit.loops.rl.run_rl`) into a temporary directory
+    (or `work_dir`, kept) on this machine, and return `calibration_from_run` of it."""
+    if steps < 1:
+        raise UserError("calibration needs at least 1 step")
+    if ledger_factory is None:
+        from r1kit.devices import ledger_for
+
+        def ledger_factory(d, stage, model_config):
+            return ledger_for(d, stage, model_config=model_config)
+
+    with tempfile.TemporaryDirectory(prefix="r1kit-calibrate-") as tmp:
+        out = Path(work_dir) if work_dir else Path(tmp) / "run"
+        run(calibration_config(cfg, steps, out), progress=False, ledger_factory=ledger_factory)
+        return calibration_from_run(out)
+
+
+# ---- The estimate ----------------------------------------------------------------------------------------
+
+
+def load_model_config(model_dir: str | Path) -> dict:
+    """The model's config.json (what FLOPs are counted from)."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{str(model_dir)!r} has no config.json: give a Hugging Face model directory (--model)")
+    return json.loads(path.read_text())
+
+
+def measure_prompt_len(model_dir: str | Path, task_spec: str, n: int = 64, seed: int = 0) -> float:
+    """Mean tokens of `n` training prompts of the task under the model's tokenizer (no torch needed)."""
+    from r1kit.tasks import get_task
+
+    task = get_task(task_spec)
+    texts = [task.prompt(p) for p in task.problems("train", n, seed=seed)]
+    tok_file = Path(model_dir) / "tokenizer.json"
+    if tok_file.is_file():
+        from tokenizers import Tokenizer
+
+        ids = [e.ids for e in Tokenizer.from_file(str(tok_file)).encode_batch(texts)]
+    else:
+        from transformers import AutoTokenizer
+
+        ids = AutoTokenizer.from_pretrained(str(model_dir))(texts).input_ids
+    return sum(map(len, ids)) / max(len(ids), 1)
+
+
+def count_evals(steps: int, eval_every: int) -> int:
+    """Evaluations `run_rl` makes: before step 1 and every eval_every steps before the last (if eval_every > 0),
+    and the final one."""
+    return 1 + (1 + (steps - 1) // eval_every if eval_every else 0)
+
+
+def count_saves(steps: int, checkpoint_every: int) -> int:
+    """Checkpoints (every checkpoint_every steps and at the last) plus the final model directory."""
+    return steps // checkpoint_every + (1 if steps % checkpoint_every else 0) + 1
+
+
+def _target_peak(kind: str, dtype: str, calibration: Mapping | None, peak: float | None) -> float:
+    if peak is not None:
+        return float(peak)
+    if calibration and calibration["device_kind"] == kind and calibration.get("peak_flops"):
+        return float(calibration["peak_flops"])
+    if kind == "cpu":
+        from r1kit.devices import cpu_peak_flops, detect_device
+
+        return cpu_peak_flops(dtype="fp32") / detect_device()[1]  # per thread, as the ledger counts a CPU
+    value = peak_flops(kind, dtype)
+    if value is None:
+        raise UserError(f"no peak FLOP/s for {kind!r} ({dtype}): use one of {', '.join(DEVICE_PEAKS)} or cpu")
+    return value
+
+
+def estimate_rl(
+    cfg: RLConfig,
+    model_config: Mapping[str, Any],
+    device_kind: str,
+    device_count: int,
+    mfu: float | None = None,
+    price: float | None = None,
+    expected_completion_len: float | None = None,
+    prompt_len: float | None = None,
+    *,
+    calibration: Mapping[str, Any] | None = None,
+    dtype: str | None = None,
+    peak: float | None = None,
+) -> dict:
+    """Predict each phase's tokens, FLOPs, seconds, device-hours, dollars and energy of the RL run `cfg`.
+
+    Rates: `mfu` (one MFU for every phase) if given; else the calibration's per-phase MFU if it ran on
+    `device_kind`; else ASSUMED_MFU (GPUs only; a CPU needs a calibration or an MFU). `expected_completion_len`
+    overrides the measured completion length (rollout, training and evaluation); without a calibration it
+    defaults to the budget max_new_tokens, an upper bound. `prompt_len` defaults to the calibration's.
+    """
+    cfg = copy.deepcopy(cfg)
+    cfg.model, cfg.out = cfg.model or "-", cfg.out or "-"
+    cfg.resolve()
+    r, a, ev = cfg.rollout, cfg.algo, cfg.eval
+    cal = calibration or {}
+    dtype = dtype or ("fp32" if device_kind == "cpu" else "bf16")
+    notes: list[str] = []
+    same_device = bool(cal) and cal["device_kind"] == device_kind
+    if mfu is not None:
+        basis, mfus = "given", dict.fromkeys(FLOP_PHASES, float(mfu))
+        notes.append(f"MFU {100 * mfu:.1f}% given, for every phase")
+    elif same_device:
+        basis = "calibrated"
+        mfus = {p: cal["mfu"].get(p) for p in FLOP_PHASES}
+        mfus["evaluation"] = mfus["evaluation"] or mfus["rollout"]  # sampling either way
+        notes.append(f"rates measured by a {cal['steps']}-step calibration on {cal['device_kind']} x "
+                     f"{cal['device_count']}")
+    elif device_kind == "cpu":
+        raise UserError("a CPU estimate needs a calibration run (--calibrate-steps N) or an MFU (--mfu M)")
+    else:
+        basis, mfus = "assumed", dict(ASSUMED_MFU)
+        notes.append(
+            "ASSUMPTION: no calibration on " + device_kind + " is possible here; MFU assumed "
+            + ", ".join(f"{p} {100 * v:.0f}%" for p, v in mfus.items()) + " (give --mfu to override)"
+        )
+    peak_each = _target_peak(device_kind, dtype, cal if same_device else None, peak)
+
+    if expected_completion_len is not None:
+        completion = eval_completion = float(expected_completion_len)
+        notes.append(f"completion length {completion:.1f} tokens given")
+    elif cal:
+        completion = cal["completion_len"]
+        eval_completion = cal.get("eval_completion_len", completion)
+        notes.append(f"completion length {completion:.1f} tokens measured in the calibration's first steps")
+    else:
+        completion = eval_completion = float(r.max_new_tokens)
+        notes.append(f"ASSUMPTION: completions use their whole budget ({r.max_new_tokens} tokens): an upper bound")
+    if prompt_len is None:
+        if not cal:
+            raise UserError("estimate_rl needs prompt_len or a calibration")
+        prompt_len = cal["prompt_len"]
+    eval_prompt = cal.get("eval_prompt_len", prompt_len)
+
+    nominal = cfg.steps * r.prompts_per_step * r.group_size
+    sampled = nominal * cal.get("sampled_share", 1.0)
+    trained = nominal * cal.get("trained_share", 1.0)
+    evals, saves = count_evals(cfg.steps, cfg.eval_every), count_saves(cfg.steps, cfg.checkpoint_every)
+    fwd_roll = flops_per_token(model_config, int(prompt_len + r.max_new_tokens), training=False)
+    fwd_train = flops_per_token(model_config, int(prompt_len + completion), training=False)
+    fwd_eval = flops_per_token(model_config, int(eval_prompt + ev.max_new_tokens), training=False)
+    seq = prompt_len + completion
+    tokens = {
+        "rollout": sampled * seq,
+        "training": trained * seq * a.mu,
+        "evaluation": evals * ev.n * ev.k * (eval_prompt + eval_completion),
+    }
+    flops = {
+        "rollout": tokens["rollout"] * fwd_roll,
+        "training": trained * seq * (a.mu * 3 + (1 if a.beta > 0 else 0)) * fwd_train,
+        "evaluation": tokens["evaluation"] * fwd_eval,
+    }
+    seconds = {p: flops[p] / (peak_each * device_count * mfus[p]) for p in FLOP_PHASES}
+    seconds["scoring"] = sampled * cal.get("scoring_s_per_completion", 0.0)
+    seconds["checkpointing"] = saves * (cal.get("seconds_per_save") or 0.0)
+    if not cal:
+        notes.append("scoring and checkpointing time not predicted without a calibration (counted as 0)")
+
+    price_each = resolve_price(device_kind, price)
+    power = device_power_w(device_kind)
+    phases = {}
+    for p in PHASES:
+        s = seconds[p]
+        dh = s * device_count / 3600
+        phases[p] = {
+            "tokens": tokens.get(p, 0.0),
+            "flops": flops.get(p, 0.0),
+            "mfu": mfus.get(p),
+            "flops_per_s": flops[p] / s if p in flops and s > 0 else None,
+            "wall_s": s,
+            "device_hours": dh,
+            "usd": dh * price_each if price_each is not None else None,
+            "energy_j": power * s * device_count if power is not None else None,
+        }
+    total = {k: sum(ph[k] for ph in phases.values()) for k in ("tokens", "flops", "wall_s", "device_hours")}
+    total["usd"] = None if price_each is None else sum(ph["usd"] for ph in phases.values())
+    total["energy_j"] = None if power is None else sum(ph["energy_j"] for ph in phases.values())
+    total["mfu"] = total["flops"] / (total["wall_s"] * peak_each * device_count) if total["wall_s"] else None
+    return {
+        "schema": 1,
+        "stage": "rl",
+        "basis": basis,
+        "notes": notes,
+        "device_kind": device_kind,
+        "device_count": device_count,
+        "dtype": dtype,
+        "peak_flops": peak_each,
+        "price_per_hour": price_each,
+        "power_w": power,
+        "inputs": {
+            "model": cfg.model,
+            "params": param_count(model_config),
+            "steps": cfg.steps,
+            "prompts_per_step": r.prompts_per_step,
+            "group_size": r.group_size,
+            "completion_len": completion,
+            "prompt_len": prompt_len,
+            "eval_completion_len": eval_completion,
+            "completions_sampled": sampled,
+            "completions_trained": trained,
+            "mu": a.mu,
+            "beta": a.beta,
+            "evals": evals,
+            "eval_samples": ev.n * ev.k,
+            "saves": saves,
+        },
+        "phases": phases,
+        "total": total,
+        "calibration": dict(cal) if cal else None,
+    }
+
+
+def estimate_from_config(
+    cfg: RLConfig,
+    run: Callable[..., dict] | None = None,
+    *,
+    device_kind: str | None = None,
+    device_count: int | None = None,
+    mfu: float | None = None,
+    price: float | None = None,
+    calibrate_steps: int = 2,
+    expected_completion_len: float | None = None,
+    ledger_factory: Callable | None = None,
+) -> dict:
+    """The whole recipe: read the model's config, calibrate with `run` (e.g. run_rl) unless calibrate_steps is
+    0 or no run is given, and estimate for `device_kind` x `device_count` (default: this machine)."""
+    if not cfg.model:
+        raise UserError("the estimate needs the policy's model directory (--model DIR)")
+    model_config = load_model_config(cfg.model)
+    calibration = calibrate(cfg, run, calibrate_steps, ledger_factory) if run and calibrate_steps else None
+    if device_kind is None:
+        if calibration:
+            device_kind, count = calibration["device_kind"], calibration["device_count"]
+        else:
+            from r1kit.devices import detect_device
+
+            device_kind, count = detect_device()
+        device_count = device_count or count
+    prompt_len = None if calibration else measure_prompt_len(cfg.model, cfg.task, seed=cfg.seed)
+    return estimate_rl(cfg, model_config, device_kind, device_count or 1, mfu, price, expected_completion_len,
+                       prompt_len, calibration=calibration)
+
+
+def write_estimate(run_dir: str | Path, estimate: Mapping[str, Any]) -> Path:
+    """Write RUN_DIR/estimate.json (atomically); `r1kit cost RUN_DIR` then shows it beside the measured cost."""
+    path = Path(run_dir) / ESTIMATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(estimate, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_estimate(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / ESTIMATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

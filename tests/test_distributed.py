@@ -1,0 +1,170 @@
+"""Data parallelism (dist.py + grpo.py): two gloo processes, each holding half of a global rollout, take the same
+update as one process holding all of it, for every loss aggregation and with several mini-batches and epochs.
+
+The rollout is built from token-id lists (no tokenizer) and a model from a seed, so every process builds the
+same ones. Each rank packs its own rows with `build_rollout`, as the RL loop does (so its padding differs from the
+single process's). Plain SGD makes the comparison a comparison of summed gradients: Adam's first step g/|g|
+would magnify float noise in gradients that are nearly zero.
+"""
+
+import datetime
+import os
+import socket
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+VOCAB = 128
+MODEL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=128, max_position_embeddings=64)
+PAD, EOS = 0, 1
+G, N = 2, 8  # 4 groups of 2
+# (loss_aggregation, mu, mini_batches)
+CASES = [("seq_mean", 1, 1), ("token_mean", 1, 1), ("constant", 1, 1), ("seq_mean", 1, 2),
+         ("token_mean", 2, 2), ("constant", 1, 2)]
+
+
+class _Tok:
+    """Just what `new_model` reads from a tokenizer."""
+
+    eos_token_id, pad_token_id = EOS, PAD
+
+    def __len__(self) -> int:
+        return VOCAB
+
+
+def _global_rollout_data():
+    """Token lists, advantages and per-token old/ref log-probs of the global rollout, from a fixed seed."""
+    g = torch.Generator().manual_seed(1234)
+    prompts, completions = [], []
+    for i in range(N):
+        if i % G == 0:
+            prompt = torch.randint(2, VOCAB, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist()
+        prompts.append(prompt)
+        length = int(torch.randint(1, 9, (1,), generator=g))  # ragged: 1..8 tokens
+        completions.append(torch.randint(2, VOCAB, (length,), generator=g).tolist())
+    rewards = torch.rand(N, generator=g)
+    advantages = (rewards.view(-1, G) - rewards.view(-1, G).mean(-1, keepdim=True)).view(-1) * 4
+    # log-probs near log(1/V) (the fresh model's), spread so that a good share of ratios fall outside [0.8, 1.2]
+    old = -torch.log(torch.tensor(float(VOCAB))) + 0.3 * torch.randn(N, 8, generator=g)
+    ref = -torch.log(torch.tensor(float(VOCAB))) + 0.3 * torch.randn(N, 8, generator=g)
+    return prompts, completions, advantages, old, ref
+
+
+def _rows_of(rank: int, world: int) -> list[int]:
+    return list(range(N)) if world == 1 else [i for i in range(N) if (i // G) % world == rank]
+
+
+def _run_cases(rank: int, world: int) -> list[dict]:
+    """Every case from the same initial model on this rank's rows; returns the parameters and statistics."""
+    from r1kit.grpo import UpdateSettings, build_rollout, train_on_rollout
+    from r1kit.modeling import new_model
+
+    prompts, completions, advantages, old, ref = _global_rollout_data()
+    rows = _rows_of(rank, world)
+    results = []
+    for aggregation, mu, mini_batches in CASES:
+        model = new_model(MODEL, _Tok(), seed=0)
+        rollout = build_rollout([prompts[i] for i in rows], [completions[i] for i in rows], PAD,
+                                advantages[rows])
+        t_len = rollout.completion_len
+        rollout.old_logprobs = old[rows, :t_len]
+        rollout.ref_logprobs = ref[rows, :t_len]
+        # the mini-batch of each row is fixed by its global index: groups 0,1 -> 0 and 2,3 -> 1 (with 2)
+        rollout.mini_batch = torch.tensor([(i // G) * mini_batches // (N // G) for i in rows])
+        settings = UpdateSettings(temperature=1.0, loss_aggregation=aggregation, beta=0.05, eps_low=0.2,
+                                  eps_high=0.28, mu=mu, mini_batches=mini_batches, max_len=8, grad_clip=1.0)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        stats = train_on_rollout(model, optimizer, rollout, settings)
+        params = {k: v.detach().clone() for k, v in model.named_parameters()}
+        results.append({"params": params, "stats": stats})
+    return results
+
+
+def _join(rank: int, world: int, port: int) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """A spawned rank: join, run every case, save the results."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    _join(rank, world, port)
+    try:
+        torch.save(_run_cases(rank, world), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, torch_threads):
+    """(one process, rank 0, rank 1) results. Rank 1 runs in a spawned process, rank 0 in this one (importing
+    transformers costs seconds per process; the single-process reference is computed while rank 1 imports).
+    The process group is gone again when the fixture returns."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("dist")
+    port = _free_port()
+    child = mp.get_context("spawn").Process(target=_worker, args=(1, 2, port, str(out)))
+    child.start()
+    try:
+        single = _run_cases(0, 1)
+        _join(0, 2, port)
+        try:
+            rank0 = _run_cases(0, 2)
+        finally:
+            dist.destroy_process_group()
+        child.join(timeout=120)
+        assert child.exitcode == 0, f"rank 1 failed with exit code {child.exitcode}"
+    finally:
+        if child.is_alive():
+            child.terminate()
+            child.join()
+    assert not dist.is_initialized()
+    return single, rank0, torch.load(out / "rank1.pt", weights_only=False)
+
+
+def test_the_rollout_exercises_clipping_and_both_mini_batches(results):
+    _, _, advantages, _, _ = _global_rollout_data()
+    assert (advantages != 0).all()
+    for (aggregation, mu, mini_batches), result in zip(CASES, results[0]):
+        stats = result["stats"]
+        assert 0 < stats["clip_fraction"] < 1, aggregation  # some tokens clipped, not all
+        assert stats["kl"] > 0 and stats["updates"] == mu * mini_batches and stats["skipped_updates"] == 0
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{a}-mu{m}-mb{b}" for a, m, b in CASES])
+def test_two_processes_take_the_same_step_as_one(case, results):
+    single, rank0, rank1 = (r[case] for r in results)
+    for name, expected in single["params"].items():
+        # both ranks hold identical weights (the summed gradient is the same on each) ...
+        assert torch.equal(rank0["params"][name], rank1["params"][name]), name
+        # ... equal to the single process's within float tolerance
+        torch.testing.assert_close(rank0["params"][name], expected, atol=1e-6, rtol=1e-5, msg=name)
+    moved = sum(float((single["params"][k] - rank0["params"][k]).abs().max()) for k in single["params"])
+    assert moved < 1e-5
+    for key in ("loss", "kl", "clip_fraction", "entropy", "grad_norm"):
+        assert rank0["stats"][key] == pytest.approx(single["stats"][key], rel=1e-4, abs=1e-6), key
+        assert rank1["stats"][key] == pytest.approx(rank0["stats"][key], rel=1e-9, abs=1e-9), key
+
+
+def test_the_update_is_not_trivial(results):
+    from r1kit.modeling import new_model
+
+    initial = dict(new_model(MODEL, _Tok(), seed=0).named_parameters())
+    for result in results[0]:
+        delta = max(float((result["params"][k] - initial[k].detach()).abs().max()) for k in initial)
+        assert delta > 1e-4  # the comparison above is about a real step, not two copies of the initial weights
