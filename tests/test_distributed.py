@@ -8,6 +8,7 @@ would magnify float noise in gradients that are nearly zero.
 """
 
 import datetime
+import math
 import os
 import socket
 
@@ -17,13 +18,25 @@ import torch
 pytestmark = pytest.mark.slow
 
 VOCAB = 128
-MODEL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=128, max_position_embeddings=64)
+MODEL = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    max_position_embeddings=64,
+)
 PAD, EOS = 0, 1
 G, N = 2, 8  # 4 groups of 2
 # (loss_aggregation, mu, mini_batches)
-CASES = [("seq_mean", 1, 1), ("token_mean", 1, 1), ("constant", 1, 1), ("seq_mean", 1, 2),
-         ("token_mean", 2, 2), ("constant", 1, 2)]
+CASES = [
+    ("seq_mean", 1, 1),
+    ("token_mean", 1, 1),
+    ("constant", 1, 1),
+    ("seq_mean", 1, 2),
+    ("token_mean", 2, 2),
+    ("constant", 1, 2),
+]
 
 
 class _Tok:
@@ -41,7 +54,9 @@ def _global_rollout_data():
     prompts, completions = [], []
     for i in range(N):
         if i % G == 0:
-            prompt = torch.randint(2, VOCAB, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist()
+            prompt = torch.randint(
+                2, VOCAB, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g
+            ).tolist()
         prompts.append(prompt)
         length = int(torch.randint(1, 9, (1,), generator=g))  # ragged: 1..8 tokens
         completions.append(torch.randint(2, VOCAB, (length,), generator=g).tolist())
@@ -67,15 +82,25 @@ def _run_cases(rank: int, world: int) -> list[dict]:
     results = []
     for aggregation, mu, mini_batches in CASES:
         model = new_model(MODEL, _Tok(), seed=0)
-        rollout = build_rollout([prompts[i] for i in rows], [completions[i] for i in rows], PAD,
-                                advantages[rows])
+        rollout = build_rollout(
+            [prompts[i] for i in rows], [completions[i] for i in rows], PAD, advantages[rows]
+        )
         t_len = rollout.completion_len
         rollout.old_logprobs = old[rows, :t_len]
         rollout.ref_logprobs = ref[rows, :t_len]
         # the mini-batch of each row is fixed by its global index: groups 0,1 -> 0 and 2,3 -> 1 (with 2)
         rollout.mini_batch = torch.tensor([(i // G) * mini_batches // (N // G) for i in rows])
-        settings = UpdateSettings(temperature=1.0, loss_aggregation=aggregation, beta=0.05, eps_low=0.2,
-                                  eps_high=0.28, mu=mu, mini_batches=mini_batches, max_len=8, grad_clip=1.0)
+        settings = UpdateSettings(
+            temperature=1.0,
+            loss_aggregation=aggregation,
+            beta=0.05,
+            eps_low=0.2,
+            eps_high=0.28,
+            mu=mu,
+            mini_batches=mini_batches,
+            max_len=8,
+            grad_clip=1.0,
+        )
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
         stats = train_on_rollout(model, optimizer, rollout, settings)
         params = {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -86,8 +111,13 @@ def _run_cases(rank: int, world: int) -> list[dict]:
 def _join(rank: int, world: int, port: int) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -167,4 +197,45 @@ def test_the_update_is_not_trivial(results):
     initial = dict(new_model(MODEL, _Tok(), seed=0).named_parameters())
     for result in results[0]:
         delta = max(float((result["params"][k] - initial[k].detach()).abs().max()) for k in initial)
-        assert delta > 1e-4  # the comparison above is about a real step, not two copies of the initial weights
+        # the comparison above is about a real step, not two copies of the initial weights
+        assert delta > 1e-4
+
+
+@pytest.mark.parametrize("after_nan", [False, True], ids=["fresh-grads", "after-skipped-nan-update"])
+@pytest.mark.xfail(
+    strict=True,
+    reason="dist.all_reduce_grads returns without a collective on a rank whose "
+    "gradients are None (no rows in this mini-batch, and none computed since the last "
+    "zero_grad(set_to_none=True)), while the other ranks all-reduce: the collectives mismatch",
+)
+def test_every_rank_issues_the_same_collectives(monkeypatch, torch_threads, after_nan):
+    """One process plays two ranks whose local mini-batches differ, recording each rank's all-reduces: a rank
+    with nothing in a mini-batch must still take part in every collective (else the others hang)."""
+    import torch.distributed as tdist
+
+    from r1kit import dist
+    from r1kit.grpo import UpdateSettings, build_rollout, train_on_rollout
+    from r1kit.modeling import new_model
+
+    calls: list = []
+    monkeypatch.setattr(dist, "active", lambda: True)
+    monkeypatch.setattr(tdist, "all_reduce", lambda t, *a, **k: calls.append((t.numel(), t.dtype)))
+
+    def collectives(mini_batch: list[int], advantages: list[float]) -> list:
+        calls.clear()
+        model = new_model(MODEL, _Tok(), seed=0)
+        rollout = build_rollout([[5, 6], [7, 8]], [[9, 10], [11]], PAD, torch.tensor(advantages))
+        rollout.mini_batch = torch.tensor(mini_batch)
+        settings = UpdateSettings(1.0, "token_mean", 0.0, 0.2, 0.2, 1, 2, 8, 1.0)
+        train_on_rollout(model, torch.optim.SGD(model.parameters(), lr=0.1), rollout, settings)
+        return list(calls)
+
+    if after_nan:
+        # both ranks' first mini-batch has a NaN (the skip is global); rank B has no rows in the second
+        rank_a = collectives([0, 1], [math.nan, 1.0])
+        rank_b = collectives([0, 0], [math.nan, 1.0])
+    else:
+        # rank B has no rows in the first mini-batch of a fresh model
+        rank_a = collectives([0, 1], [1.0, -1.0])
+        rank_b = collectives([1, 1], [1.0, -1.0])
+    assert rank_a == rank_b

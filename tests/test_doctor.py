@@ -10,7 +10,13 @@ import pytest
 from r1kit.doctor import Doctor, DoctorStop
 from r1kit.errors import UserError
 
-HEALTHY = {"truncation_rate": 0.1, "zero_variance_share": 0.2, "format_rate": 0.5, "loss": 0.1, "grad_norm": 1.0}
+HEALTHY = {
+    "truncation_rate": 0.1,
+    "zero_variance_share": 0.2,
+    "format_rate": 0.5,
+    "loss": 0.1,
+    "grad_norm": 1.0,
+}
 
 RULES = [
     ("truncation", {"truncation_rate": 0.95}, {"truncation_rate": 0.94}, "truncated"),
@@ -86,8 +92,9 @@ def test_strict_message_equals_the_warning():
     assert str(e.value) == warning
 
 
-@pytest.mark.parametrize("name, value", [("loss", math.nan), ("loss", math.inf), ("grad_norm", math.nan),
-                                         ("grad_norm", -math.inf)])
+@pytest.mark.parametrize(
+    "name, value", [("loss", math.nan), ("loss", math.inf), ("grad_norm", math.nan), ("grad_norm", -math.inf)]
+)
 def test_non_finite_loss_or_grad_is_reported_at_once(name, value):
     doctor = Doctor(patience=100)
     (warning,) = doctor.check_step(7, {**HEALTHY, name: value})

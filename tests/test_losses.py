@@ -280,7 +280,9 @@ def test_entropy_of_uniform_is_log_v():
         assert ent.shape == (2, 3)
         torch.testing.assert_close(ent, torch.full((2, 3), math.log(v)))
     # a constant shift of the logits changes nothing; any temperature keeps uniform uniform
-    torch.testing.assert_close(entropy(torch.full((1, 1, 7), 5.0), temperature=0.5), torch.tensor([[math.log(7)]]))
+    torch.testing.assert_close(
+        entropy(torch.full((1, 1, 7), 5.0), temperature=0.5), torch.tensor([[math.log(7)]])
+    )
 
 
 def test_entropy_hand_value_and_temperature():

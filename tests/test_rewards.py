@@ -24,13 +24,22 @@ def test_accuracy_and_format_read_the_score():
 
 
 def test_rewards_table():
-    assert REWARDS == {"accuracy": accuracy, "format": format_reward, "language": language, "overlong": overlong}
+    assert REWARDS == {
+        "accuracy": accuracy,
+        "format": format_reward,
+        "language": language,
+        "overlong": overlong,
+    }
 
 
 @pytest.mark.parametrize(
     "score, total",
-    [(Score(True, True, "3"), 2.0), (Score(False, True, "4"), 1.0), (Score(True, False, "3"), 1.0),
-     (Score(False, False, None), 0.0)],
+    [
+        (Score(True, True, "3"), 2.0),
+        (Score(False, True, "4"), 1.0),
+        (Score(True, False, "3"), 1.0),
+        (Score(False, False, None), 0.0),
+    ],
 )
 def test_paper_rule_reward_is_accuracy_plus_format(score, total):
     reward = combine({"accuracy": 1.0, "format": 1.0})
@@ -160,11 +169,17 @@ def test_user_reward_by_module_path(user_module):
 
 
 def test_user_reward_combined_with_builtins(user_module):
-    reward = combine({"accuracy": 1.0, f"{user_module}:answer_is_three": 0.5, f"{user_module}:length_bonus": 1.0})
+    reward = combine(
+        {"accuracy": 1.0, f"{user_module}:answer_is_three": 0.5, f"{user_module}:length_bonus": 1.0}
+    )
     value, parts = reward(PROBLEM, GOOD, Score(True, True, "3"), _ctx(length=20))
     # 1·1 + 0.5·1 + 1·2 = 3.5
     assert value == pytest.approx(3.5)
-    assert parts == {"accuracy": 1.0, f"{user_module}:answer_is_three": 1.0, f"{user_module}:length_bonus": 2.0}
+    assert parts == {
+        "accuracy": 1.0,
+        f"{user_module}:answer_is_three": 1.0,
+        f"{user_module}:length_bonus": 2.0,
+    }
 
 
 def test_builtin_names_resolve():

@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    bad = [e for e in extra if not (e.startswith("--") and "=" in e and "." in e.split("=")[0])]
+    bad = [e for e in extra if not (e.startswith("--") and "=" in e)]  # --key=value or --section.key=value
     if args.command not in TAKES_OVERRIDES and extra or bad:
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
     try:

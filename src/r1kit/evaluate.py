@@ -112,12 +112,13 @@ def format_eval_table(result: dict, title: str | None = None) -> str:
         f"max {s['max_new_tokens']} new tokens",
         f"  {'pass@1':<22}{100 * m['pass@1']:6.1f}%  ± {100 * m['pass@1_ci95']:.1f} (95% CI)",
         f"  {f'cons@{k}':<22}{100 * m[f'cons@{k}']:6.1f}%",
-        f"  {f'pass@{k}':<22}{100 * m[f'pass@{k}']:6.1f}%",
         f"  {'format rate':<22}{100 * m['format_rate']:6.1f}%",
         f"  {'truncated':<22}{100 * m['truncation_rate']:6.1f}%",
         f"  {'mean length (tokens)':<22}{m['mean_completion_tokens']:6.1f}",
         f"  {'sampling':<22}{m['tokens_per_s']:6.0f} tokens/s ({m['seconds']:.1f} s)",
     ]
+    if k > 1:
+        lines.insert(5, f"  {f'pass@{k}':<22}{100 * m[f'pass@{k}']:6.1f}%")
     return "\n".join(lines)
 
 

@@ -115,10 +115,18 @@ def count_params(model) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+def _quiet_transformers() -> None:
+    """r1kit shows its own progress; transformers' per-shard bars would only add noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, trainable: bool = False):
     """(model, tokenizer) from a local Hugging Face directory; a clear UserError when it is not one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     path = Path(path)
     if not path.is_dir():
         raise UserError(
@@ -157,6 +165,7 @@ def save_model(
     model, tokenizer, out_dir: str | os.PathLike, extra_files: dict[str, str] | None = None
 ) -> Path:
     """Save as a Hugging Face directory atomically; refuses to save non-finite weights."""
+    _quiet_transformers()
     out = Path(out_dir)
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
