@@ -35,18 +35,32 @@ TINY = {
 
 def rl_config(out="", model="m", steps=10, **kw) -> RLConfig:
     return RLConfig(
-        model=model, out=str(out), steps=steps, train_problems=200, checkpoint_every=100,
+        model=model,
+        out=str(out),
+        steps=steps,
+        train_problems=200,
+        checkpoint_every=100,
         rollout=RolloutConfig(prompts_per_step=4, group_size=4, max_new_tokens=24),
-        algo=AlgoConfig(mini_batches=2), eval=EvalConfig(n=8, k=2, max_new_tokens=24), **kw,
+        algo=AlgoConfig(mini_batches=2),
+        eval=EvalConfig(n=8, k=2, max_new_tokens=24),
+        **kw,
     )
 
 
 CALIBRATION = {
-    "steps": 2, "device_kind": "cpu", "device_count": 2, "peak_flops": 1e10, "completion_len": 20.0,
-    "prompt_len": 10.0, "sampled_share": 1.0, "trained_share": 0.5,
+    "steps": 2,
+    "device_kind": "cpu",
+    "device_count": 2,
+    "peak_flops": 1e10,
+    "completion_len": 20.0,
+    "prompt_len": 10.0,
+    "sampled_share": 1.0,
+    "trained_share": 0.5,
     "flops_per_s": {"rollout": 2e9, "training": 8e9, "evaluation": 1e9},
     "mfu": {"rollout": 0.1, "training": 0.4, "evaluation": 0.05},
-    "scoring_s_per_completion": 0.001, "seconds_per_save": 0.5, "eval_completion_len": 30.0,
+    "scoring_s_per_completion": 0.001,
+    "seconds_per_save": 0.5,
+    "eval_completion_len": 30.0,
     "eval_prompt_len": 10.0,
 }
 
@@ -184,10 +198,14 @@ def test_cost_run_dir_shows_estimate_beside_measured(estimated_run, capsys):
 @pytest.mark.slow
 def test_cli_cost_estimate(model_dir, tmp_path, capsys):
     recipe = tmp_path / "r.toml"
-    recipe.write_text('steps = 50\ntrain_problems = 100\n[rollout]\nprompts_per_step = 2\ngroup_size = 2\n'
-                      'max_new_tokens = 8\n[eval]\nn = 2\nk = 1\nmax_new_tokens = 8\n')
+    recipe.write_text(
+        "steps = 50\ntrain_problems = 100\n[rollout]\nprompts_per_step = 2\ngroup_size = 2\n"
+        "max_new_tokens = 8\n[eval]\nn = 2\nk = 1\nmax_new_tokens = 8\n"
+    )
     argv = ["cost", "estimate", "--config", str(recipe), "--model", str(model_dir)]
-    assert main([*argv, "--gpu", "H100", "--count", "8", "--calibrate-steps", "0", "--save", str(tmp_path)]) == 0
+    assert (
+        main([*argv, "--gpu", "H100", "--count", "8", "--calibrate-steps", "0", "--save", str(tmp_path)]) == 0
+    )
     text = capsys.readouterr().out
     assert "ASSUMPTION" in text and "H100 x 8" in text and "upper bound" in text
     saved = read_estimate(tmp_path)

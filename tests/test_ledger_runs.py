@@ -19,8 +19,16 @@ PRICE = 0.5  # USD per thread-hour: far from the table's cpu price (0.04), so th
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, torch_threads):
     out = tmp_path_factory.mktemp("ledger") / "base"
-    cfg = BaseConfig(size="micro", out=str(out), corpus=300, steps=5, batch_size=8, warmup=1, log_every=1,
-                     eval=EvalConfig(n=4, k=1, max_new_tokens=16))
+    cfg = BaseConfig(
+        size="micro",
+        out=str(out),
+        corpus=300,
+        steps=5,
+        batch_size=8,
+        warmup=1,
+        log_every=1,
+        eval=EvalConfig(n=4, k=1, max_new_tokens=16),
+    )
     seen_configs = []
 
     def factory(run_dir, stage, model_config):

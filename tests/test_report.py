@@ -45,20 +45,57 @@ def test_line_chart_draws_every_point():
 
 EVAL = {
     "task": "arithmetic",
-    "settings": {"split": "test", "n": 50, "k": 4, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 64,
-                 "batch_size": 128, "seed": 0},
-    "metrics": {"pass@1": 0.42, "pass@1_ci95": 0.08, "pass@4": 0.7, "cons@4": 0.5, "format_rate": 0.9,
-                "truncation_rate": 0.01, "mean_completion_tokens": 40.0, "problems": 50, "samples": 200},
-    "examples": [{"question": "12+30", "answer": "42", "completion": "<think>12+30=42</think> <answer>42</answer>",
-                  "correct": True}],
+    "settings": {
+        "split": "test",
+        "n": 50,
+        "k": 4,
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "max_new_tokens": 64,
+        "batch_size": 128,
+        "seed": 0,
+    },
+    "metrics": {
+        "pass@1": 0.42,
+        "pass@1_ci95": 0.08,
+        "pass@4": 0.7,
+        "cons@4": 0.5,
+        "format_rate": 0.9,
+        "truncation_rate": 0.01,
+        "mean_completion_tokens": 40.0,
+        "problems": 50,
+        "samples": 200,
+    },
+    "examples": [
+        {
+            "question": "12+30",
+            "answer": "42",
+            "completion": "<think>12+30=42</think> <answer>42</answer>",
+            "correct": True,
+        }
+    ],
 }
 
 
 def write_base_stage(d):
     d.mkdir(parents=True)
-    (d / "run.json").write_text(json.dumps({"stage": "base", "config": {
-        "task": "arithmetic", "size": "tiny", "out": str(d), "steps": 100, "corpus": 1000, "batch_size": 32,
-        "lr": 3e-3, "seed": 0}}))
+    (d / "run.json").write_text(
+        json.dumps(
+            {
+                "stage": "base",
+                "config": {
+                    "task": "arithmetic",
+                    "size": "tiny",
+                    "out": str(d),
+                    "steps": 100,
+                    "corpus": 1000,
+                    "batch_size": 32,
+                    "lr": 3e-3,
+                    "seed": 0,
+                },
+            }
+        )
+    )
     rows = [{"step": s, "loss": 3.0 / (1 + s / 20)} for s in range(0, 100, 10)]
     rows += [{"step": 49, "eval/pass@1": 0.2}, {"step": 99, "eval/pass@1": 0.42}]
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -77,9 +114,16 @@ def pipeline(tmp_path_factory, tiny_model, tokenizer):
     root = tmp_path_factory.mktemp("pipe") / "pipeline"
     write_base_stage(root / "base")
     save_model(tiny_model, tokenizer, root / "base")  # the base dir is the model dir
-    cfg = RLConfig(model=str(root / "base"), out=str(root / "rl"), steps=3, train_problems=100,
-                   eval_every=2, rollout=RolloutConfig(prompts_per_step=2, group_size=4, max_new_tokens=16),
-                   algo=AlgoConfig(), eval=EvalConfig(n=4, k=2, max_new_tokens=16))
+    cfg = RLConfig(
+        model=str(root / "base"),
+        out=str(root / "rl"),
+        steps=3,
+        train_problems=100,
+        eval_every=2,
+        rollout=RolloutConfig(prompts_per_step=2, group_size=4, max_new_tokens=16),
+        algo=AlgoConfig(),
+        eval=EvalConfig(n=4, k=2, max_new_tokens=16),
+    )
     run_rl(cfg, progress=False, ledger_factory=lambda d, s, mc: ledger_for(d, s, model_config=mc))
     return root
 
@@ -107,20 +151,37 @@ def test_model_card(pipeline):
     rl = pipeline / "rl"
     result = json.loads((rl / "eval.json").read_text())
     cost = cost_from_ledger(rl, upstream=[pipeline / "base"])  # the base model's cost counts too
-    card = write_model_card(rl / "model", title="tiny R1-Zero", eval_result=result, cost_summary=cost,
-                            lineage=lineage_of(rl))
+    card = write_model_card(
+        rl / "model", title="tiny R1-Zero", eval_result=result, cost_summary=cost, lineage=lineage_of(rl)
+    )
     text = card.read_text()
     assert card.name == "README.md" and text.startswith("---\nlibrary_name: transformers")
-    for needle in ("# tiny R1-Zero", "pass@1 (95% CI)", "cons@2", "| problems (n) x samples (k) | 4 x 2 |",
-                   "temperature 0.6", "| base | cpu x 2 |", "| rl | cpu x", "| total |",
-                   "**from**: " + str(pipeline / "base")):
+    for needle in (
+        "# tiny R1-Zero",
+        "pass@1 (95% CI)",
+        "cons@2",
+        "| problems (n) x samples (k) | 4 x 2 |",
+        "temperature 0.6",
+        "| base | cpu x 2 |",
+        "| rl | cpu x",
+        "| total |",
+        "**from**: " + str(pipeline / "base"),
+    ):
         assert needle in text, needle
 
 
 def _chromium(*args, tmp_path) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium-profile'}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ]
     return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
 
 
@@ -141,8 +202,12 @@ def test_chromium_renders_the_report(pipeline, tmp_path):
     _chromium("--screenshot=" + str(shot), "--window-size=1200,2000", report.as_uri(), tmp_path=tmp_path)
     blank = tmp_path / "blank.html"
     blank.write_text("<!DOCTYPE html><html><body></body></html>")
-    _chromium("--screenshot=" + str(tmp_path / "blank.png"), "--window-size=1200,2000", blank.as_uri(),
-              tmp_path=tmp_path)
+    _chromium(
+        "--screenshot=" + str(tmp_path / "blank.png"),
+        "--window-size=1200,2000",
+        blank.as_uri(),
+        tmp_path=tmp_path,
+    )
     assert _png_size(shot) == (1200, 2000)
     # a page of charts and tables compresses far worse than an empty one
     assert shot.stat().st_size > 5 * (tmp_path / "blank.png").stat().st_size

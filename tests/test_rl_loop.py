@@ -550,13 +550,12 @@ def test_cli_rl_unknown_key_is_user_error(base_model, tmp_path, capsys):
     assert "nope" in _one_error_line(capsys.readouterr().err)
 
 
-def test_cli_rl_top_level_keys_are_not_flags(base_model, tmp_path, capsys):
+@pytest.mark.parametrize("flag, words", [("--steps=0", "steps"), ("--nope=1", "nope")])
+def test_cli_rl_bad_top_level_override_is_user_error(base_model, tmp_path, capsys, flag, words):
     from r1kit.cli import main
 
-    with pytest.raises(SystemExit) as e:
-        main(["rl", "--model", str(base_model), "--out", str(tmp_path / "o"), "--steps=2"])
-    assert e.value.code == 2
-    _one_error_line(capsys.readouterr().err)
+    assert main(["rl", "--model", str(base_model), "--out", str(tmp_path / "o"), flag]) == 2
+    assert words in _one_error_line(capsys.readouterr().err)
 
 
 RECIPE = """
@@ -640,3 +639,71 @@ def test_cli_strict_flag_stops_with_one_line(base_model, tmp_path, capsys, cheap
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]  # after the progress bars of the steps that ran
     assert last.startswith("r1kit: error: step 1:") and "truncated" in last
+
+
+# -- the loop's wiring into the update ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def early_stopping_model(tmp_path_factory, base_model):
+    """The base model with a fifth of the vocabulary as extra stop tokens (generation_config.eos_token_id), so
+    that some completions finish and some are truncated."""
+    model, tokenizer = load_model(base_model)
+    model.generation_config.eos_token_id = [
+        tokenizer.eos_token_id,
+        *range(2, 2 + model.config.vocab_size // 5),
+    ]
+    path = tmp_path_factory.mktemp("stops") / "model"
+    save_model(model, tokenizer, path)
+    return path
+
+
+def test_loop_wires_its_settings_into_the_update(tmp_path, make_cfg, early_stopping_model):
+    """The update gets the configured variant, clip range, temperature and budget; the sampler's log-probs (the
+    old policy of the second mini-batch) and the reference's are those of the policy at that temperature (before
+    top-p); with `mask_truncated` exactly the truncated completions carry no loss."""
+    from r1kit.grpo import rollout_logprobs
+
+    seen, real = [], rl.train_on_rollout
+
+    def spy(model, optimizer, rollout, settings):
+        fresh = rollout_logprobs(model, rollout, settings.temperature)  # (N, T) before this step's update
+        seen.append((settings, rollout, fresh))
+        return real(model, optimizer, rollout, settings)
+
+    out = tmp_path / "wired"
+    cfg = make_cfg(
+        out,
+        model=str(early_stopping_model),
+        steps=2,
+        eval_every=0,
+        rollout={
+            "prompts_per_step": 4,
+            "temperature": 0.7,
+            "top_p": 0.9,
+            "max_new_tokens": 6,
+            "dynamic_sampling": False,
+        },
+        algo={"variant": "dapo", "mini_batches": 2, "beta": 0.01, "mask_truncated": True},
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rl, "train_on_rollout", spy)
+        run_rl(cfg, progress=False)
+    rows = [r for r in _metrics(out) if r["step"] > 0]
+    assert len(seen) == 2
+    assert any(0 < r["truncation_rate"] < 1 for r in rows)  # some finished, some truncated
+    for step, ((s, rollout, fresh), m) in enumerate(zip(seen, rows)):
+        assert (s.temperature, s.loss_aggregation, s.eps_low, s.eps_high) == (0.7, "token_mean", 0.2, 0.28)
+        assert (s.mini_batches, s.mu, s.beta, s.max_len, s.grad_clip) == (2, 1, 0.01, 6, cfg.optim.grad_clip)
+        t_len = rollout.completion_len
+        real_tokens = rollout.attention_mask[:, -t_len:].bool()  # (N, T) the completions' own tokens
+        assert rollout.old_logprobs is not None  # μ × mini-batches > 1: the sampler's log-probs are kept
+        torch.testing.assert_close(
+            rollout.old_logprobs[real_tokens], fresh[real_tokens], atol=2e-4, rtol=1e-4
+        )
+        if step == 0:  # the reference is the initial policy
+            torch.testing.assert_close(
+                rollout.ref_logprobs[real_tokens], fresh[real_tokens], atol=2e-4, rtol=1e-4
+            )
+        masked_rows = int((rollout.completion_mask.sum(-1) == 0).sum())
+        assert masked_rows == round(m["truncation_rate"] * m["completions_sampled"])

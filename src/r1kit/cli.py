@@ -103,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default=None, help="estimate for this device kind (A100, H100, H800, H200, B200, cpu)")
     p.add_argument("--count", type=_positive_int, default=None, help="estimate for this many devices")
     p.add_argument("--mfu", type=_unit_float, default=None, help="estimate at this MFU (0-1) in every phase")
-    p.add_argument("--calibrate-steps", type=int, default=2,
-                   help="estimate: real RL steps run here first to measure the rates (0: none)")
+    p.add_argument("--calibrate-steps", type=int, default=None,
+                   help="estimate: real RL steps run here first to measure rates and lengths (0: none; default 3 "
+                   "when estimating for this machine, else 0)")
     p.add_argument("--completion-len", type=float, default=None, help="estimate: expected completion tokens")
     p.add_argument("--save", default=None, help="estimate: also write it as DIR/estimate.json")
 
@@ -241,15 +242,20 @@ def cmd_cost_estimate(args, overrides: list[str]) -> int:
     import types
 
     from r1kit.costview import format_estimate
+    from r1kit.devices import detect_device
     from r1kit.estimate import estimate_from_config, write_estimate
     from r1kit.loops.rl import run_rl
 
     flags = types.SimpleNamespace(config=args.config, model=args.model, task=args.task, out=None, strict=False)
     cfg = rl_config_from(flags, overrides)
-    if args.calibrate_steps:
-        print(f"calibrating: {args.calibrate_steps} RL steps of this config on this machine ...", file=sys.stderr)
+    here = detect_device()[0]
+    steps = args.calibrate_steps
+    if steps is None:  # calibrating a big model on this machine for another device would take too long
+        steps = 3 if args.gpu in (None, here) else 0
+    if steps > 0:
+        print(f"calibrating: {steps} RL steps of this config on this machine ({here}) ...", file=sys.stderr)
     est = estimate_from_config(cfg, run_rl, device_kind=args.gpu, device_count=args.count, mfu=args.mfu,
-                               price=args.price, calibrate_steps=max(args.calibrate_steps, 0),
+                               price=args.price, calibrate_steps=max(steps, 0),
                                expected_completion_len=args.completion_len, ledger_factory=_ledger)
     print(format_estimate(est))
     if args.save:

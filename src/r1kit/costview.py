@@ -41,8 +41,9 @@ def estimate_for_run(run_dir: str | Path, calibrate_steps: int = 3) -> dict:
     calibration = calibration_from_run(run_dir, steps=calibrate_steps)
     model_dir = Path(cfg.model)
     model_config = load_model_config(model_dir if model_dir.is_dir() else run_dir / "model")
-    est = estimate_rl(cfg, model_config, calibration["device_kind"], calibration["device_count"],
-                      calibration=calibration)
+    est = estimate_rl(
+        cfg, model_config, calibration["device_kind"], calibration["device_count"], calibration=calibration
+    )
     est["origin"] = f"after the fact: calibrated on this run's first {calibration['steps']} steps"
     return est
 
@@ -82,8 +83,10 @@ def _fmt_pct(x: float | None) -> str:
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [" | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in [header, *rows]]
+    lines = [
+        " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in [header, *rows]
+    ]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -106,15 +109,24 @@ def format_estimate(est: Mapping[str, Any]) -> str:
     ]
     rows = []
     for name, p in [*est["phases"].items(), ("total", est["total"])]:
-        rows.append([
-            name, _si(p["tokens"]), _si(p["flops"]), _si(p.get("flops_per_s") if name != "total" else None),
-            "-" if p.get("mfu") is None else f"{100 * p['mfu']:.1f}%", _duration(p["wall_s"]),
-            f"{p['device_hours']:.4g}", "-" if p["energy_j"] is None else f"{p['energy_j'] / 1e3:,.1f}",
-            _usd(p["usd"]),
-        ])
+        rows.append(
+            [
+                name,
+                _si(p["tokens"]),
+                _si(p["flops"]),
+                _si(p.get("flops_per_s") if name != "total" else None),
+                "-" if p.get("mfu") is None else f"{100 * p['mfu']:.1f}%",
+                _duration(p["wall_s"]),
+                f"{p['device_hours']:.4g}",
+                "-" if p["energy_j"] is None else f"{p['energy_j'] / 1e3:,.1f}",
+                _usd(p["usd"]),
+            ]
+        )
     table = _table(["phase", "tokens", "FLOPs", "FLOP/s", "MFU", "wall", "device-h", "energy kJ", "$"], rows)
     t = est["total"]
-    tail = f"predicted: {t['wall_s'] / 3600:.3g} h wall, {t['device_hours']:.4g} device-hours, {_usd(t['usd'])}"
+    tail = (
+        f"predicted: {t['wall_s'] / 3600:.3g} h wall, {t['device_hours']:.4g} device-hours, {_usd(t['usd'])}"
+    )
     return "\n".join([*head, table, tail])
 
 
@@ -123,18 +135,27 @@ def format_comparison(estimate: Mapping[str, Any], rows: Mapping[str, Any], titl
     out = []
     for phase, row in rows.items():
         w, f, u = row["wall_s"], row["flops"], row["usd"]
-        out.append([
-            phase,
-            "-" if w["estimated"] is None else _duration(w["estimated"]),
-            "-" if w["measured"] is None else _duration(w["measured"]), _fmt_pct(w["error_pct"]),
-            _si(f["estimated"]), _si(f["measured"]), _fmt_pct(f["error_pct"]),
-            _usd(u["estimated"]), _usd(u["measured"]), _fmt_pct(u["error_pct"]),
-        ])
+        out.append(
+            [
+                phase,
+                "-" if w["estimated"] is None else _duration(w["estimated"]),
+                "-" if w["measured"] is None else _duration(w["measured"]),
+                _fmt_pct(w["error_pct"]),
+                _si(f["estimated"]),
+                _si(f["measured"]),
+                _fmt_pct(f["error_pct"]),
+                _usd(u["estimated"]),
+                _usd(u["measured"]),
+                _fmt_pct(u["error_pct"]),
+            ]
+        )
     header = ["phase", "est. wall", "wall", "error", "est. FLOPs", "FLOPs", "error", "est. $", "$", "error"]
     lines = [title or "estimate vs measured"]
     if estimate.get("origin"):
-        lines.append(f"  estimate: {estimate['origin']} (basis: {estimate['basis']}, for "
-                     f"{estimate['device_kind']} x {estimate['device_count']})")
+        lines.append(
+            f"  estimate: {estimate['origin']} (basis: {estimate['basis']}, for "
+            f"{estimate['device_kind']} x {estimate['device_count']})"
+        )
     return "\n".join([*lines, _table(header, out)])
 
 

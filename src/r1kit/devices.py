@@ -106,7 +106,10 @@ def cpu_peak_flops(
         cache = {}
     if not refresh and isinstance(cache.get(key), (int, float)) and cache[key] > 0:
         return float(cache[key])
-    cache[key] = measure_matmul_flops(dtype, size, seconds)
+    # A probe on a busy machine reads low: keep the best ever seen, and never less than with fewer threads.
+    fewer = [v for k, v in cache.items() if k.startswith(f"{cpu_model()}|threads=") and k.endswith(f"|{dtype}")
+             and int(k.split("threads=")[1].split("|")[0]) <= torch.get_num_threads()]
+    cache[key] = max([measure_matmul_flops(dtype, size, seconds), *fewer])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -84,7 +85,9 @@ def calibration_from_run(run_dir: str | Path, steps: int | None = None, skip_fir
     """
     run_dir = Path(run_dir)
     records = [r for r in read_ledger(run_dir / LEDGER_FILE) if not r.get("error")]
-    config = json.loads((run_dir / "run.json").read_text())["config"] if (run_dir / "run.json").is_file() else {}
+    config = (
+        json.loads((run_dir / "run.json").read_text())["config"] if (run_dir / "run.json").is_file() else {}
+    )
     by_step, current, evals, saves = [], [], [], []
     for r in records:
         if r["phase"] == "evaluation":
@@ -157,7 +160,7 @@ def calibration_config(cfg: RLConfig, steps: int, out: str | Path) -> RLConfig:
 def calibrate(
     cfg: RLConfig,
     run: Callable[..., dict],
-    steps: int = 2,
+    steps: int = 3,
     ledger_factory: Callable | None = None,
     work_dir: str | Path | None = None,
 ) -> dict:
@@ -171,10 +174,14 @@ def calibrate(
         def ledger_factory(d, stage, model_config):
             return ledger_for(d, stage, model_config=model_config)
 
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory(prefix="r1kit-calibrate-") as tmp:
         out = Path(work_dir) if work_dir else Path(tmp) / "run"
         run(calibration_config(cfg, steps, out), progress=False, ledger_factory=ledger_factory)
-        return calibration_from_run(out)
+        result = calibration_from_run(out)
+    result["load_avg"] = load_before  # other work on the machine slows the calibration (and the run)
+    result["cpu_count"] = os.cpu_count()
+    return result
 
 
 # ---- The estimate ----------------------------------------------------------------------------------------
@@ -184,7 +191,9 @@ def load_model_config(model_dir: str | Path) -> dict:
     """The model's config.json (what FLOPs are counted from)."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
-        raise UserError(f"{str(model_dir)!r} has no config.json: give a Hugging Face model directory (--model)")
+        raise UserError(
+            f"{str(model_dir)!r} has no config.json: give a Hugging Face model directory (--model)"
+        )
     return json.loads(path.read_text())
 
 
@@ -268,15 +277,25 @@ def estimate_rl(
         basis = "calibrated"
         mfus = {p: cal["mfu"].get(p) for p in FLOP_PHASES}
         mfus["evaluation"] = mfus["evaluation"] or mfus["rollout"]  # sampling either way
-        notes.append(f"rates measured by a {cal['steps']}-step calibration on {cal['device_kind']} x "
-                     f"{cal['device_count']}")
+        notes.append(
+            f"rates measured by a {cal['steps']}-step calibration on {cal['device_kind']} x "
+            f"{cal['device_count']}"
+        )
+        if cal.get("load_avg") is not None and cal["load_avg"] > 0.5 * (cal.get("cpu_count") or 1):
+            notes.append(
+                f"the machine was busy during the calibration (load average {cal['load_avg']:.1f} on "
+                f"{cal['cpu_count']} CPUs): rates are noisy"
+            )
     elif device_kind == "cpu":
         raise UserError("a CPU estimate needs a calibration run (--calibrate-steps N) or an MFU (--mfu M)")
     else:
         basis, mfus = "assumed", dict(ASSUMED_MFU)
         notes.append(
-            "ASSUMPTION: no calibration on " + device_kind + " is possible here; MFU assumed "
-            + ", ".join(f"{p} {100 * v:.0f}%" for p, v in mfus.items()) + " (give --mfu to override)"
+            "ASSUMPTION: no calibration on "
+            + device_kind
+            + " is possible here; MFU assumed "
+            + ", ".join(f"{p} {100 * v:.0f}%" for p, v in mfus.items())
+            + " (give --mfu to override)"
         )
     peak_each = _target_peak(device_kind, dtype, cal if same_device else None, peak)
 
@@ -289,7 +308,9 @@ def estimate_rl(
         notes.append(f"completion length {completion:.1f} tokens measured in the calibration's first steps")
     else:
         completion = eval_completion = float(r.max_new_tokens)
-        notes.append(f"ASSUMPTION: completions use their whole budget ({r.max_new_tokens} tokens): an upper bound")
+        notes.append(
+            f"ASSUMPTION: completions use their whole budget ({r.max_new_tokens} tokens): an upper bound"
+        )
     if prompt_len is None:
         if not cal:
             raise UserError("estimate_rl needs prompt_len or a calibration")
@@ -382,7 +403,7 @@ def estimate_from_config(
     device_count: int | None = None,
     mfu: float | None = None,
     price: float | None = None,
-    calibrate_steps: int = 2,
+    calibrate_steps: int = 3,
     expected_completion_len: float | None = None,
     ledger_factory: Callable | None = None,
 ) -> dict:
@@ -401,8 +422,17 @@ def estimate_from_config(
             device_kind, count = detect_device()
         device_count = device_count or count
     prompt_len = None if calibration else measure_prompt_len(cfg.model, cfg.task, seed=cfg.seed)
-    return estimate_rl(cfg, model_config, device_kind, device_count or 1, mfu, price, expected_completion_len,
-                       prompt_len, calibration=calibration)
+    return estimate_rl(
+        cfg,
+        model_config,
+        device_kind,
+        device_count or 1,
+        mfu,
+        price,
+        expected_completion_len,
+        prompt_len,
+        calibration=calibration,
+    )
 
 
 def write_estimate(run_dir: str | Path, estimate: Mapping[str, Any]) -> Path:

@@ -95,6 +95,9 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings) -> d
     t_len = rollout.completion_len
     groups = rollout.mini_batch if rollout.mini_batch is not None else torch.arange(n) * s.mini_batches // max(n, 1)
     model.train()
+    for p in model.parameters():  # every rank all-reduces the same buffers, even with an empty share
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
     stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0}
     tokens_trained, skipped, updates = 0, 0, 0
     for _ in range(s.mu):
@@ -135,7 +138,7 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings) -> d
             stats["entropy"] += ent_sum / tok_sum
             if not math.isfinite(grad_norm):
                 skipped += 1  # never step on NaN/inf gradients
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=False)
                 continue
             stats["grad_norm"] += grad_norm
             optimizer.step()

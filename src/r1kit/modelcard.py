@@ -27,31 +27,35 @@ def lineage_of(run_dir: str | Path) -> dict[str, Any]:
     out: dict[str, Any] = {"stage": stage, "task": cfg.get("task", "?")}
     if stage == "rl":
         r, a, o = cfg.get("rollout", {}), cfg.get("algo", {}), cfg.get("optim", {})
-        out.update({
-            "from": cfg.get("model"),
-            "to": str(Path(cfg.get("out", run_dir)) / "model"),
-            "algorithm": f"{a.get('variant', 'grpo')} (loss {a.get('loss_aggregation')}, advantages "
-                         f"{a.get('advantage_scale')})",
-            "steps": cfg.get("steps"),
-            "prompts per step x G": f"{r.get('prompts_per_step')} x {r.get('group_size')}",
-            "max new tokens": r.get("max_new_tokens"),
-            "temperature": r.get("temperature"),
-            "lr": o.get("lr"),
-            "beta (KL)": a.get("beta"),
-            "mu x mini-batches": f"{a.get('mu')} x {a.get('mini_batches')}",
-            "reward weights": cfg.get("reward", {}).get("weights"),
-            "seed": cfg.get("seed"),
-        })
+        out.update(
+            {
+                "from": cfg.get("model"),
+                "to": str(Path(cfg.get("out", run_dir)) / "model"),
+                "algorithm": f"{a.get('variant', 'grpo')} (loss {a.get('loss_aggregation')}, advantages "
+                f"{a.get('advantage_scale')})",
+                "steps": cfg.get("steps"),
+                "prompts per step x G": f"{r.get('prompts_per_step')} x {r.get('group_size')}",
+                "max new tokens": r.get("max_new_tokens"),
+                "temperature": r.get("temperature"),
+                "lr": o.get("lr"),
+                "beta (KL)": a.get("beta"),
+                "mu x mini-batches": f"{a.get('mu')} x {a.get('mini_batches')}",
+                "reward weights": cfg.get("reward", {}).get("weights"),
+                "seed": cfg.get("seed"),
+            }
+        )
     elif stage == "base":
-        out.update({
-            "from": f"scratch ({cfg.get('size')} Llama, trained tokenizer)",
-            "to": cfg.get("out", str(run_dir)),
-            "steps": cfg.get("steps"),
-            "corpus (worked solutions)": cfg.get("corpus"),
-            "batch size": cfg.get("batch_size"),
-            "lr": cfg.get("lr"),
-            "seed": cfg.get("seed"),
-        })
+        out.update(
+            {
+                "from": f"scratch ({cfg.get('size')} Llama, trained tokenizer)",
+                "to": cfg.get("out", str(run_dir)),
+                "steps": cfg.get("steps"),
+                "corpus (worked solutions)": cfg.get("corpus"),
+                "batch size": cfg.get("batch_size"),
+                "lr": cfg.get("lr"),
+                "seed": cfg.get("seed"),
+            }
+        )
     else:
         out.update({k: v for k, v in cfg.items() if isinstance(v, (str, int, float, bool)) and v != ""})
     return {k: v for k, v in out.items() if v is not None}
@@ -98,18 +102,29 @@ def eval_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("truncated", _pct(m.get("truncation_rate"))),
         ("mean completion tokens", f"{m.get('mean_completion_tokens', float('nan')):.1f}"),
         ("problems (n) x samples (k)", f"{m.get('problems', s['n'])} x {k}"),
-        ("settings", f"{result.get('task', '?')} / {s['split']} split, temperature {s['temperature']}, "
-                     f"top-p {s['top_p']}, max {s['max_new_tokens']} new tokens, seed {s['seed']}"),
+        (
+            "settings",
+            f"{result.get('task', '?')} / {s['split']} split, temperature {s['temperature']}, "
+            f"top-p {s['top_p']}, max {s['max_new_tokens']} new tokens, seed {s['seed']}",
+        ),
     ]
 
 
 def cost_rows(cost: Mapping[str, Any]) -> list[list[str]]:
     """One row per stage and a total: devices, wall, device-hours, MFU, energy (kWh) and dollars."""
+
     def row(name: str, t: Mapping[str, Any], devices: str) -> list[str]:
         usd = format_usd(t.get("usd"))
         kwh = "-" if t.get("energy_j") is None else f"{t['energy_j'] / 3.6e6:.4g}"
-        return [name, devices, f"{t['wall_s'] / 3600:.3g}", f"{t['device_hours']:.4g}", _pct(t.get("mfu")),
-                kwh, usd]
+        return [
+            name,
+            devices,
+            f"{t['wall_s'] / 3600:.3g}",
+            f"{t['device_hours']:.4g}",
+            _pct(t.get("mfu")),
+            kwh,
+            usd,
+        ]
 
     devices = cost.get("devices", {})
     rows = [row(stage, t, devices.get(stage, "")) for stage, t in cost["stages"].items()]
@@ -196,6 +211,8 @@ def write_model_card(
     path = Path(model_dir) / CARD_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{CARD_FILE}.tmp")
-    tmp.write_text(model_card(title=title, eval_result=eval_result, cost_summary=cost_summary, lineage=lineage))
+    tmp.write_text(
+        model_card(title=title, eval_result=eval_result, cost_summary=cost_summary, lineage=lineage)
+    )
     tmp.replace(path)
     return path

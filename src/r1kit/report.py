@@ -75,16 +75,24 @@ def _label(x: float) -> str:
 
 
 def line_chart(
-    points: Sequence[tuple[float, float]], title: str, metric: str, *, width: int = 560, height: int = 230,
-    color: str = COLORS[0], x_label: str = "step",
+    points: Sequence[tuple[float, float]],
+    title: str,
+    metric: str,
+    *,
+    width: int = 560,
+    height: int = 230,
+    color: str = COLORS[0],
+    x_label: str = "step",
 ) -> str:
     """An SVG line chart of (x, y) points with axes, round ticks and a title; one dot per point when few."""
     pts = [(float(x), float(y)) for x, y in points if y is not None and math.isfinite(y) and math.isfinite(x)]
     left, right, top, bottom = 58, 14, 26, 36
     pw, ph = width - left - right, height - top - bottom
-    out = [f'<svg class="chart" data-metric="{html.escape(metric)}" '
-           f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">',
-           f'<text x="{left}" y="16" font-weight="bold">{html.escape(title)}</text>']
+    out = [
+        f'<svg class="chart" data-metric="{html.escape(metric)}" '
+        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">',
+        f'<text x="{left}" y="16" font-weight="bold">{html.escape(title)}</text>',
+    ]
     if not pts:
         out.append(f'<text x="{left + 10}" y="{top + ph / 2}">no data</text></svg>')
         return "\n".join(out)
@@ -102,10 +110,14 @@ def line_chart(
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eee"/>')
         out.append(f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{_label(y)}</text>')
     for x in xt:
-        out.append(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#555"/>')
+        out.append(
+            f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#555"/>'
+        )
         out.append(f'<text x="{sx(x):.1f}" y="{top + ph + 16}" text-anchor="middle">{_label(x)}</text>')
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#555"/>')
-    out.append(f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">{html.escape(x_label)}</text>')
+    out.append(
+        f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">{html.escape(x_label)}</text>'
+    )
     d = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(pts))
     out.append(f'<path class="series" d="{d}" fill="none" stroke="{color}" stroke-width="1.8"/>')
     if len(pts) <= 30:
@@ -161,7 +173,9 @@ def charts_html(metrics: list[dict]) -> str:
             continue  # an RL loss is ~0 by construction; its curve says nothing
         if any(math.isfinite(y) for _, y in points):
             charts.append(line_chart(points, title, key, color=COLORS[i % len(COLORS)]))
-    return '<div class="charts">' + "\n".join(charts) + "</div>" if charts else '<p class="note">no metrics</p>'
+    return (
+        '<div class="charts">' + "\n".join(charts) + "</div>" if charts else '<p class="note">no metrics</p>'
+    )
 
 
 def eval_html(stage_dir: Path) -> str:
@@ -177,14 +191,28 @@ def eval_html(stage_dir: Path) -> str:
         k = result["settings"]["k"]
         after = result["metrics"]
         keys = [("pass@1", "pass@1"), (f"cons@{k}", f"cons@{k}"), ("format_rate", "format rate")]
-        parts.append(html_table(["held-out", "before RL", "after RL", "change"], [
-            [name, f"{100 * before[key]:.1f}%", f"{100 * after[key]:.1f}%",
-             f"{100 * (after[key] - before[key]):+.1f} points"] for key, name in keys if key in before
-        ], "eval-before-after"))
+        parts.append(
+            html_table(
+                ["held-out", "before RL", "after RL", "change"],
+                [
+                    [
+                        name,
+                        f"{100 * before[key]:.1f}%",
+                        f"{100 * after[key]:.1f}%",
+                        f"{100 * (after[key] - before[key]):+.1f} points",
+                    ]
+                    for key, name in keys
+                    if key in before
+                ],
+                "eval-before-after",
+            )
+        )
     for ex in result.get("examples", [])[:3]:
         mark = "correct" if ex.get("correct") else "wrong"
-        parts.append(f"<pre>Q: {html.escape(str(ex.get('question')))}  (answer {html.escape(str(ex.get('answer')))}"
-                     f", {mark})\n{html.escape(str(ex.get('completion')))}</pre>")
+        parts.append(
+            f"<pre>Q: {html.escape(str(ex.get('question')))}  (answer {html.escape(str(ex.get('answer')))}"
+            f", {mark})\n{html.escape(str(ex.get('completion')))}</pre>"
+        )
     return "\n".join(parts)
 
 
@@ -196,16 +224,36 @@ def cost_html(records: list[dict]) -> str:
     devices: dict[str, str] = {}
     for r in records:
         devices.setdefault(r["stage"], f"{r.get('device_kind')} x {r.get('device_count')}")
-    parts = [html_table(["stage", "devices", "wall h", "device-h", "MFU", "energy kWh", "$"],
-                        cost_rows({**s, "devices": devices}), "cost")]
+    parts = [
+        html_table(
+            ["stage", "devices", "wall h", "device-h", "MFU", "energy kWh", "$"],
+            cost_rows({**s, "devices": devices}),
+            "cost",
+        )
+    ]
     rows = []
     for stage, phases in s["phases"].items():
         for phase, t in phases.items():
-            rows.append([stage, phase, _duration(t["wall_s"]), f"{t['device_hours']:.4g}", _si(t["tokens"]),
-                         _si(t["flops"]), "-" if t["mfu"] is None else f"{100 * t['mfu']:.1f}%",
-                         "-" if t["energy_j"] is None else f"{t['energy_j'] / 1e3:,.2f}", format_usd(t["usd"])])
-    parts.append(html_table(["stage", "phase", "wall", "device-h", "tokens", "FLOPs", "MFU", "energy kJ", "$"],
-                            rows, "cost-phases"))
+            rows.append(
+                [
+                    stage,
+                    phase,
+                    _duration(t["wall_s"]),
+                    f"{t['device_hours']:.4g}",
+                    _si(t["tokens"]),
+                    _si(t["flops"]),
+                    "-" if t["mfu"] is None else f"{100 * t['mfu']:.1f}%",
+                    "-" if t["energy_j"] is None else f"{t['energy_j'] / 1e3:,.2f}",
+                    format_usd(t["usd"]),
+                ]
+            )
+    parts.append(
+        html_table(
+            ["stage", "phase", "wall", "device-h", "tokens", "FLOPs", "MFU", "energy kJ", "$"],
+            rows,
+            "cost-phases",
+        )
+    )
     return "\n".join(parts)
 
 
@@ -222,13 +270,25 @@ def estimate_html(stage_dir: Path) -> str:
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x:+.1f}%"
 
-    table = [[phase, _duration(r["wall_s"]["estimated"] or 0), _duration(r["wall_s"]["measured"] or 0),
-              pct(r["wall_s"]["error_pct"]), format_usd(r["usd"]["estimated"]), format_usd(r["usd"]["measured"]),
-              pct(r["usd"]["error_pct"])] for phase, r in rows.items()]
-    note = html.escape(f"estimate: {est.get('origin', '')} (basis {est['basis']}, for {est['device_kind']} x "
-                       f"{est['device_count']}); " + "; ".join(est.get("notes", [])))
-    return (f'<p class="note">{note}</p>' + html_table(
-        ["phase", "est. wall", "wall", "error", "est. $", "$", "error"], table, "estimate"))
+    table = [
+        [
+            phase,
+            _duration(r["wall_s"]["estimated"] or 0),
+            _duration(r["wall_s"]["measured"] or 0),
+            pct(r["wall_s"]["error_pct"]),
+            format_usd(r["usd"]["estimated"]),
+            format_usd(r["usd"]["measured"]),
+            pct(r["usd"]["error_pct"]),
+        ]
+        for phase, r in rows.items()
+    ]
+    note = html.escape(
+        f"estimate: {est.get('origin', '')} (basis {est['basis']}, for {est['device_kind']} x "
+        f"{est['device_count']}); " + "; ".join(est.get("notes", []))
+    )
+    return f'<p class="note">{note}</p>' + html_table(
+        ["phase", "est. wall", "wall", "error", "est. $", "$", "error"], table, "estimate"
+    )
 
 
 def lineage_html(dirs: list[Path]) -> str:
@@ -240,7 +300,9 @@ def lineage_html(dirs: list[Path]) -> str:
             rows.append([str(d), "?", "", "", html.escape(str(e))])
             continue
         keys = [k for k in lin if k not in ("stage", "from", "to", "task")]
-        settings = "; ".join(f"{k} {json.dumps(lin[k]) if isinstance(lin[k], dict) else lin[k]}" for k in keys)
+        settings = "; ".join(
+            f"{k} {json.dumps(lin[k]) if isinstance(lin[k], dict) else lin[k]}" for k in keys
+        )
         rows.append([lin["stage"], lin.get("from", ""), lin.get("to", str(d)), lin.get("task", ""), settings])
     return html_table(["stage", "from", "to", "task", "key settings"], rows, "lineage")
 
@@ -252,18 +314,31 @@ def build_report(run_dir: str | Path) -> str:
     if not dirs:
         raise UserError(f"{run_dir} holds no run.json: is it an r1kit run directory?")
     records = read_ledger(run_dir) if any(run_dir.rglob("ledger.jsonl")) else []
-    body = [f"<h1>r1kit run report: {html.escape(str(run_dir))}</h1>",
-            "<h2>Lineage</h2>", lineage_html(dirs), "<h2>Cost</h2>", cost_html(records)]
+    body = [
+        f"<h1>r1kit run report: {html.escape(str(run_dir))}</h1>",
+        "<h2>Lineage</h2>",
+        lineage_html(dirs),
+        "<h2>Cost</h2>",
+        cost_html(records),
+    ]
     for d in dirs:
         stage = json.loads((d / "run.json").read_text()).get("stage", "?")
         name = html.escape(f"{stage}: {d.relative_to(run_dir) if d != run_dir else d.name}")
-        body += [f'<h2 class="stage">Stage {name}</h2>', "<h3>Curves per step</h3>",
-                 charts_html(with_final_eval(_read_jsonl(d / "metrics.jsonl"), d)), "<h3>Evaluation</h3>", eval_html(d)]
+        body += [
+            f'<h2 class="stage">Stage {name}</h2>',
+            "<h3>Curves per step</h3>",
+            charts_html(with_final_eval(_read_jsonl(d / "metrics.jsonl"), d)),
+            "<h3>Evaluation</h3>",
+            eval_html(d),
+        ]
         if stage == "rl" and (d / "ledger.jsonl").is_file():
             body += ["<h3>Estimated beside measured</h3>", estimate_html(d)]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>r1kit report: {html.escape(run_dir.name)}</title><style>{STYLE}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>r1kit report: {html.escape(run_dir.name)}</title><style>{STYLE}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:

@@ -296,7 +296,7 @@ def _sample_generic(model, ids, mask, params, eos, generator, want_logprobs, pad
     return Samples(out, finished, lps if want_logprobs else None)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample(
     model,
     prompts: list[list[int]],
