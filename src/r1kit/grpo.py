@@ -107,7 +107,9 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings) -> d
             local = denominator_counts(mask, s.max_len)
             keys = sorted(local)
             totals = dict(zip(keys, dist.all_reduce_sum([local[k] for k in keys])))
-            denom = max(totals[count_key], 1.0)
+            if totals["tokens"] == 0:  # nothing to learn from on any rank: no step (no stray momentum or decay)
+                continue
+            denom = totals[count_key]
             optimizer.zero_grad(set_to_none=False)
             local_stats = torch.zeros(4)  # kl, clipped tokens, entropy, tokens (summed over ranks below)
             if len(rows) > 0:

@@ -88,12 +88,13 @@ def supports_fast_path(model) -> bool:
 class _FastDecoder:
     """Functional Llama-family forward over a model's weights, with a preallocated KV cache.
 
-    For models under ~1B parameters the q/k/v and gate/up projections are concatenated once per call to
-    `sample` (fewer, larger matmuls: per-call overhead dominates small models); larger models use the weights
-    in place, so no memory is duplicated.
+    Small models (under ~1B parameters) are overhead-bound on a CPU, so for them the weights are rearranged once
+    per call to `sample` to save operations per step: q/k/v in one matrix, with the 1/sqrt(d) attention scale and
+    the rotary `rotate_half` folded in as extra rows (rope becomes qk*cos + qk_rot*sin), gate/up in one matrix,
+    and residual adds fused into the output matmuls. Larger models use their weights in place (no copies).
     """
 
-    def __init__(self, model, batch: int, max_len: int):
+    def __init__(self, model, batch: int, max_len: int, fuse: bool | None = None):
         self.m = model.model
         self.lm_head = model.lm_head
         cfg = model.config
@@ -101,33 +102,46 @@ class _FastDecoder:
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.eps = cfg.rms_norm_eps
-        self.inv_freq = self.m.rotary_emb.inv_freq.float()  # (D/2,)
-        self.rope_scale = float(getattr(self.m.rotary_emb, "attention_scaling", 1.0))
+        inv_freq = self.m.rotary_emb.inv_freq.float()  # (D/2,)
+        rope_scale = float(getattr(self.m.rotary_emb, "attention_scaling", 1.0))
         dtype = self.m.embed_tokens.weight.dtype
         shape = (len(self.m.layers), batch, self.n_kv, max_len, self.head_dim)
         self.k_cache = torch.zeros(shape, dtype=dtype)  # (L, B, Hkv, S, D)
         self.v_cache = torch.zeros(shape, dtype=dtype)
-        fuse = sum(p.numel() for p in model.parameters()) < 1_000_000_000
-        self.layers = [self._layer_weights(layer, fuse) for layer in self.m.layers]
-        freqs = torch.arange(max_len + 1, dtype=torch.float32)[:, None] * self.inv_freq  # (S, D/2)
+        if fuse is None:
+            fuse = sum(p.numel() for p in model.parameters()) < 1_000_000_000
+        self.fused = fuse
+        self.layers = [self._fused_weights(layer) if fuse else self._layer_weights(layer) for layer in self.m.layers]
+        freqs = torch.arange(max_len + 1, dtype=torch.float32)[:, None] * inv_freq  # (S, D/2)
         emb = torch.cat((freqs, freqs), -1)  # (S, D): rotary angles of every position, computed once
-        self.cos_table = (emb.cos() * self.rope_scale).to(dtype)
-        self.sin_table = (emb.sin() * self.rope_scale).to(dtype)
+        self.cos_table = (emb.cos() * rope_scale).to(dtype)
+        self.sin_table = (emb.sin() * rope_scale).to(dtype)
 
     @staticmethod
-    def _layer_weights(layer, fuse: bool) -> dict:
+    def _layer_weights(layer) -> dict:
         att, mlp = layer.self_attn, layer.mlp
-        projs = (att.q_proj, att.k_proj, att.v_proj)
-        w = {"ln1": layer.input_layernorm.weight, "ln2": layer.post_attention_layernorm.weight,
-             "o": att.o_proj.weight, "o_b": att.o_proj.bias, "down": mlp.down_proj.weight}
-        if fuse:
-            w["qkv"] = torch.cat([p.weight for p in projs])
-            w["qkv_b"] = torch.cat([p.bias for p in projs]) if att.q_proj.bias is not None else None
-            w["gate_up"] = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-        else:
-            w["q"], w["k"], w["v"] = [(p.weight, p.bias) for p in projs]
-            w["gate"], w["up"] = mlp.gate_proj.weight, mlp.up_proj.weight
-        return w
+        return {"ln1": layer.input_layernorm.weight, "ln2": layer.post_attention_layernorm.weight,
+                "q": att.q_proj, "k": att.k_proj, "v": att.v_proj, "o": att.o_proj,
+                "gate": mlp.gate_proj.weight, "up": mlp.up_proj.weight, "down": mlp.down_proj.weight}
+
+    def _fused_weights(self, layer) -> dict:
+        att, mlp = layer.self_attn, layer.mlp
+        d, half = self.head_dim, self.head_dim // 2
+
+        def rotated(t: torch.Tensor, heads: int) -> torch.Tensor:  # rows of rotate_half(W x): [-W2; W1] per head
+            t = t.view(heads, d, *t.shape[1:])
+            return torch.cat((-t[:, half:], t[:, :half]), 1).reshape(heads * d, *t.shape[2:])
+
+        scale = d**-0.5
+        wq, wk, wv = att.q_proj.weight * scale, att.k_proj.weight, att.v_proj.weight
+        qkv = torch.cat((wq, wk, rotated(wq, self.n_heads), rotated(wk, self.n_kv), wv))
+        bias = None
+        if att.q_proj.bias is not None:
+            bq, bk = att.q_proj.bias * scale, att.k_proj.bias
+            bias = torch.cat((bq, bk, rotated(bq, self.n_heads), rotated(bk, self.n_kv), att.v_proj.bias))
+        return {"ln1": layer.input_layernorm.weight, "ln2": layer.post_attention_layernorm.weight,
+                "qkv": qkv, "qkv_b": bias, "o_t": att.o_proj.weight.t(), "o_b": att.o_proj.bias,
+                "gate_up": torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight)), "down_t": mlp.down_proj.weight.t()}
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         self.k_cache = self.k_cache[:, rows]
@@ -145,29 +159,34 @@ class _FastDecoder:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
 
-    def _qk_v(self, w: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(q and k side by side, v): (B, T, (H+Hkv)*D) and (B, T, Hkv*D)."""
-        if "qkv" in w:
-            qkv = F.linear(x, w["qkv"], w["qkv_b"])
-            cut = (self.n_heads + self.n_kv) * self.head_dim
-            return qkv[..., :cut], qkv[..., cut:]
-        q, k, v = [F.linear(x, weight, bias) for weight, bias in (w["q"], w["k"], w["v"])]
-        return torch.cat((q, k), -1), v
-
-    def _mlp(self, w: dict, x: torch.Tensor) -> torch.Tensor:
-        if "gate_up" in w:
-            gate, up = F.linear(x, w["gate_up"]).chunk(2, -1)
+    def _qkv(self, w: dict, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Rotated, scaled queries (B, H, T, D), rotated keys and values (B, Hkv, T, D)."""
+        B, T, _ = x.shape
+        n_qk, d = self.n_heads + self.n_kv, self.head_dim
+        if self.fused:
+            out = F.linear(x, w["qkv"], w["qkv_b"])  # (B, T, (2*(H+Hkv)+Hkv)*D)
+            qk = out[..., : n_qk * d].view(B, T, n_qk, d) * cos + out[..., n_qk * d: 2 * n_qk * d].view(
+                B, T, n_qk, d) * sin  # (B, T, H+Hkv, D)
+            v = out[..., 2 * n_qk * d:]
         else:
-            gate, up = F.linear(x, w["gate"]), F.linear(x, w["up"])
-        return F.linear(F.silu(gate) * up, w["down"])
+            q = w["q"](x) * d**-0.5
+            qk = self._rotate(torch.cat((q, w["k"](x)), -1).view(B, T, n_qk, d), cos, sin)
+            v = w["v"](x)
+        qk = qk.transpose(1, 2)  # (B, H+Hkv, T, D)
+        return qk[:, : self.n_heads], qk[:, self.n_heads:], v.view(B, T, self.n_kv, d).transpose(1, 2)
+
+    def _residual(self, h: torch.Tensor, x: torch.Tensor, w_t: torch.Tensor, bias) -> torch.Tensor:
+        """h + x @ w_t (+ bias), as one addmm on (B*T, C)."""
+        out = torch.addmm(h.reshape(-1, h.shape[-1]), x.reshape(-1, x.shape[-1]), w_t).view(h.shape)
+        return out if bias is None else out + bias
 
     def _attend_one(self, q: torch.Tensor, i: int, end: int, bias: torch.Tensor) -> torch.Tensor:
-        """One new query per row; q (B, H, 1, D), bias (B, 1, 1, S) additive. Returns (B, H, 1, D)."""
+        """One new (pre-scaled) query per row; q (B, H, 1, D), bias (B, 1, 1, S) additive. Returns (B, H, 1, D)."""
         B, rep = q.shape[0], self.n_heads // self.n_kv
         k = self.k_cache[i, :, :, :end]  # (B, Hkv, S, D)
         v = self.v_cache[i, :, :, :end]
-        qg = q.view(B, self.n_kv, rep, self.head_dim)  # (B, Hkv, rep, D): query heads grouped by KV head
-        scores = torch.matmul(qg, k.transpose(-1, -2)) * self.head_dim**-0.5 + bias  # (B, Hkv, rep, S)
+        qg = q.reshape(B, self.n_kv, rep, self.head_dim)  # (B, Hkv, rep, D): query heads grouped by KV head
+        scores = torch.matmul(qg, k.transpose(-1, -2)) + bias  # (B, Hkv, rep, S)
         out = torch.matmul(scores.softmax(-1), v)  # (B, Hkv, rep, D)
         return out.view(B, self.n_heads, 1, self.head_dim)
 
@@ -179,26 +198,26 @@ class _FastDecoder:
         h = self.m.embed_tokens(ids)  # (B, T, C)
         cos, sin = self.cos_table[positions][:, :, None], self.sin_table[positions][:, :, None]  # (B, T, 1, D)
         end = start + T
-        if T == 1:  # decoding: an additive bias and two matmuls beat SDPA's masked path for one query
-            bias = mask[:, None]  # (B, 1, 1, S), already additive
-        n_qk = self.n_heads + self.n_kv
         for i, w in enumerate(self.layers):
-            qk, v = self._qk_v(w, self._norm(h, w["ln1"]))
-            qk = qk.reshape(B, T, n_qk, self.head_dim)  # (B, T, H+Hkv, D)
-            qk = self._rotate(qk, cos, sin).transpose(1, 2)  # (B, H+Hkv, T, D): one rotation for q and k
-            q, k = qk[:, : self.n_heads], qk[:, self.n_heads:]
-            v = v.view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+            q, k, v = self._qkv(w, self._norm(h, w["ln1"]), cos, sin)
             self.k_cache[i, :, :, start:end] = k
             self.v_cache[i, :, :, start:end] = v
-            if T == 1:
-                o = self._attend_one(q, i, end, bias)
+            if T == 1:  # decoding: an additive bias and two matmuls beat SDPA's masked path for one query
+                o = self._attend_one(q, i, end, mask[:, None])
             else:
                 o = F.scaled_dot_product_attention(
                     q, self.k_cache[i, :, :, :end], self.v_cache[i, :, :, :end], attn_mask=mask[:, None],
-                    enable_gqa=self.n_kv != self.n_heads,
+                    enable_gqa=self.n_kv != self.n_heads, scale=1.0,  # queries are pre-scaled
                 )  # (B, H, T, D)
-            h = h + F.linear(o.transpose(1, 2).reshape(B, T, -1), w["o"], w["o_b"])
-            h = h + self._mlp(w, self._norm(h, w["ln2"]))
+            o = o.transpose(1, 2).reshape(B, T, -1)  # (B, T, H*D)
+            if self.fused:
+                h = self._residual(h, o, w["o_t"], w["o_b"])
+                gate, up = F.linear(self._norm(h, w["ln2"]), w["gate_up"]).chunk(2, -1)
+                h = self._residual(h, F.silu(gate) * up, w["down_t"], None)
+            else:
+                h = h + w["o"](o)
+                x = self._norm(h, w["ln2"])
+                h = h + F.linear(F.silu(F.linear(x, w["gate"])) * F.linear(x, w["up"]), w["down"])
         h = self._norm(h[:, -1], self.m.norm.weight)  # (B, C)
         return self.lm_head(h).float()  # (B, V)
 

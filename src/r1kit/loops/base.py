@@ -56,7 +56,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> 
     """Linear warmup to `peak`, then cosine decay to `peak * min_ratio` at `total`."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 

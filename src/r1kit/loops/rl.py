@@ -28,7 +28,7 @@ import torch
 from r1kit import dist
 from r1kit.checkpoint import latest_checkpoint, load_state, save_checkpoint
 from r1kit.config import to_dict
-from r1kit.doctor import Doctor
+from r1kit.doctor import Doctor, DoctorStop
 from r1kit.errors import UserError
 from r1kit.evaluate import evaluate
 from r1kit.grpo import UpdateSettings, build_rollout, rollout_logprobs, train_on_rollout
@@ -46,7 +46,7 @@ def learning_rate(step: int, cfg) -> float:
     o = cfg.optim
     if step < o.warmup_steps:
         return o.lr * (step + 1) / o.warmup_steps
-    progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.steps - o.warmup_steps))
+    progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.steps - 1 - o.warmup_steps))
     floor = o.lr * o.min_lr_ratio
     if o.schedule == "cosine":
         return floor + (o.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -266,7 +266,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         start, history = state["step"], state["history"]
     log = MetricsLog(out, enabled=info.main)
     if info.main:
-        log.truncate_after(start - 1)
+        log.truncate_after(start)  # the line of step `start` belongs to its checkpoint
         write_json(out / "run.json", {"stage": "rl", "config": to_dict(cfg), "task_options": task_options(task),
                                       "world_size": info.world, "resumed_from": start or None})
     ledger = ledger_factory(out, "rl", policy.config.to_dict()) if (ledger_factory and info.main) else None
@@ -296,10 +296,18 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         m = _step_metrics(seen, kept, stats, times, lr, time.perf_counter() - t0, info)
         warnings = doctor.check_step(step + 1, m)
         done = step + 1
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps and info.main:
-            ev = _evaluate(policy, tokenizer, task, cfg, ledger, progress=False)["metrics"]
-            m.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
-            warnings += doctor.check_eval(done, ev["pass@1"])
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+            stop = None
+            if info.main:
+                ev = _evaluate(policy, tokenizer, task, cfg, ledger, progress=False)["metrics"]
+                m.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
+                try:
+                    warnings += doctor.check_eval(done, ev["pass@1"])
+                except DoctorStop as e:
+                    stop = str(e)
+            stop = dist.broadcast_object(stop)  # every rank stops together, or none does
+            if stop:
+                raise DoctorStop(stop)
         if info.main:
             if done % cfg.log_every == 0 or done == cfg.steps:
                 log.log(done, m)
