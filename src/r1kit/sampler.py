@@ -45,19 +45,26 @@ class Samples:
 
 
 def choose_tokens(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None, shortlist: int = 32
 ) -> torch.Tensor:
-    """Next tokens from logits (B, V) by temperature and top-p; greedy at temperature 0. Returns (B,)."""
+    """Next tokens from logits (B, V) by temperature and top-p; greedy at temperature 0. Returns (B,).
+
+    Top-p looks first at the `shortlist` most likely tokens (a partial sort): when they already hold top_p of the
+    mass in every row, the nucleus lies inside them and the result is exact; otherwise it sorts the whole row.
+    """
     if params.temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / params.temperature  # (B, V)
-    if params.top_p < 1.0:
-        sorted_logits, order = logits.sort(-1, descending=True)  # (B, V)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > params.top_p  # mass before this token already reaches top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)  # (B,)
+    if params.top_p >= 1.0:
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)  # (B,)
+    probs = logits.softmax(-1)  # (B, V)
+    k = min(shortlist, probs.shape[-1])
+    top, order = probs.topk(k, -1)  # (B, k), sorted descending
+    if k < probs.shape[-1] and bool((top.sum(-1) < params.top_p).any()):
+        top, order = probs.sort(-1, descending=True)  # (B, V): some row's nucleus is wider than the shortlist
+    keep = top.cumsum(-1) - top <= params.top_p  # mass before this token has not yet reached top_p
+    pick = torch.multinomial(top * keep, 1, generator=generator)  # (B, 1) index into the sorted list
+    return order.gather(-1, pick).squeeze(-1)  # (B,)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,8 +113,8 @@ class _FastDecoder:
         rope_scale = float(getattr(self.m.rotary_emb, "attention_scaling", 1.0))
         dtype = self.m.embed_tokens.weight.dtype
         shape = (len(self.m.layers), batch, self.n_kv, max_len, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=dtype)  # (L, B, Hkv, S, D)
-        self.v_cache = torch.zeros(shape, dtype=dtype)
+        self.k_cache = torch.empty(shape, dtype=dtype)  # (L, B, Hkv, S, D); a slot is written before it is read
+        self.v_cache = torch.empty(shape, dtype=dtype)
         if fuse is None:
             fuse = sum(p.numel() for p in model.parameters()) < 1_000_000_000
         self.fused = fuse
@@ -181,14 +188,13 @@ class _FastDecoder:
         return out if bias is None else out + bias
 
     def _attend_one(self, q: torch.Tensor, i: int, end: int, bias: torch.Tensor) -> torch.Tensor:
-        """One new (pre-scaled) query per row; q (B, H, 1, D), bias (B, 1, 1, S) additive. Returns (B, H, 1, D)."""
-        B, rep = q.shape[0], self.n_heads // self.n_kv
-        k = self.k_cache[i, :, :, :end]  # (B, Hkv, S, D)
-        v = self.v_cache[i, :, :, :end]
-        qg = q.reshape(B, self.n_kv, rep, self.head_dim)  # (B, Hkv, rep, D): query heads grouped by KV head
-        scores = torch.matmul(qg, k.transpose(-1, -2)) + bias  # (B, Hkv, rep, S)
-        out = torch.matmul(scores.softmax(-1), v)  # (B, Hkv, rep, D)
-        return out.view(B, self.n_heads, 1, self.head_dim)
+        """One new (pre-scaled) query per row; q (B, H, 1, D), bias (B*Hkv, rep, S) additive. Returns (B, H, 1, D)."""
+        B, rep, d = q.shape[0], self.n_heads // self.n_kv, self.head_dim
+        k = self.k_cache[i, :, :, :end].reshape(B * self.n_kv, end, d)  # (B*Hkv, S, D)
+        v = self.v_cache[i, :, :, :end].reshape(B * self.n_kv, end, d)
+        qg = q.reshape(B * self.n_kv, rep, d)  # (B*Hkv, rep, D): query heads grouped by KV head
+        scores = torch.baddbmm(bias, qg, k.transpose(1, 2))  # (B*Hkv, rep, S)
+        return torch.bmm(scores.softmax(-1), v).view(B, self.n_heads, 1, d)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
         """Logits of the last position. ids/positions (B, T) are written to cache slots [start, start+T).
@@ -198,12 +204,15 @@ class _FastDecoder:
         h = self.m.embed_tokens(ids)  # (B, T, C)
         cos, sin = self.cos_table[positions][:, :, None], self.sin_table[positions][:, :, None]  # (B, T, 1, D)
         end = start + T
+        if T == 1:  # decoding: one additive bias for every layer, laid out for batched matmuls
+            rep = self.n_heads // self.n_kv
+            bias = mask[:, None].expand(B, self.n_kv, rep, end).reshape(B * self.n_kv, rep, end)
         for i, w in enumerate(self.layers):
             q, k, v = self._qkv(w, self._norm(h, w["ln1"]), cos, sin)
             self.k_cache[i, :, :, start:end] = k
             self.v_cache[i, :, :, start:end] = v
             if T == 1:  # decoding: an additive bias and two matmuls beat SDPA's masked path for one query
-                o = self._attend_one(q, i, end, mask[:, None])
+                o = self._attend_one(q, i, end, bias)
             else:
                 o = F.scaled_dot_product_attention(
                     q, self.k_cache[i, :, :, :end], self.v_cache[i, :, :, :end], attn_mask=mask[:, None],
@@ -223,33 +232,27 @@ class _FastDecoder:
 
 
 def _sample_fast(model, ids, mask, params, eos, generator, want_logprobs):
-    B, P = ids.shape
-    dec = _FastDecoder(model, B, P + params.max_new_tokens)
+    B, P, T = *ids.shape, params.max_new_tokens
+    dec = _FastDecoder(model, B, P + T)
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P)
     causal = torch.ones(P, P, dtype=torch.bool).tril()
     prefill_mask = (causal[None] & mask[:, None, :]) | torch.eye(P, dtype=torch.bool)[None]  # (B, P, P)
     logits = dec.forward(ids, positions, 0, prefill_mask)
-    valid = torch.zeros(B, P + params.max_new_tokens, dtype=dec.k_cache.dtype)  # additive key bias: -inf on pads
+    valid = torch.zeros(B, P + T, dtype=dec.k_cache.dtype)  # additive key bias: -inf on pads
     valid[:, :P].masked_fill_(~mask, float("-inf"))
     next_pos = positions[:, -1] + 1  # (B,)
     rows = torch.arange(B)  # original row of each cache row
-    alive = torch.ones(B, dtype=torch.bool)  # cache rows still generating
-    tokens = torch.zeros(B, params.max_new_tokens, dtype=torch.long)  # (B, T) by original row
-    logprobs = torch.zeros(B, params.max_new_tokens) if want_logprobs else None
-    lengths = torch.zeros(B, dtype=torch.long)
-    finished = torch.zeros(B, dtype=torch.bool)
+    alive = torch.ones(B, dtype=torch.bool)  # cache rows still generating (finished rows linger until dropped)
+    segments: list[tuple[torch.Tensor, list, list]] = [(rows, [], [])]  # per stretch of fixed rows: tokens, lps
     eos_t = torch.tensor(eos, dtype=torch.long)
-    for t in range(params.max_new_tokens):
+    for t in range(T):
         tok = choose_tokens(logits, params, generator)  # (b,)
-        live = rows[alive]
-        tokens[live, t] = tok[alive]
-        lengths[live] += 1
+        segments[-1][1].append(tok)
         if want_logprobs:
             lp = (logits / (params.temperature or 1.0)).log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)
-            logprobs[live, t] = lp[alive]
+            segments[-1][2].append(lp)
         done = torch.isin(tok, eos_t) & alive
         if done.any():
-            finished[rows[done]] = True
             alive &= ~done
             n_alive = int(alive.sum())
             if n_alive == 0:
@@ -258,14 +261,27 @@ def _sample_fast(model, ids, mask, params, eos, generator, want_logprobs):
                 keep = alive.nonzero().squeeze(-1)
                 rows, tok, next_pos, valid, alive = rows[keep], tok[keep], next_pos[keep], valid[keep], alive[keep]
                 dec.keep_rows(keep)
-        if t + 1 == params.max_new_tokens:
+                segments.append((rows, [], []))
+        if t + 1 == T:
             break
-        step_mask = valid[:, None, : P + t + 1]  # (b, 1, S)
-        logits = dec.forward(tok[:, None], next_pos[:, None], P + t, step_mask)
+        logits = dec.forward(tok[:, None], next_pos[:, None], P + t, valid[:, None, : P + t + 1])
         next_pos = next_pos + 1
-    n = lengths.tolist()
-    out = [row[:k] for row, k in zip(tokens.tolist(), n)]
-    lps = [row[:k] for row, k in zip(logprobs.tolist(), n)] if want_logprobs else None
+    # Reassemble by original row (tokens a row sampled after its EOS are cut off below).
+    pad = eos[0] if eos else 0
+    tokens = torch.full((B, T), pad, dtype=torch.long)
+    logprobs = torch.zeros(B, T) if want_logprobs else None
+    t0 = 0
+    for seg_rows, toks, lps in segments:
+        if toks:
+            tokens[seg_rows, t0: t0 + len(toks)] = torch.stack(toks, 1)
+            if want_logprobs:
+                logprobs[seg_rows, t0: t0 + len(toks)] = torch.stack(lps, 1)
+        t0 += len(toks)
+    is_eos = torch.isin(tokens[:, :t0], eos_t)  # (B, t0)
+    finished = is_eos.any(-1)
+    lengths = torch.where(finished, is_eos.int().argmax(-1) + 1, torch.full((B,), t0)).tolist()
+    out = [row[:k] for row, k in zip(tokens.tolist(), lengths)]
+    lps = [row[:k] for row, k in zip(logprobs.tolist(), lengths)] if want_logprobs else None
     return Samples(out, finished.tolist(), lps)
 
 
