@@ -217,7 +217,12 @@ def test_every_rank_issues_the_same_collectives(monkeypatch, torch_threads, afte
 
     calls: list = []
     monkeypatch.setattr(dist, "active", lambda: True)
-    monkeypatch.setattr(tdist, "all_reduce", lambda t, *a, **k: calls.append((t.numel(), t.dtype)))
+    def fake_all_reduce(t, *args, **kwargs):
+        calls.append((t.numel(), t.dtype))
+        if t.dtype == torch.float64:  # the count sums: the other rank holds at least one sequence and token
+            t.add_(1)
+
+    monkeypatch.setattr(tdist, "all_reduce", fake_all_reduce)
 
     def collectives(mini_batch: list[int], advantages: list[float]) -> list:
         calls.clear()

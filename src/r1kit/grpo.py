@@ -60,15 +60,44 @@ def completion_logits(model, ids: torch.Tensor, attn: torch.Tensor, t_len: int) 
     return out.logits[:, :-1]  # (B, T, V): position j predicts token j+1
 
 
+def micro_batches(rollout: Rollout, rows: torch.Tensor, max_tokens: int):
+    """Split `rows` into micro-batches of similar length, each trimmed to the columns its rows use.
+
+    Yields (rows, first column, completion width): the micro-batch's tensors are
+    `input_ids[rows, first:P + width]` and `completion_mask[rows, :width]`. Sorting by length and trimming
+    removes most padding, so the forward and backward passes cost about the real tokens, not the widest row.
+    """
+    if len(rows) == 0:
+        return
+    p_len = rollout.input_ids.shape[1] - rollout.completion_len
+    attn = rollout.attention_mask[rows]  # (b, P+T)
+    prompt_len = attn[:, :p_len].sum(-1)  # (b,)
+    comp_len = attn[:, p_len:].sum(-1).clamp(min=1)
+    order = torch.argsort(prompt_len + comp_len, stable=True)
+    start = 0
+    while start < len(order):
+        end = start + 1
+        while end < len(order):  # grow while the padded micro-batch stays within the token budget
+            chunk = order[start: end + 1]
+            width = int(prompt_len[chunk].max() + comp_len[chunk].max())
+            if width * len(chunk) > max_tokens:
+                break
+            end += 1
+        chunk = order[start:end]
+        yield rows[chunk], int(p_len - prompt_len[chunk].max()), int(comp_len[chunk].max())
+        start = end
+
+
 @torch.no_grad()
-def rollout_logprobs(model, rollout: Rollout, temperature: float, batch_size: int = 64) -> torch.Tensor:
-    """log π(completion tokens) under `model` (e.g. the reference), in batches, no grad. Returns (N, T)."""
-    t_len, out = rollout.completion_len, []
-    for s in range(0, rollout.input_ids.shape[0], batch_size):
-        ids, attn = rollout.input_ids[s: s + batch_size], rollout.attention_mask[s: s + batch_size]
-        logits = completion_logits(model, ids, attn, t_len)
-        out.append(token_logprobs(logits, ids[:, -t_len:], temperature))
-    return torch.cat(out)
+def rollout_logprobs(model, rollout: Rollout, temperature: float, max_tokens: int = 8192) -> torch.Tensor:
+    """log π(completion tokens) under `model` (e.g. the reference), no grad. Returns (N, T), 0 past the ends."""
+    p_len = rollout.input_ids.shape[1] - rollout.completion_len
+    out = torch.zeros(rollout.completion_mask.shape)
+    for rows, first, width in micro_batches(rollout, torch.arange(rollout.input_ids.shape[0]), max_tokens):
+        ids = rollout.input_ids[rows, first: p_len + width]
+        logits = completion_logits(model, ids, rollout.attention_mask[rows, first: p_len + width], width)
+        out[rows, :width] = token_logprobs(logits, ids[:, -width:], temperature)
+    return out
 
 
 @dataclass
@@ -82,6 +111,7 @@ class UpdateSettings:
     mini_batches: int
     max_len: int  # the completion budget (Dr. GRPO's constant normaliser)
     grad_clip: float
+    micro_batch_tokens: int = 8192  # padded tokens per forward/backward pass (gradients accumulate)
 
 
 def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings) -> dict:
@@ -92,7 +122,7 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings) -> d
     """
     numerator, count_key = AGGREGATIONS[s.loss_aggregation]
     n = rollout.input_ids.shape[0]
-    t_len = rollout.completion_len
+    p_len = rollout.input_ids.shape[1] - rollout.completion_len
     groups = rollout.mini_batch if rollout.mini_batch is not None else torch.arange(n) * s.mini_batches // max(n, 1)
     model.train()
     for p in model.parameters():  # every rank all-reduces the same buffers, even with an empty share
@@ -112,25 +142,26 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings) -> d
             denom = totals[count_key]
             optimizer.zero_grad(set_to_none=False)
             local_stats = torch.zeros(4)  # kl, clipped tokens, entropy, tokens (summed over ranks below)
-            if len(rows) > 0:
-                ids = rollout.input_ids[rows]
-                logits = completion_logits(model, ids, rollout.attention_mask[rows], t_len)  # (b, T, V)
-                logprobs = token_logprobs(logits, ids[:, -t_len:], s.temperature)  # (b, T)
-                old = rollout.old_logprobs[rows] if rollout.old_logprobs is not None else logprobs.detach()
-                per_token, clipped = clipped_surrogate(logprobs, old, rollout.advantages[rows], s.eps_low,
+            for micro, first, width in micro_batches(rollout, rows, s.micro_batch_tokens):
+                ids = rollout.input_ids[micro, first: p_len + width]  # (m, L)
+                logits = completion_logits(model, ids, rollout.attention_mask[micro, first: p_len + width], width)
+                logprobs = token_logprobs(logits, ids[:, -width:], s.temperature)  # (m, W)
+                cmask = rollout.completion_mask[micro, :width]  # (m, W)
+                old = rollout.old_logprobs[micro, :width] if rollout.old_logprobs is not None else logprobs.detach()
+                per_token, clipped = clipped_surrogate(logprobs, old, rollout.advantages[micro], s.eps_low,
                                                        s.eps_high)
                 if s.beta > 0:
-                    kl = kl_k3(logprobs, rollout.ref_logprobs[rows])  # (b, T)
+                    kl = kl_k3(logprobs, rollout.ref_logprobs[micro, :width])  # (m, W)
                     per_token = per_token + s.beta * kl
-                    local_stats[0] = (kl.detach() * mask).sum()
-                loss = numerator(per_token, mask) / denom
+                    local_stats[0] += (kl.detach() * cmask).sum()
+                loss = numerator(per_token, cmask) / denom  # the global denominator: micro-batch losses add up
                 loss.backward()
                 with torch.no_grad():
-                    local_stats[1] = (clipped.float() * mask).sum()
-                    local_stats[2] = (entropy(logits.detach(), s.temperature) * mask).sum()
-                    local_stats[3] = mask.sum()
+                    local_stats[1] += (clipped.float() * cmask).sum()
+                    local_stats[2] += (entropy(logits.detach(), s.temperature) * cmask).sum()
+                    local_stats[3] += cmask.sum()
                 stats["loss"] += loss.item()
-                tokens_trained += int(rollout.attention_mask[rows].sum())
+                tokens_trained += int(rollout.attention_mask[micro].sum())
             dist.all_reduce_grads(model)
             grad_norm = _grad_norm(model, s.grad_clip)
             kl_sum, clip_sum, ent_sum, tok_sum = dist.all_reduce_sum(local_stats.tolist())
