@@ -118,7 +118,7 @@ def format_eval_table(result: dict, title: str | None = None) -> str:
         f"  {'sampling':<22}{m['tokens_per_s']:6.0f} tokens/s ({m['seconds']:.1f} s)",
     ]
     if k > 1:
-        lines.insert(5, f"  {f'pass@{k}':<22}{100 * m[f'pass@{k}']:6.1f}%")
+        lines.insert(4, f"  {f'pass@{k}':<22}{100 * m[f'pass@{k}']:6.1f}%")
     return "\n".join(lines)
 
 

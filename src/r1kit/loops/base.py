@@ -34,7 +34,7 @@ class BaseConfig:
     out: str = "runs/base-tiny"  # the model directory (also holds metrics, ledger and eval)
     seed: int = 0
     corpus: int = 40_000  # worked solutions in the corpus, from train-split problems
-    steps: int = 1200  # optimiser steps
+    steps: int = 1000  # optimiser steps
     batch_size: int = 32  # documents per step
     lr: float = 3e-3  # peak learning rate
     warmup: int = 60  # linear warmup steps
@@ -65,20 +65,6 @@ def build_corpus(task, n: int, seed: int) -> list[str]:
     distinct = task.problems("train", min(n, 20_000), seed=seed)
     rng = random.Random(seed)
     return [task.prompt(p) + " " + task.solution(p, rng) for p in (rng.choice(distinct) for _ in range(n))]
-
-
-def length_grouped_batches(lengths: list[int], batch_size: int, gen: torch.Generator, group: int = 32):
-    """Endless batches of indices: each epoch a fresh permutation, cut into mega-batches of `group` batches that
-    are sorted by length and split, then the batches shuffled (as transformers' group_by_length). Every document
-    is seen once per epoch, and a batch pads little."""
-    while True:
-        order = torch.randperm(len(lengths), generator=gen).tolist()
-        batches = []
-        for s in range(0, len(order), batch_size * group):
-            mega = sorted(order[s: s + batch_size * group], key=lambda i: lengths[i])
-            batches += [mega[b: b + batch_size] for b in range(0, len(mega), batch_size)]
-        for b in torch.randperm(len(batches), generator=gen).tolist():
-            yield batches[b]
 
 
 def _batch(docs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -119,14 +105,13 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
         betas=(0.9, 0.95),
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    batches = length_grouped_batches([len(d) for d in docs], cfg.batch_size, gen)
     bar = progress_bar(range(cfg.steps), desc=f"pre-train {cfg.size} on {task.name}", disable=not progress)
     tokens_trained, loss_ema = 0, None
     for step in bar:
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = next(batches)
+        idx = torch.randint(len(docs), (cfg.batch_size,), generator=gen).tolist()
         ids, mask, labels = _batch([docs[i] for i in idx], tokenizer.pad_token_id)
         with ledger.phase("training") if ledger else nullcontext() as phase:
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
