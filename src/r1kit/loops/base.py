@@ -22,6 +22,7 @@ import torch
 from r1kit.config import to_dict
 from r1kit.errors import UserError
 from r1kit.evaluate import EvalConfig, evaluate, format_eval_table
+from r1kit.modelcard import cost_from_ledger, lineage_of, write_model_card
 from r1kit.modeling import SIZES, count_params, new_model, save_model, train_tokenizer
 from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.tasks import get_task, task_options
@@ -157,6 +158,8 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
         "eval": result,
     }
     write_json(out / "eval.json", result)
+    write_model_card(out, title=f"{out.name}: tiny {task.name} base model ({cfg.size})", eval_result=result,
+                     cost_summary=cost_from_ledger(out), lineage=lineage_of(out))
     write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})
     log.close()
     return summary

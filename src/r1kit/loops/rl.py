@@ -33,6 +33,7 @@ from r1kit.errors import UserError
 from r1kit.evaluate import evaluate
 from r1kit.grpo import UpdateSettings, build_rollout, rollout_logprobs, train_on_rollout
 from r1kit.losses import ADVANTAGES
+from r1kit.modelcard import cost_from_ledger, lineage_of, write_model_card
 from r1kit.modeling import eos_ids, load_model, save_model
 from r1kit.rewards import combine
 from r1kit.rl_config import RLConfig
@@ -330,6 +331,8 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
             save_model(policy, tokenizer, out / "model")
         result = _evaluate(policy, tokenizer, task, cfg, ledger, progress)
         write_json(out / "eval.json", result)
+        write_model_card(out / "model", title=f"{out.name}: R1-Zero RL on {task.name}", eval_result=result,
+                         cost_summary=cost_from_ledger(out, upstream=[cfg.model]), lineage=lineage_of(out))
         summary.update(before=history.get("before"), after=result["metrics"], eval=result)
         write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})
     log.close()
