@@ -2,6 +2,10 @@
 run itself, and the `cost estimate` / `cost RUN_DIR` commands. About ten seconds on one thread."""
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +14,7 @@ from r1kit.costview import compare, estimate_for_run, format_comparison, format_
 from r1kit.errors import UserError
 from r1kit.estimate import (
     ASSUMED_MFU,
+    ContentionProbe,
     calibration_config,
     count_evals,
     count_saves,
@@ -114,6 +119,25 @@ def test_other_device_uses_an_assumed_or_given_mfu():
     assert given["basis"] == "given"
     assert given["phases"]["training"]["mfu"] == 0.5 == given["phases"]["rollout"]["mfu"]
     assert "ASSUMPTION" in format_estimate(est)
+
+
+def test_a_busy_calibration_is_flagged():
+    quiet = estimate_rl(rl_config(), TINY, "cpu", 2, calibration={**CALIBRATION, "other_runnable": 0.1})
+    busy = estimate_rl(rl_config(), TINY, "cpu", 2, calibration={**CALIBRATION, "other_runnable": 1.8})
+    assert not any("WARNING" in n for n in quiet["notes"])
+    assert any("WARNING: other jobs ran during the calibration" in n for n in busy["notes"])
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="reads Linux's /proc")
+def test_contention_probe_sees_another_busy_process():
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        with ContentionProbe(interval=0.05) as probe:
+            time.sleep(1.0)
+    finally:
+        busy.kill()
+    assert len(probe.samples) >= 5 and probe.mean_other >= 0.5  # others on the machine only add to it
 
 
 def test_without_calibration():

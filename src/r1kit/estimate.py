@@ -32,6 +32,7 @@ import copy
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,53 @@ def calibration_config(cfg: RLConfig, steps: int, out: str | Path) -> RLConfig:
     return cal
 
 
+class ContentionProbe:
+    """Counts runnable threads of *other* processes while a calibration runs (Linux: /proc/stat's procs_running
+    minus this process's threads in state R), sampled every `interval` seconds in a background thread.
+
+    On a CPU, other work makes the calibration slow (two torch threads sharing two cores with another job ran
+    up to 15x slower here), and the estimate then far too long: `mean_other` > 0.5 says so.
+    """
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval, self.samples = interval, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def sample() -> int | None:
+        try:
+            stat = Path("/proc/stat").read_text()
+            running = int(
+                next(line.split()[1] for line in stat.splitlines() if line.startswith("procs_running"))
+            )
+            ours = 0
+            for task in Path("/proc/self/task").iterdir():
+                text = (task / "stat").read_text()
+                ours += text[text.rindex(")") + 2] == "R"
+            return max(running - ours, 0)
+        except (OSError, StopIteration, ValueError):
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            n = self.sample()
+            if n is not None:
+                self.samples.append(n)
+
+    def __enter__(self) -> ContentionProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mean_other(self) -> float | None:
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+
 def calibrate(
     cfg: RLConfig,
     run: Callable[..., dict],
@@ -174,12 +222,11 @@ def calibrate(
         def ledger_factory(d, stage, model_config):
             return ledger_for(d, stage, model_config=model_config)
 
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    with tempfile.TemporaryDirectory(prefix="r1kit-calibrate-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="r1kit-calibrate-") as tmp, ContentionProbe() as probe:
         out = Path(work_dir) if work_dir else Path(tmp) / "run"
         run(calibration_config(cfg, steps, out), progress=False, ledger_factory=ledger_factory)
         result = calibration_from_run(out)
-    result["load_avg"] = load_before  # other work on the machine slows the calibration (and the run)
+    result["other_runnable"] = probe.mean_other  # other work on the machine slows the calibration
     result["cpu_count"] = os.cpu_count()
     return result
 
@@ -281,10 +328,11 @@ def estimate_rl(
             f"rates measured by a {cal['steps']}-step calibration on {cal['device_kind']} x "
             f"{cal['device_count']}"
         )
-        if cal.get("load_avg") is not None and cal["load_avg"] > 0.5 * (cal.get("cpu_count") or 1):
+        if (cal.get("other_runnable") or 0) > 0.5:
             notes.append(
-                f"the machine was busy during the calibration (load average {cal['load_avg']:.1f} on "
-                f"{cal['cpu_count']} CPUs): rates are noisy"
+                f"WARNING: other jobs ran during the calibration ({cal['other_runnable']:.1f} runnable threads on "
+                f"average besides it, on {cal['cpu_count']} CPUs): its rates are low, the predicted time too "
+                "long; calibrate again on a quiet machine"
             )
     elif device_kind == "cpu":
         raise UserError("a CPU estimate needs a calibration run (--calibrate-steps N) or an MFU (--mfu M)")
