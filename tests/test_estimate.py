@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from r1kit.calibration import ContentionProbe, calibration_config
 from r1kit.cli import main
 from r1kit.costview import compare, estimate_for_run, format_comparison, format_estimate
 from r1kit.errors import UserError
 from r1kit.estimate import (
     ASSUMED_MFU,
-    ContentionProbe,
-    calibration_config,
     count_evals,
     count_saves,
     estimate_from_config,
@@ -193,6 +192,7 @@ def test_calibrated_estimate_is_close_to_the_run(estimated_run):
     out, est = estimated_run
     assert est["basis"] == "calibrated" and est["calibration"]["steps"] == 3
     assert est["calibration"]["device_kind"] == "cpu" and 0 < est["inputs"]["completion_len"] <= 24
+    assert est["calibration"]["other_runnable"] >= 0  # the contention probe ran beside the calibration
     records = read_ledger(out)
     measured = summarize(records)["stages"]["rl"]
     rows = compare(est, records)
@@ -238,3 +238,12 @@ def test_cli_cost_estimate(model_dir, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "basis: calibrated" in text and "G=4" in text
     assert main(["cost", "paper", "--rollout.group_size=4"]) == 2  # overrides only go with `cost estimate`
+
+
+def test_cost_modules_import_no_torch():
+    code = (
+        "import sys, r1kit.estimate, r1kit.calibration, r1kit.costview, r1kit.report, r1kit.modelcard; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

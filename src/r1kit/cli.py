@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="a recipe TOML file (see recipes/)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--strict", action="store_true", help="stop when the run doctor finds the run cannot learn")
+    p.add_argument("--estimate", action="store_true",
+                   help="first predict the run's time and cost (a 3-step calibration) into RUN_DIR/estimate.json")
 
     p = sub.add_parser("demo", help="the main job on the built-in tiny default")
     p.add_argument("--out", default="runs/demo", help="run directory")
@@ -160,6 +162,13 @@ def cmd_rl(args, overrides: list[str]) -> int:
     from r1kit.loops.rl import run_rl
 
     cfg = rl_config_from(args, overrides)
+    if args.estimate and not args.resume and os.environ.get("WORLD_SIZE", "1") == "1":
+        from r1kit.costview import format_estimate
+        from r1kit.estimate import estimate_from_config, write_estimate
+
+        est = estimate_from_config(cfg, run_rl, calibrate_steps=3, ledger_factory=_ledger)
+        print(format_estimate(est))
+        write_estimate(cfg.out, est)
     summary = run_rl(cfg, resume=args.resume, ledger_factory=_ledger)
     if summary.get("eval"):
         if summary.get("before"):
@@ -205,11 +214,13 @@ def cmd_demo(args) -> int:
     from pathlib import Path
 
     from r1kit.config import build, load_toml
+    from r1kit.costview import estimates_beside_measured
     from r1kit.evaluate import format_eval_table
     from r1kit.ledger import format_table, read_ledger, summarize
     from r1kit.loops.base import BaseConfig, describe, run_base
     from r1kit.loops.rl import run_rl
     from r1kit.metrics import EvalConfig
+    from r1kit.report import write_report
     from r1kit.rl_config import RLConfig
 
     out = Path(args.out)
@@ -234,6 +245,9 @@ def cmd_demo(args) -> int:
     print(f"\nheld-out pass@1 gain: {gain:+.1f} points")
     print(f"\ncost of this run (r1kit cost {out}):")
     print(format_table(summarize(read_ledger(out))))
+    for table in estimates_beside_measured(out):
+        print("\n" + table)
+    print(f"\nreport: {write_report(out)}")
     return 0
 
 

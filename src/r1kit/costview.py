@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from r1kit.calibration import calibration_from_run
 from r1kit.errors import UserError
 from r1kit.estimate import (
     ESTIMATE_FILE,
     PHASES,
-    calibration_from_run,
     estimate_rl,
     load_model_config,
     read_estimate,

@@ -153,16 +153,27 @@ def stage_dirs(run_dir: str | Path) -> list[Path]:
     return sorted(dirs, key=lambda d: (d / "run.json").stat().st_mtime)
 
 
+def _pass1(eval_file: Path) -> float | None:
+    try:
+        return json.loads(eval_file.read_text())["metrics"]["pass@1"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def with_final_eval(metrics: list[dict], stage_dir: Path) -> list[dict]:
-    """metrics.jsonl rows plus the final evaluation (eval.json, not logged per step) at the run's last step."""
-    ev, run = stage_dir / "eval.json", stage_dir / "run.json"
-    if not ev.is_file():
-        return metrics
-    steps = json.loads(run.read_text()).get("config", {}).get("steps")
-    pass1 = json.loads(ev.read_text()).get("metrics", {}).get("pass@1")
-    if not isinstance(steps, int) or pass1 is None:
-        return metrics
-    return [*metrics, {"step": steps, "eval/pass@1": pass1}]
+    """metrics.jsonl rows plus the evaluations not logged per step: the final one (eval.json) at the last step,
+    and for an RL run without its own step-0 evaluation, the starting model's eval.json at step 0."""
+    config = json.loads((stage_dir / "run.json").read_text()).get("config", {})
+    extra = []
+    has_start = any(m.get("step") == 0 and "eval/pass@1" in m for m in metrics)
+    if config.get("model") and not has_start:
+        start = _pass1(Path(config["model"]) / "eval.json")
+        if start is not None:
+            extra.append({"step": 0, "eval/pass@1": start})
+    final = _pass1(stage_dir / "eval.json")
+    if final is not None and isinstance(config.get("steps"), int):
+        extra.append({"step": config["steps"], "eval/pass@1": final})
+    return extra[:1] + metrics + extra[1:] if extra and extra[0]["step"] == 0 else metrics + extra
 
 
 def charts_html(metrics: list[dict]) -> str:
