@@ -31,22 +31,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from r1kit.devices import cpu_model
 from r1kit.modeling import eos_ids, load_model, new_model, train_tokenizer  # noqa: E402
 from r1kit.sampler import SamplingParams, left_pad, sample, supports_fast_path  # noqa: E402
 from r1kit.tasks import get_task  # noqa: E402
 
 TEMPERATURE, TOP_P = 0.6, 0.95
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else whatever `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(threads: int) -> dict:
