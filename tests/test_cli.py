@@ -90,3 +90,12 @@ def test_cost_of_a_missing_run(capsys):
 def test_cost_of_a_dir_without_ledger(tmp_path, capsys):
     assert main(["cost", str(tmp_path)]) == 2
     assert "ledger" in _one_error_line(capsys.readouterr().err)
+
+
+def test_cost_probe_refreshes_the_cpu_peak(monkeypatch, capsys, tmp_path):
+    from r1kit import devices
+
+    monkeypatch.setattr(devices, "DEFAULT_CACHE_DIR", tmp_path)
+    monkeypatch.setattr(devices, "measure_matmul_flops", lambda *a, **k: 2.5e11)
+    assert main(["cost", "probe"]) == 0
+    assert "250.0 GFLOP/s" in capsys.readouterr().out

@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="run directory")
 
     p = sub.add_parser("cost", help="cost ledger: `cost paper`, `cost estimate --config R --model M`, `cost RUN_DIR`")
-    p.add_argument("what", help="`paper` for DeepSeek's published table, `estimate` to predict an RL run's cost "
+    p.add_argument("what", help="`paper` for DeepSeek's published table, `probe` to re-measure the CPU peak, "
+                   "`estimate` to predict an RL run's cost "
                    "before launch (extra --section.key=value set its config), or a run directory")
     p.add_argument("--price", type=float, default=None, help="USD per device-hour (default: the price table)")
     p.add_argument("--config", default=None, help="estimate: a recipe TOML file (see recipes/)")
@@ -290,6 +291,12 @@ def cmd_cost(args, overrides: list[str] | None = None) -> int:
         raise UserError(f"unrecognized arguments: {' '.join(overrides)} (config overrides go with `cost estimate`)")
     if args.what == "paper":
         print(format_paper_table(args.price or 2.0))
+        return 0
+    if args.what == "probe":  # re-measure the CPU's matmul peak (MFU's denominator); the best value is kept
+        from r1kit.devices import cpu_model, cpu_peak_flops
+
+        peak = cpu_peak_flops(refresh=True, seconds=2.0)
+        print(f"CPU peak ({cpu_model()}): {peak / 1e9:.1f} GFLOP/s fp32 on all threads (cached; best seen)")
         return 0
     path = Path(args.what)
     if not path.exists():
