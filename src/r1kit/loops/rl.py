@@ -163,19 +163,15 @@ def _rollout_step(step, policy, tokenizer, task, stream, reward_fn, cfg, info, l
 def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger):
     """Advantages, reference log-probs and the GRPO update on this rank's kept groups."""
     G, a = cfg.rollout.group_size, cfg.algo
-    n = len(kept["toks"])
-    if n == 0:
-        rewards = torch.zeros(0)
-        advantages = torch.zeros(0)
-        prompts, toks = [[tokenizer.pad_token_id]], [[tokenizer.pad_token_id]]
+    n, pad = len(kept["toks"]), tokenizer.pad_token_id
+    if n == 0:  # nothing kept on this rank: a one-row placeholder without loss keeps the collectives in step
+        prompts, toks, advantages, loss_rows = [[pad]], [[pad]], torch.zeros(1), [False]
     else:
         rewards = torch.tensor(kept["rewards"], dtype=torch.float32)
-        advantages = ADVANTAGES[a.advantage_scale](rewards, G)
         prompts, toks = kept["prompts"], kept["toks"]
-    loss_rows = kept["fins"] if a.mask_truncated else None
-    rollout = build_rollout(prompts, toks, tokenizer.pad_token_id, advantages if n else torch.zeros(1), loss_rows)
-    if n == 0:
-        rollout.completion_mask.zero_()
+        advantages = ADVANTAGES[a.advantage_scale](rewards, G)
+        loss_rows = kept["fins"] if a.mask_truncated else None
+    rollout = build_rollout(prompts, toks, pad, advantages, loss_rows)
     groups = n // G
     rollout.mini_batch = torch.tensor([(i // G) * a.mini_batches // max(groups, 1) for i in range(max(n, 1))])
     if kept["lps"]:
@@ -324,7 +320,8 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
                     save_checkpoint(out, done, policy, tokenizer, state, cfg.keep_checkpoints)
             dist.barrier()
     seconds = time.perf_counter() - t_run
-    finished = latest_checkpoint(out) is not None and int(latest_checkpoint(out).name.split("_")[1]) == cfg.steps
+    last = latest_checkpoint(out)
+    finished = last is not None and int(last.name.split("_")[1]) == cfg.steps
     summary = {"run_dir": str(out), "steps": cfg.steps, "seconds_this_process": seconds, "finished": finished}
     if finished and info.main:
         with ledger.phase("checkpointing") if ledger else nullcontext():
