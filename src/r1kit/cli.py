@@ -92,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimate", action="store_true",
                    help="first predict the run's time and cost (a 3-step calibration) into RUN_DIR/estimate.json")
 
-    p = sub.add_parser("demo", help="the main job on the built-in tiny default")
+    from r1kit.commands import add_parsers
+
+    add_parsers(sub, _positive_int)
+
+    p = sub.add_parser("demo", help="the main job: the tiny R1 pipeline (recipes/tiny-r1.toml)")
     p.add_argument("--out", default="runs/demo", help="run directory")
 
     p = sub.add_parser("cost", help="cost ledger: `cost paper`, `cost estimate --config R --model M`, `cost RUN_DIR`")
@@ -210,46 +214,9 @@ def find_recipe(name: str) -> str:
 
 
 def cmd_demo(args) -> int:
-    """Base model -> R1-Zero RL -> held-out evaluation -> cost table. Re-running skips finished stages."""
-    import json
-    from pathlib import Path
+    from r1kit.commands import cmd_demo as demo
 
-    from r1kit.config import build, load_toml
-    from r1kit.costview import estimates_beside_measured
-    from r1kit.evaluate import format_eval_table
-    from r1kit.ledger import format_table, read_ledger, summarize
-    from r1kit.loops.base import BaseConfig, describe, run_base
-    from r1kit.loops.rl import run_rl
-    from r1kit.metrics import EvalConfig
-    from r1kit.report import write_report
-    from r1kit.rl_config import RLConfig
-
-    out = Path(args.out)
-    base_dir = out / "base"
-    if (base_dir / "summary.json").is_file():
-        print(f"[1/2] base model: {base_dir} (already built)")
-    else:
-        print(f"[1/2] building the tiny arithmetic base model in {base_dir}")
-        print(describe(run_base(BaseConfig(out=str(base_dir), eval=EvalConfig(n=500, k=4)), ledger_factory=_ledger)))
-    data = {k: v for k, v in load_toml(find_recipe("tiny-r1-zero.toml")).items() if k != "recipe"}
-    data.update(model=str(base_dir), out=str(out / "rl"), eval_every=0)
-    cfg = build(RLConfig, data)
-    summary_file = out / "rl" / "summary.json"
-    if not summary_file.is_file():
-        print(f"\n[2/2] R1-Zero RL (GRPO, {cfg.steps} steps) from the base model into {cfg.out}")
-        run_rl(cfg, resume=True, ledger_factory=_ledger)
-    before = json.loads((base_dir / "eval.json").read_text())
-    after = json.loads((out / "rl" / "eval.json").read_text())
-    print("\n" + format_eval_table(before, title=f"before RL (base model {base_dir})"))
-    print("\n" + format_eval_table(after, title=f"after RL ({out / 'rl' / 'model'})"))
-    gain = 100 * (after["metrics"]["pass@1"] - before["metrics"]["pass@1"])
-    print(f"\nheld-out pass@1 gain: {gain:+.1f} points")
-    print(f"\ncost of this run (r1kit cost {out}):")
-    print(format_table(summarize(read_ledger(out))))
-    for table in estimates_beside_measured(out):
-        print("\n" + table)
-    print(f"\nreport: {write_report(out)}")
-    return 0
+    return demo(args, _ledger, find_recipe)
 
 
 def cmd_cost_estimate(args, overrides: list[str]) -> int:
@@ -319,8 +286,24 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"base": cmd_base, "eval": cmd_eval, "demo": cmd_demo, "report": cmd_report}
-TAKES_OVERRIDES = {"rl": cmd_rl, "cost": cmd_cost}
+def _stage_command(name: str):
+    def run(args, overrides):
+        from r1kit import commands
+
+        return getattr(commands, f"cmd_{name}")(args, overrides, _ledger)
+
+    return run
+
+
+def cmd_run(args) -> int:
+    from r1kit.commands import cmd_run as run
+
+    return run(args, _ledger)
+
+
+COMMANDS = {"base": cmd_base, "eval": cmd_eval, "demo": cmd_demo, "report": cmd_report, "run": cmd_run}
+TAKES_OVERRIDES = {"rl": cmd_rl, "cost": cmd_cost, "generate": _stage_command("generate"),
+                   "sft": _stage_command("sft"), "distill": _stage_command("distill")}
 
 
 def main(argv: list[str] | None = None) -> int:

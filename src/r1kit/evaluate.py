@@ -122,4 +122,31 @@ def format_eval_table(result: dict, title: str | None = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["EvalConfig", "evaluate", "format_eval_table"]
+def finish_model(model, tokenizer, out, *, title: str, task_spec: str | None, eval_cfg: EvalConfig | None,
+                 upstream: list[str] = (), ledger=None, progress: bool = True) -> dict | None:
+    """The end of a training stage: save OUT/model, evaluate it on the held-out split (unless `eval_cfg` is None),
+    write OUT/eval.json and the model card. Returns the evaluation result (or None)."""
+    from pathlib import Path
+
+    from r1kit.modelcard import cost_from_ledger, lineage_of, write_model_card
+    from r1kit.modeling import save_model
+    from r1kit.runlog import write_json
+    from r1kit.tasks import get_task
+
+    out = Path(out)
+    model.eval()
+    with ledger.phase("checkpointing") if ledger is not None else nullcontext():
+        save_model(model, tokenizer, out / "model")
+    result = None
+    if eval_cfg is not None:
+        if not task_spec:
+            raise UserError(f"{out}: no task to evaluate on: give --task")
+        result = evaluate(model, tokenizer, get_task(task_spec), eval_cfg, progress=progress, ledger=ledger)
+        write_json(out / "eval.json", result)
+    write_model_card(out / "model", title=title, eval_result=result,
+                     cost_summary=cost_from_ledger(out, upstream=[u for u in upstream if u]),
+                     lineage=lineage_of(out))
+    return result
+
+
+__all__ = ["EvalConfig", "evaluate", "finish_model", "format_eval_table"]

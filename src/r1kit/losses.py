@@ -87,3 +87,36 @@ def entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Per-position entropy of softmax(logits / T). (B, T, V) -> (B, T)."""
     logp = (logits.float() / temperature).log_softmax(-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+# ---- Supervised and distillation losses -------------------------------------------------------------------
+#   SFT:        -log p_S(y_t | y_<t)                              per completion token t
+#   forward KL: Σ_v p_T(v) (log p_T(v) - log p_S(v))              ("logit" KD on teacher-written text)
+#   reverse KL: Σ_v p_S(v) (log p_S(v) - log p_T(v))              (on-policy KD on the student's own samples)
+# Each returns per-token values (B, T) for next-token logits already aligned with their targets; the caller
+# averages them over completion tokens (`masked_mean`, or a sum over a global token count when accumulating).
+
+
+def nll_per_token(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log p(target) per position. (B, T, V), (B, T) -> (B, T); negative targets (ignored) give 0 there."""
+    return -token_logprobs(logits, targets.clamp(min=0)) * (targets >= 0)
+
+
+def forward_kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                         temperature: float = 1.0) -> torch.Tensor:
+    """KL(p_T || p_S) at each position over the full vocabulary, at `temperature`. -> (B, T)"""
+    log_s = (student_logits.float() / temperature).log_softmax(-1)  # (B, T, V)
+    log_t = (teacher_logits.float() / temperature).log_softmax(-1)  # (B, T, V)
+    return (log_t.exp() * (log_t - log_s)).sum(-1)  # (B, T)
+
+
+def reverse_kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                         temperature: float = 1.0) -> torch.Tensor:
+    """KL(p_S || p_T) at each position over the full vocabulary, at `temperature`. -> (B, T)"""
+    log_s = (student_logits.float() / temperature).log_softmax(-1)  # (B, T, V)
+    log_t = (teacher_logits.float() / temperature).log_softmax(-1)  # (B, T, V)
+    return (log_s.exp() * (log_s - log_t)).sum(-1)  # (B, T)
+
+
+# distillation method -> per-token loss between student and teacher logits
+DISTILL_LOSSES = {"logit": forward_kl_per_token, "on-policy": reverse_kl_per_token}

@@ -148,6 +148,24 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, traina
     return model, tokenizer
 
 
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer of a local Hugging Face directory (left padding, a pad token)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"tokenizer directory {str(path)!r} does not exist")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load a tokenizer from {str(path)!r}: {first}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
 def eos_ids(model, tokenizer) -> list[int]:
     """Every token id that ends a completion: the tokenizer's EOS and the generation config's."""
     ids = {tokenizer.eos_token_id}

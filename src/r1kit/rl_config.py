@@ -93,6 +93,8 @@ class RLConfig:
     checkpoint_every: int = 50  # checkpoint every N steps (and at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept
     log_every: int = 1
+    final_eval: bool = True  # evaluate the final policy on the held-out split (a pipeline's eval stage may do it)
+    max_flops: float = 0.0  # compute budget: stop after the step where rollout + training FLOPs reach it; 0: none
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -133,6 +135,7 @@ class RLConfig:
             (self.optim.lr > 0 and self.optim.grad_clip >= 0, "optim.lr must be positive"),
             (bool(self.reward.weights), "reward.weights must name at least one reward"),
             (self.checkpoint_every >= 1 and self.keep_checkpoints >= 1, "checkpoint_every/keep_checkpoints >= 1"),
+            (self.max_flops >= 0, "max_flops must be >= 0 (0: no compute budget)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -44,6 +44,7 @@ class BaseConfig:
     grad_clip: float = 1.0
     log_every: int = 20
     eval_every: int = 0  # steps between quick held-out checks (100 problems, k=2); 0: only the final eval
+    final_eval: bool = True  # evaluate the model on the held-out split at the end
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
@@ -148,7 +149,7 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
     model.eval()
     with ledger.phase("checkpointing") if ledger else nullcontext():
         save_model(model, tokenizer, out)
-    result = evaluate(model, tokenizer, task, cfg.eval, progress=progress, ledger=ledger)
+    result = evaluate(model, tokenizer, task, cfg.eval, progress=progress, ledger=ledger) if cfg.final_eval else None
     summary = {
         "model": str(out),
         "params": n_params,
@@ -157,7 +158,8 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
         "final_loss": loss_ema,
         "eval": result,
     }
-    write_json(out / "eval.json", result)
+    if result is not None:
+        write_json(out / "eval.json", result)
     write_model_card(out, title=f"{out.name}: tiny {task.name} base model ({cfg.size})", eval_result=result,
                      cost_summary=cost_from_ledger(out), lineage=lineage_of(out))
     write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})
@@ -171,4 +173,4 @@ def describe(summary: dict) -> str:
         f"pre-trained on {summary['tokens_trained'] / 1e6:.2f}M tokens in {summary['train_seconds']:.0f} s "
         f"(final loss {summary['final_loss']:.3f})"
     )
-    return head + "\n" + format_eval_table(summary["eval"])
+    return head + ("\n" + format_eval_table(summary["eval"]) if summary.get("eval") else "")

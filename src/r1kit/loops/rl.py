@@ -18,6 +18,7 @@ questions; gradients are summed over ranks (dist.py).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -30,11 +31,11 @@ from r1kit.checkpoint import latest_checkpoint, load_state, save_checkpoint
 from r1kit.config import to_dict
 from r1kit.doctor import Doctor, DoctorStop
 from r1kit.errors import UserError
-from r1kit.evaluate import evaluate
+from r1kit.evaluate import evaluate, finish_model
 from r1kit.grpo import UpdateSettings, build_rollout, rollout_logprobs, train_on_rollout
+from r1kit.ledger import read_ledger
 from r1kit.losses import ADVANTAGES
-from r1kit.modelcard import cost_from_ledger, lineage_of, write_model_card
-from r1kit.modeling import eos_ids, load_model, save_model
+from r1kit.modeling import eos_ids, load_model
 from r1kit.rewards import combine
 from r1kit.rl_config import RLConfig
 from r1kit.runlog import MetricsLog, progress_bar, write_json
@@ -224,6 +225,15 @@ def _step_metrics(seen, kept, stats, times, lr, t_step, info) -> dict:
     return m
 
 
+BUDGET_FILE = "budget_reached.json"
+
+
+def _flops_spent(out: Path) -> float:
+    """Rollout + scoring + training FLOPs this run has recorded in its ledger (evaluation excluded)."""
+    return sum(r.get("flops") or 0.0 for r in read_ledger(out / "ledger.jsonl")
+               if r.get("phase") != "evaluation") if (out / "ledger.jsonl").is_file() else 0.0
+
+
 def _evaluate(policy, tokenizer, task, cfg, ledger, progress) -> dict:
     result = evaluate(policy, tokenizer, task, cfg.eval, progress=progress, ledger=ledger)
     policy.train()
@@ -267,6 +277,8 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         write_json(out / "run.json", {"stage": "rl", "config": to_dict(cfg), "task_options": task_options(task),
                                       "world_size": info.world, "resumed_from": start or None})
     ledger = ledger_factory(out, "rl", policy.config.to_dict()) if (ledger_factory and info.main) else None
+    if cfg.max_flops and ledger_factory is None:
+        raise UserError("max_flops (a compute budget) is measured by the cost ledger: run with a ledger")
     stream = _Stream(task.problems("train", cfg.train_problems, seed=cfg.seed), cfg.seed)
     reward_fn = combine(cfg.reward.weights)
 
@@ -278,7 +290,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
                total=cfg.steps)
     t_run = time.perf_counter()
     for step in bar:
-        if stop_after is not None and step >= start + stop_after:
+        if (stop_after is not None and step >= start + stop_after) or (out / BUDGET_FILE).is_file():
             break
         t0 = time.perf_counter()
         lr = learning_rate(step, cfg)
@@ -312,25 +324,35 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
                 bar.write(f"r1kit doctor: {w}")
             bar.set_postfix(reward=f"{m['reward_mean']:.2f}", acc=f"{m['accuracy']:.2f}",
                             len=f"{m['completion_len_mean']:.0f}", refresh=False)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        over_budget = dist.broadcast_object(bool(cfg.max_flops) and info.main and _flops_spent(out) >= cfg.max_flops)
+        if over_budget and info.main:
+            write_json(out / BUDGET_FILE, {"step": done, "max_flops": cfg.max_flops, "flops": _flops_spent(out)})
+            bar.write(f"compute budget reached after step {done}: {_flops_spent(out):.3g} FLOPs "
+                      f">= max_flops {cfg.max_flops:.3g}")
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or over_budget:
             if info.main:
                 state = {"optimizer": optimizer.state_dict(), "ref": ref.state_dict() if ref is not None else None,
                          "doctor": doctor.state(), "history": history}
                 with ledger.phase("checkpointing") if ledger else nullcontext():
                     save_checkpoint(out, done, policy, tokenizer, state, cfg.keep_checkpoints)
             dist.barrier()
+        if over_budget:
+            break
     seconds = time.perf_counter() - t_run
     last = latest_checkpoint(out)
-    finished = last is not None and int(last.name.split("_")[1]) == cfg.steps
-    summary = {"run_dir": str(out), "steps": cfg.steps, "seconds_this_process": seconds, "finished": finished}
+    last_step = int(last.name.split("_")[1]) if last is not None else 0
+    budget = json.loads((out / BUDGET_FILE).read_text()) if (out / BUDGET_FILE).is_file() else None
+    finished = last is not None and (last_step == cfg.steps or (budget is not None and budget["step"] == last_step))
+    summary = {"run_dir": str(out), "steps": last_step if finished else cfg.steps, "seconds_this_process": seconds,
+               "finished": finished, "stopped_by_budget": budget}
     if finished and info.main:
-        with ledger.phase("checkpointing") if ledger else nullcontext():
-            save_model(policy, tokenizer, out / "model")
-        result = _evaluate(policy, tokenizer, task, cfg, ledger, progress)
-        write_json(out / "eval.json", result)
-        write_model_card(out / "model", title=f"{out.name}: R1-Zero RL on {task.name}", eval_result=result,
-                         cost_summary=cost_from_ledger(out, upstream=[cfg.model]), lineage=lineage_of(out))
-        summary.update(before=history.get("before"), after=result["metrics"], eval=result)
+        result = finish_model(policy, tokenizer, out, title=f"{out.name}: R1-Zero RL on {task.name}",
+                              task_spec=cfg.task, eval_cfg=cfg.eval if cfg.final_eval else None,
+                              upstream=[cfg.model], ledger=ledger, progress=progress)
+        policy.train()
+        summary.update(before=history.get("before"), after=result["metrics"] if result else None)
+        if result is not None:
+            summary["eval"] = result
         write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})
     log.close()
     return summary

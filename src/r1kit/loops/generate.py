@@ -1,0 +1,190 @@
+"""Rejection-sampled reasoning traces: the teacher samples K completions per training question, the task's
+verifier keeps the correct, well-formed, untruncated ones (R1's rejection sampling, ../shared/r1-reference.md §4).
+
+Rows are appended to the output JSONL one chunk of questions at a time, each with its provenance (teacher,
+question id, sampling settings, reward). A sidecar `OUT.progress.json` records how many chunks (and bytes) are
+complete, so an interrupted run keeps what it wrote and `--resume` continues at the next chunk; chunk c is
+sampled with a generator seeded from (seed, c), so a resumed file is identical to an uninterrupted one.
+Only the train split is ever sampled: traces are training data.
+
+    r1kit generate --model runs/demo/rl/model --task arithmetic --n 2000 --k 4 --out runs/traces.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from r1kit.config import to_dict
+from r1kit.errors import UserError
+from r1kit.modeling import eos_ids, load_model
+from r1kit.runlog import progress_bar, write_json
+from r1kit.sampler import SamplingParams, sample
+from r1kit.tasks import get_task
+
+
+@dataclass
+class GenerateConfig:
+    model: str = ""  # the teacher: a Hugging Face model directory
+    task: str = "arithmetic"  # task spec; its train split supplies the questions and its verifier the verdicts
+    out: str = "traces.jsonl"  # the JSONL file to write (a sidecar OUT.progress.json tracks progress)
+    n: int = 1000  # training questions
+    k: int = 4  # completions sampled per question
+    max_per_prompt: int = 0  # keep at most this many correct completions per question; 0: all of them
+    dedup: bool = True  # drop a completion identical to one already kept for the same question
+    temperature: float = 0.6  # sampling settings (the paper's evaluation settings by default)
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    chunk: int = 64  # questions per written chunk (the unit of resume)
+    batch_size: int = 256  # completions sampled together
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.n, self.k, self.chunk, self.batch_size, self.max_new_tokens) < 1 or self.max_per_prompt < 0:
+            raise UserError("generate: n, k, chunk, batch_size and max_new_tokens must be at least 1, "
+                            "max_per_prompt at least 0")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise UserError("generate: temperature must be >= 0 and top_p in (0, 1]")
+
+
+def progress_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".progress.json")
+
+
+def _identity(cfg: GenerateConfig) -> dict:
+    """The settings a resumed run must share with the run it continues (everything but the file name)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("out", "batch_size")}
+
+
+def _chunk_seed(seed: int, chunk: int) -> int:
+    return (seed * 1_000_003 + chunk * 7919 + 17) % (2**63)
+
+
+def select(problem, texts: list[str], finished: list[bool], task, cfg: GenerateConfig) -> list[tuple[int, object]]:
+    """(sample index, score) of the completions kept for one question: correct, formatted, finished, deduplicated,
+    at most `max_per_prompt`."""
+    kept, seen = [], set()
+    for j, (text, fin) in enumerate(zip(texts, finished)):
+        score = task.score(problem, text)
+        if not (fin and score.correct and score.formatted):
+            continue
+        if cfg.dedup and text.strip() in seen:
+            continue
+        seen.add(text.strip())
+        kept.append((j, score))
+        if cfg.max_per_prompt and len(kept) >= cfg.max_per_prompt:
+            break
+    return kept
+
+
+def _resume_state(cfg: GenerateConfig, resume: bool) -> dict:
+    out, prog = Path(cfg.out), progress_path(cfg.out)
+    if not resume:
+        if out.exists() or prog.exists():
+            raise UserError(f"{out} already exists: add --resume to continue it, or choose another --out")
+        return {"chunks_done": 0, "bytes": 0, "rows": 0, "sampled": 0, "finished": False}
+    if not prog.is_file():
+        if out.exists() and out.stat().st_size:
+            raise UserError(f"{out} exists but has no {prog.name}: it was not written by r1kit generate; "
+                            "choose another --out")
+        return {"chunks_done": 0, "bytes": 0, "rows": 0, "sampled": 0, "finished": False}
+    state = json.loads(prog.read_text())
+    if state.get("config") != _identity(cfg):
+        changed = sorted(k for k, v in _identity(cfg).items() if state.get("config", {}).get(k) != v)
+        raise UserError(f"{out} was generated with other settings ({', '.join(changed)} differ): resume with the "
+                        "same settings, or choose another --out")
+    return state
+
+
+def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = True, ledger_factory=None,
+                 stop_after_chunks: int | None = None) -> dict:
+    """Sample, verify and append traces; returns a summary (questions, sampled, kept, seconds, out).
+
+    `stop_after_chunks` ends the work after that many chunks (as if killed), for tests of --resume.
+    """
+    task = get_task(cfg.task)
+    out = Path(cfg.out)
+    state = _resume_state(cfg, resume)
+    if state.get("finished"):
+        return state["summary"]
+    problems = task.problems("train", cfg.n, seed=cfg.seed)
+    if not problems:
+        raise UserError(f"task {task.name!r} has no train problems to generate from")
+    model, tokenizer = load_model(cfg.model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ledger = ledger_factory(out.parent, "generate", model.config.to_dict()) if ledger_factory else None
+    params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+    stops, pad = eos_ids(model, tokenizer), tokenizer.pad_token_id
+    provenance = {"teacher": str(cfg.model), "task": cfg.task, "split": "train", "temperature": cfg.temperature,
+                  "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+    n_chunks = -(-len(problems) // cfg.chunk)
+    with open(out, "ab") as f:
+        f.truncate(state["bytes"])  # drop rows of a chunk that was being written when the run stopped
+    t0 = time.perf_counter()
+    bar = progress_bar(total=len(problems), initial=min(state["chunks_done"] * cfg.chunk, len(problems)),
+                       desc=f"generate {task.name} (k={cfg.k})", unit="question", disable=not progress)
+    done_now = 0
+    for c in range(state["chunks_done"], n_chunks):
+        if stop_after_chunks is not None and done_now >= stop_after_chunks:
+            break
+        chunk = problems[c * cfg.chunk:(c + 1) * cfg.chunk]
+        prompts = [task.prompt(p) for p in chunk]
+        prompt_ids = [tokenizer(p).input_ids for p in prompts]
+        jobs = [i for i in range(len(chunk)) for _ in range(cfg.k)]
+        gen = torch.Generator().manual_seed(_chunk_seed(cfg.seed, c))
+        texts: list[str] = []
+        finished: list[bool] = []
+        lengths: list[int] = []
+        with ledger.phase("generation") if ledger else nullcontext() as ph:
+            for s in range(0, len(jobs), cfg.batch_size):
+                rows = jobs[s:s + cfg.batch_size]
+                res = sample(model, [prompt_ids[i] for i in rows], params, eos_ids=stops, pad_id=pad,
+                             generator=gen)
+                texts += [tokenizer.decode(t, skip_special_tokens=True) for t in res.tokens]
+                finished += res.finished
+                lengths += [len(t) for t in res.tokens]
+            if ph is not None:
+                ph.add(prompt_tokens=sum(len(prompt_ids[i]) for i in jobs), generated_tokens=sum(lengths),
+                       seq_len=max(map(len, prompt_ids)) + cfg.max_new_tokens)
+        lines = []
+        with ledger.phase("scoring") if ledger else nullcontext():
+            for i, problem in enumerate(chunk):
+                sl = slice(i * cfg.k, (i + 1) * cfg.k)
+                for j, score in select(problem, texts[sl], finished[sl], task, cfg):
+                    lines.append(json.dumps({
+                        "id": problem.id, "prompt": prompts[i], "completion": texts[i * cfg.k + j],
+                        "answer": score.answer, "reference": problem.answer,
+                        "reward": {"accuracy": 1.0, "format": 1.0}, "length": lengths[i * cfg.k + j],
+                        "provenance": {**provenance, "sample": j},
+                    }) + "\n")
+        with open(out, "ab") as f:
+            f.write("".join(lines).encode())
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+        state.update(chunks_done=c + 1, bytes=size, rows=state["rows"] + len(lines),
+                     sampled=state["sampled"] + len(jobs), config=_identity(cfg))
+        write_json(progress_path(out), state)
+        done_now += 1
+        bar.update(len(chunk))
+        bar.set_postfix(kept=state["rows"], refresh=False)
+    bar.close()
+    summary = {"out": str(out), "questions": len(problems), "sampled": state["sampled"], "kept": state["rows"],
+               "keep_rate": state["rows"] / max(state["sampled"], 1),
+               "seconds_this_process": time.perf_counter() - t0, "finished": state["chunks_done"] >= n_chunks}
+    if summary["finished"]:
+        state.update(finished=True, summary=summary)
+        write_json(progress_path(out), state)
+    return summary
+
+
+def describe(summary: dict) -> str:
+    return (f"generated {summary['out']}: kept {summary['kept']} of {summary['sampled']} completions "
+            f"({100 * summary['keep_rate']:.1f}%) for {summary['questions']} questions")
