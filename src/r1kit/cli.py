@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("base", help="build a tiny base model: tokenizer + Llama pre-trained from scratch")
     p.add_argument("--task", default="arithmetic", help="task spec, e.g. arithmetic or arithmetic:digits=2")
-    p.add_argument("--size", default="tiny", help="tiny (~2M parameters) or small (~24M)")
+    p.add_argument("--size", default="tiny", help="micro (~0.26M parameters), mini (~0.44M), tiny (~1.9M) or "
+                   "small (~24M)")
+    p.add_argument("--tokenizer", default=None, help="reuse this model directory's tokenizer (default: train one)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=_positive_int, default=None, help="pre-training steps")
@@ -133,6 +135,8 @@ def cmd_base(args) -> int:
     from r1kit.loops.base import BaseConfig, describe, run_base
 
     kwargs = {"steps": args.steps} if args.steps else {}
+    if args.tokenizer:
+        kwargs["tokenizer"] = args.tokenizer
     cfg = BaseConfig(
         task=args.task,
         size=args.size,

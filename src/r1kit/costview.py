@@ -60,8 +60,11 @@ def _err(est: float | None, measured: float | None) -> float | None:
 def compare(estimate: Mapping[str, Any], records: list[dict]) -> dict:
     """Per phase and in total: estimated and measured wall seconds, FLOPs, device-hours and dollars, and the
     estimate's error in % of the measured value."""
-    s = summarize([r for r in records if r.get("stage") == estimate.get("stage", "rl")])
     stage = estimate.get("stage", "rl")
+    names = {r.get("stage") for r in records}
+    if stage not in names and len(names) == 1:  # a pipeline's ledger names the stage ("r1-zero"), not its kind
+        stage = names.pop()
+    s = summarize([r for r in records if r.get("stage") == stage])
     measured_phases = s["phases"].get(stage, {})
     rows = {}
     for phase in [*PHASES, "total"]:

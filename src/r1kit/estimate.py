@@ -90,10 +90,10 @@ def measure_prompt_len(model_dir: str | Path, task_spec: str, n: int = 64, seed:
     return sum(map(len, ids)) / max(len(ids), 1)
 
 
-def count_evals(steps: int, eval_every: int) -> int:
+def count_evals(steps: int, eval_every: int, final: bool = True) -> int:
     """Evaluations `run_rl` makes: before step 1 and every eval_every steps before the last (if eval_every > 0),
     and the final one."""
-    return 1 + (1 + (steps - 1) // eval_every if eval_every else 0)
+    return int(final) + (1 + (steps - 1) // eval_every if eval_every else 0)
 
 
 def count_saves(steps: int, checkpoint_every: int) -> int:
@@ -196,7 +196,7 @@ def estimate_rl(
     nominal = cfg.steps * r.prompts_per_step * r.group_size
     sampled = nominal * cal.get("sampled_share", 1.0)
     trained = nominal * cal.get("trained_share", 1.0)
-    evals, saves = count_evals(cfg.steps, cfg.eval_every), count_saves(cfg.steps, cfg.checkpoint_every)
+    evals, saves = count_evals(cfg.steps, cfg.eval_every, cfg.final_eval), count_saves(cfg.steps, cfg.checkpoint_every)
     fwd_roll = flops_per_token(model_config, int(prompt_len + r.max_new_tokens), training=False)
     fwd_train = flops_per_token(model_config, int(prompt_len + completion), training=False)
     fwd_eval = flops_per_token(model_config, int(eval_prompt + ev.max_new_tokens), training=False)

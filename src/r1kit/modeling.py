@@ -44,6 +44,16 @@ SIZES: dict[str, dict] = {
         max_position_embeddings=1024,
         vocab_size=1024,
     ),  # ~24M
+    # A quarter of tiny: the distillation student of recipes/tiny-distill.toml.
+    "mini": dict(
+        hidden_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=320,
+        max_position_embeddings=512,
+        vocab_size=512,
+    ),  # ~0.44M
     # Smaller than tiny: distillation students and fast tests.
     "micro": dict(
         hidden_size=96,

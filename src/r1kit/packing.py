@@ -28,8 +28,11 @@ class Example:
 
 
 def encode_example(tokenizer, prompt: str, completion: str, max_len: int, eos_id: int | None = None) -> Example:
-    """Tokenise prompt and completion separately (the boundary is exact), append EOS, cut to `max_len`."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    """Tokenise prompt and completion separately (the boundary is exact), append EOS, cut to `max_len`.
+
+    The prompt is tokenised as the sampler sees it (with the tokenizer's special tokens, e.g. a BOS), the
+    completion as the continuation it is."""
+    prompt_ids = tokenizer(prompt).input_ids
     completion_ids = tokenizer(completion, add_special_tokens=False).input_ids
     eos = tokenizer.eos_token_id if eos_id is None else eos_id
     ids = (prompt_ids + completion_ids + ([eos] if eos is not None else []))[:max_len]

@@ -55,7 +55,7 @@ class Kind:
 
 
 KINDS = {
-    "base": Kind(BaseConfig, {}, "model", model_path=""),
+    "base": Kind(BaseConfig, {"tokenizer": "model"}, "model", model_path=""),
     "rl": Kind(RLConfig, {"model": "model"}, "model"),
     "generate": Kind(GenerateConfig, {"model": "model"}, "data"),
     "sft": Kind(SFTConfig, {"model": "model", "data": "data", "tokenizer": "model"}, "model"),
@@ -76,6 +76,8 @@ class Stage:
     inputs: dict = field(default_factory=dict)  # key -> resolved path(s)
     upstream: list = field(default_factory=list)  # names of the stages it reads from
     config: dict = field(default_factory=dict)  # resolved config data (what stage.json records)
+    file: Path = Path()  # the recipe file that defines it
+    where: object = None  # that file's _Lines
 
 
 @dataclass
@@ -102,16 +104,39 @@ class _Lines:
         return self.headers[index] if index < len(self.headers) else 1
 
     def key(self, index: int, dotted: str) -> int:
-        """The line of `dotted` (e.g. rollout.temperature) inside stage `index` (else the stage's header)."""
+        """The line of `dotted` (e.g. rollout.temperature) inside stage `index` (else the stage's header).
+
+        A key inside a sub-table counts only under its own `[stage.SECTION]` header, as `SECTION.key = ...`, or
+        inside an inline `SECTION = {key = ...}`."""
         start = self.stage(index)
         end = self.headers[index + 1] if index + 1 < len(self.headers) else len(self.lines) + 1
-        parts = dotted.split(".")
-        last = re.escape(parts[-1])
+        *sections, last = dotted.split(".")
+        section, key = ".".join(sections), re.escape(last)
+        current = ""  # the [stage.X] sub-table the scan is in ("" = the stage's own keys)
         for n in range(start, end):
             line = self.lines[n - 1]
-            if re.match(rf"^\s*(\w+\.)*[\"']?{last}[\"']?\s*=", line) or re.search(rf"[{{,]\s*{last}\s*=", line):
+            header = re.match(r"^\s*\[\s*stage\.([\w.]+)\s*\]", line)
+            if header:
+                current = header.group(1)
+                continue
+            if current == section and re.match(rf"^\s*[\"']?{key}[\"']?\s*=", line):
                 return n
+            if section and current == "" and (
+                re.match(rf"^\s*{re.escape(section)}\.{key}\s*=", line)
+                or re.match(rf"^\s*{re.escape(section)}\s*=.*[{{,]\s*{key}\s*=", line)
+            ):
+                return n
+        if section:  # the sub-table's header, else the stage's
+            for n in range(start, end):
+                if re.match(rf"^\s*\[\s*stage\.{re.escape(section)}\s*\]", self.lines[n - 1]):
+                    return n
         return start
+
+    def top_key(self, key: str) -> int:
+        for n, line in enumerate(self.lines, 1):
+            if re.match(rf"^\s*{re.escape(key)}\s*=", line):
+                return n
+        return 1
 
     def top(self, section: str) -> int:
         for n, line in enumerate(self.lines, 1):
@@ -121,6 +146,7 @@ class _Lines:
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, table by table (a non-table value replaces whatever was there)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
@@ -141,75 +167,97 @@ def output_of(out: Path, stage: Stage) -> Path:
     return out / stage.name
 
 
+def _read_files(path: Path, chain: tuple = ()) -> list[tuple[Path, dict, _Lines]]:
+    """The recipe and, first, the recipes it includes (`include = "other.toml"`, beside it), in running order."""
+    if path.resolve() in chain:
+        raise UserError(f"{path}:1: include cycle: {' -> '.join(str(c) for c in (*chain, path.resolve()))}")
+    data = load_toml(path)
+    where = _Lines(path.read_text())
+    unknown = sorted(set(data) - {"run", "eval", "stage", "recipe", "include"})
+    if unknown:
+        raise UserError(f"{path}:{where.top(unknown[0])}: unknown section [{unknown[0]}]: a pipeline recipe has "
+                        "[run], [eval] and [[stage]] tables (and an optional include)")
+    files = []
+    if "include" in data:
+        other = path.parent / str(data["include"])
+        if not other.is_file():
+            raise UserError(f"{path}:{where.top_key('include')}: include {data['include']!r}: no such recipe "
+                            f"beside {path.name}")
+        files = _read_files(other, (*chain, path.resolve()))
+    return [*files, (path, data, where)]
+
+
 def load_pipeline(path: str | Path, out: str | Path) -> Pipeline:
     """Read and check a recipe completely; raises UserError `recipe:line: ...` at the first fault."""
     path = Path(path)
-    data = load_toml(path)
-    where = _Lines(path.read_text())
-    unknown = sorted(set(data) - {"run", "eval", "stage", "recipe"})
-    if unknown:
-        raise UserError(f"{path}:{where.top(unknown[0])}: unknown section [{unknown[0]}]: a pipeline recipe has "
-                        "[run], [eval] and [[stage]] tables")
-    run = dict(data.get("run", {}))
-    bad_run = sorted(set(run) - {"task", "seed"})
-    if bad_run:
-        raise UserError(f"{path}:{where.top('run')}: unknown key {bad_run[0]!r} in [run] (known: task, seed)")
-    task, seed = str(run.get("task", "arithmetic")), run.get("seed", 0)
-    try:
-        get_task(task)
-        eval_cfg = build(EvalConfig, dict(data.get("eval", {})), "eval")
-    except UserError as e:
-        raise UserError(f"{path}:{where.top('eval')}: {e}") from None
-    raw = data.get("stage")
-    if not isinstance(raw, list) or not raw:
+    files = _read_files(path)
+    run, eval_data = {}, {}
+    for file, data, where in files:  # an including recipe's [run] and [eval] override the included one's
+        bad_run = sorted(set(data.get("run", {})) - {"task", "seed"})
+        if bad_run:
+            raise UserError(f"{file}:{where.top('run')}: unknown key {bad_run[0]!r} in [run] (known: task, seed)")
+        run.update(data.get("run", {}))
+        eval_data.update(data.get("eval", {}))
+        try:
+            get_task(str(run.get("task", "arithmetic")))
+            eval_cfg = build(EvalConfig, dict(eval_data), "eval")
+        except UserError as e:
+            raise UserError(f"{file}:{where.top('eval')}: {e}") from None
+    pipe = Pipeline(path, Path(out), str(run.get("task", "arithmetic")), run.get("seed", 0), eval_cfg, [])
+    everything = [(s.get("name"), file, where.stage(i)) for file, data, where in files
+                  for i, s in enumerate(data.get("stage") or [])]
+    if not everything:
         raise UserError(f"{path}:1: no stages: add [[stage]] tables (name = ..., kind = ...)")
-    pipe = Pipeline(path, Path(out), task, seed, eval_cfg, [])
-    names: dict[str, int] = {}
-    all_names = [s.get("name") for s in raw]
-    for i, keys in enumerate(raw):
-        line = where.stage(i)
-        name, kind = keys.get("name"), keys.get("kind")
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise UserError(f"{path}:{line}: stage {i + 1} needs a name of letters, digits, '-', '_' or '.'")
-        if name in names:
-            raise UserError(f"{path}:{line}: stage name {name!r} is used twice (first at line "
-                            f"{where.stage(names[name])})")
-        if kind not in KINDS:
-            raise UserError(f"{path}:{where.key(i, 'kind')}: stage {name!r}: unknown kind {kind!r}; use one of "
-                            f"{', '.join(KINDS)}")
-        stage = Stage(name, kind, i, line, dict(keys))
-        _resolve_inputs(pipe, stage, names, all_names, where)
-        _resolve_config(pipe, stage, where)
-        names[name] = i
-        pipe.stages.append(stage)
+    names: dict[str, str] = {}
+    for file, data, where in files:
+        raw = data.get("stage") or []
+        if not isinstance(raw, list):
+            raise UserError(f"{file}:{where.top('stage')}: stages are [[stage]] tables (an array of tables)")
+        for i, keys in enumerate(raw):
+            line = where.stage(i)
+            name, kind = keys.get("name"), keys.get("kind")
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                raise UserError(f"{file}:{line}: stage {i + 1} needs a name of letters, digits, '-', '_' or '.'")
+            if name in names:
+                raise UserError(f"{file}:{line}: stage name {name!r} is used twice (first at {names[name]})")
+            if kind not in KINDS:
+                raise UserError(f"{file}:{where.key(i, 'kind')}: stage {name!r}: unknown kind {kind!r}; use one "
+                                f"of {', '.join(KINDS)}")
+            stage = Stage(name, kind, i, line, dict(keys), file=file, where=where)
+            _resolve_inputs(pipe, stage, everything)
+            _resolve_config(pipe, stage)
+            names[name] = f"{file.name}:{line}"
+            pipe.stages.append(stage)
     return pipe
 
 
-def _resolve_inputs(pipe: Pipeline, stage: Stage, names: dict, all_names: list, where: _Lines) -> None:
-    kind = KINDS[stage.kind]
+def _resolve_inputs(pipe: Pipeline, stage: Stage, everything: list) -> None:
+    kind, where = KINDS[stage.kind], stage.where
+    all_names = [name for name, _, _ in everything]
     by_name = {s.name: s for s in pipe.stages}
 
     def resolve(key: str, value, want: str) -> str:
         line = where.key(stage.index, key)
         if not isinstance(value, str) or not value:
-            raise UserError(f"{pipe.path}:{line}: stage {stage.name!r}: {key} must name a stage or a path")
+            raise UserError(f"{stage.file}:{line}: stage {stage.name!r}: {key} must name a stage or a path")
         if value in by_name:
             src = by_name[value]
             produced = KINDS[src.kind].output
             if produced != want:
-                raise UserError(f"{pipe.path}:{line}: stage {stage.name!r}: {key} = {value!r} is a {src.kind} "
+                raise UserError(f"{stage.file}:{line}: stage {stage.name!r}: {key} = {value!r} is a {src.kind} "
                                 f"stage, which produces {produced}, not {want}")
             stage.upstream.append(value)
             return str(output_of(pipe.out, src))
         if value in all_names:
             later = all_names.index(value)
-            raise UserError(f"{pipe.path}:{line}: stage {stage.name!r} uses {value!r}, the output of a later stage "
-                            f"(line {where.stage(later)}): stages run in the order written")
+            _, file, at = everything[later]
+            raise UserError(f"{stage.file}:{line}: stage {stage.name!r} uses {value!r}, the output of a later stage "
+                            f"({file.name}:{at}): stages run in the order written")
         if "/" in value or Path(value).exists():
             if not Path(value).exists():
-                raise UserError(f"{pipe.path}:{line}: stage {stage.name!r}: {key} = {value!r}: no such path")
+                raise UserError(f"{stage.file}:{line}: stage {stage.name!r}: {key} = {value!r}: no such path")
             return value
-        raise UserError(f"{pipe.path}:{line}: stage {stage.name!r}: {key} = {value!r} names no earlier stage "
+        raise UserError(f"{stage.file}:{line}: stage {stage.name!r}: {key} = {value!r} names no earlier stage "
                         "and no existing path")
 
     for key, want in kind.inputs.items():
@@ -224,10 +272,10 @@ def _resolve_inputs(pipe: Pipeline, stage: Stage, names: dict, all_names: list, 
             stage.inputs[key] = resolve(key, value, want)
     for value in stage.keys.get("match_compute", []) or []:
         if stage.kind != "rl":
-            raise UserError(f"{pipe.path}:{where.key(stage.index, 'match_compute')}: only rl stages take "
+            raise UserError(f"{stage.file}:{where.key(stage.index, 'match_compute')}: only rl stages take "
                             "match_compute")
         if value not in by_name:
-            raise UserError(f"{pipe.path}:{where.key(stage.index, 'match_compute')}: stage {stage.name!r}: "
+            raise UserError(f"{stage.file}:{where.key(stage.index, 'match_compute')}: stage {stage.name!r}: "
                             f"match_compute names {value!r}, which is no earlier stage")
         stage.upstream.append(value)
     if stage.kind == "eval" and "models" not in stage.keys:  # default: every model made so far
@@ -237,24 +285,24 @@ def _resolve_inputs(pipe: Pipeline, stage: Stage, names: dict, all_names: list, 
         stage.upstream += [s.name for s in made]
 
 
-def _resolve_config(pipe: Pipeline, stage: Stage, where: _Lines) -> None:
+def _resolve_config(pipe: Pipeline, stage: Stage) -> None:
     """The stage's config data: [run] defaults, its own keys, resolved inputs; built once to check it."""
-    kind = KINDS[stage.kind]
+    kind, where = KINDS[stage.kind], stage.where
     data = {k: v for k, v in stage.keys.items() if k not in PIPELINE_KEYS and k not in kind.inputs}
     if stage.kind == "eval":
         extra = sorted(data)
         if extra:
-            raise UserError(f"{pipe.path}:{where.key(stage.index, extra[0])}: stage {stage.name!r}: eval stages "
+            raise UserError(f"{stage.file}:{where.key(stage.index, extra[0])}: stage {stage.name!r}: eval stages "
                             f"take only `models`; the settings are the recipe's [eval] (got {extra[0]!r})")
         stage.config = {"models": stage.inputs["models"], "eval": to_dict(pipe.eval), "task": pipe.task}
         return
     if "recipe" in stage.keys:
         if stage.kind != "rl":
-            raise UserError(f"{pipe.path}:{where.key(stage.index, 'recipe')}: only rl stages take a recipe file")
-        base_file = (pipe.path.parent / stage.keys["recipe"]).resolve()
+            raise UserError(f"{stage.file}:{where.key(stage.index, 'recipe')}: only rl stages take a recipe file")
+        base_file = (stage.file.parent / stage.keys["recipe"]).resolve()
         if not base_file.is_file():
-            raise UserError(f"{pipe.path}:{where.key(stage.index, 'recipe')}: stage {stage.name!r}: recipe "
-                            f"{stage.keys['recipe']!r} not found beside {pipe.path.name}")
+            raise UserError(f"{stage.file}:{where.key(stage.index, 'recipe')}: stage {stage.name!r}: recipe "
+                            f"{stage.keys['recipe']!r} not found beside {stage.file.name}")
         base = {k: v for k, v in load_toml(base_file).items() if k != "recipe"}
         data = _deep_merge(base, data)
     data = {k: v for k, v in data.items()}
@@ -266,6 +314,9 @@ def _resolve_config(pipe: Pipeline, stage: Stage, where: _Lines) -> None:
     stage_dir = pipe.out / stage.name
     data["out"] = str(stage_dir / DATA_FILE) if stage.kind == "generate" else str(stage_dir)
     if "eval" in fields:
+        if not isinstance(data.get("eval", {}), dict):
+            raise UserError(f"{stage.file}:{where.key(stage.index, 'eval')}: stage {stage.name!r}: eval: expected a "
+                            "[stage.eval] table")
         data["eval"] = _deep_merge(to_dict(pipe.eval), data.get("eval", {}))
     if "final_eval" in fields:
         data.setdefault("final_eval", False)  # the pipeline's eval stage evaluates every model the same way
@@ -276,7 +327,7 @@ def _resolve_config(pipe: Pipeline, stage: Stage, where: _Lines) -> None:
     except UserError as e:
         key = re.match(r"^(?:unknown config key ')?([\w.]+)", str(e))
         line = where.key(stage.index, key.group(1)) if key else stage.line
-        raise UserError(f"{pipe.path}:{line}: stage {stage.name!r}: {e}") from None
+        raise UserError(f"{stage.file}:{line}: stage {stage.name!r}: {e}") from None
     stage.config = to_dict(cfg)
 
 
@@ -298,7 +349,7 @@ def stage_state(out: Path, stage: Stage) -> str:
 def check_resumable(pipe: Pipeline) -> None:
     for stage in pipe.stages:
         if stage_state(pipe.out, stage) == "changed":
-            raise UserError(f"{pipe.path}:{stage.line}: stage {stage.name!r} in {pipe.out} ran with another "
+            raise UserError(f"{stage.file}:{stage.line}: stage {stage.name!r} in {pipe.out} ran with another "
                             f"config: use another --out, or delete {pipe.out / stage.name} to redo it")
 
 
@@ -322,6 +373,9 @@ def _run_stage(pipe: Pipeline, stage: Stage, ledger_factory, progress: bool) -> 
     if stage.kind == "rl":
         if stage.keys.get("match_compute"):
             cfg_data["max_flops"] = flops_of(pipe.out, list(stage.keys["match_compute"]))
+            if cfg_data["max_flops"] <= 0:
+                raise UserError(f"{stage.file}:{stage.line}: stage {stage.name!r}: the stages it matches "
+                                f"({', '.join(stage.keys['match_compute'])}) recorded no compute in their ledgers")
             write_json(out / "budget.json", {"match_compute": stage.keys["match_compute"],
                                              "max_flops": cfg_data["max_flops"]})
         return run_rl(build(RLConfig, cfg_data), resume=True, progress=progress, ledger_factory=ledger_factory)
@@ -364,6 +418,10 @@ def run_pipeline(path: str | Path, out: str | Path, *, ledger_factory=None, prog
     """
     pipe = load_pipeline(path, out)
     check_resumable(pipe)
+    budgeted = [s for s in pipe.stages if s.keys.get("match_compute")]
+    if budgeted and ledger_factory is None:
+        raise UserError(f"{budgeted[0].file}:{budgeted[0].line}: stage {budgeted[0].name!r} matches compute, which "
+                        "the cost ledger measures: run the pipeline with a ledger")
     pipe.out.mkdir(parents=True, exist_ok=True)
     write_json(pipe.out / "pipeline.json", {"recipe": str(pipe.path), "task": pipe.task, "seed": pipe.seed,
                                             "eval": to_dict(pipe.eval),

@@ -13,12 +13,12 @@ from pathlib import Path
 from r1kit.ledger import read_ledger, summarize
 
 
-def _eval_of(run: Path, name: str) -> dict | None:
-    """A model's held-out result: the pipeline's eval stage first, else the stage's own final eval."""
-    for file in sorted(run.glob(f"*/{name}.json")):
-        data = json.loads(file.read_text())
-        if isinstance(data, dict) and "metrics" in data:
-            return data
+def _eval_of(run: Path, name: str, eval_stages: list[str]) -> dict | None:
+    """A model's held-out result: an eval stage's file for it first, else the stage's own final eval."""
+    for stage in eval_stages:
+        file = run / stage / f"{name}.json"
+        if file.is_file():
+            return json.loads(file.read_text())
     own = run / name / "eval.json"
     return json.loads(own.read_text()) if own.is_file() else None
 
@@ -34,6 +34,7 @@ def summary_rows(run_dir: str | Path) -> list[dict]:
     pipe = json.loads((run / "pipeline.json").read_text())
     stages = {s["name"]: s for s in pipe["stages"]}
     costs = _costs(run)
+    eval_stages = [s["name"] for s in pipe["stages"] if s["kind"] == "eval"]
 
     def lineage(name: str, seen: set) -> set:
         if name in seen or name not in stages:
@@ -49,7 +50,7 @@ def summary_rows(run_dir: str | Path) -> list[dict]:
         own = costs.get(name, {})
         line = lineage(name, set())
         total = {k: sum((costs.get(n, {}).get(k) or 0.0) for n in line) for k in ("device_hours", "usd", "flops")}
-        ev = _eval_of(run, name)
+        ev = None if s["kind"] == "eval" else _eval_of(run, name, eval_stages)
         m = ev["metrics"] if ev else {}
         k = ev["settings"]["k"] if ev else None
         done = (run / name / "done.json").is_file()

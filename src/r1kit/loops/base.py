@@ -10,7 +10,6 @@ whole documents, AdamW, linear warmup then cosine decay to a tenth. Same seed, s
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from contextlib import nullcontext
@@ -23,8 +22,9 @@ from r1kit.config import to_dict
 from r1kit.errors import UserError
 from r1kit.evaluate import EvalConfig, evaluate, format_eval_table
 from r1kit.modelcard import cost_from_ledger, lineage_of, write_model_card
-from r1kit.modeling import SIZES, count_params, new_model, save_model, train_tokenizer
+from r1kit.modeling import SIZES, count_params, load_tokenizer, new_model, save_model, train_tokenizer
 from r1kit.runlog import MetricsLog, progress_bar, write_json
+from r1kit.sft import cosine_lr
 from r1kit.tasks import get_task, task_options
 
 
@@ -32,6 +32,7 @@ from r1kit.tasks import get_task, task_options
 class BaseConfig:
     task: str = "arithmetic"  # task spec, e.g. "arithmetic:digits=3"
     size: str = "tiny"  # a key of modeling.SIZES
+    tokenizer: str = ""  # reuse this model directory's tokenizer (a student that shares its teacher's); "": train one
     out: str = "runs/base-tiny"  # the model directory (also holds metrics, ledger and eval)
     seed: int = 0
     corpus: int = 40_000  # worked solutions in the corpus, from train-split problems
@@ -52,14 +53,6 @@ class BaseConfig:
             raise UserError(f"unknown model size {self.size!r}: use one of {', '.join(SIZES)}")
         if min(self.corpus, self.steps, self.batch_size) < 1 or self.lr <= 0:
             raise UserError("base: corpus, steps and batch_size must be at least 1 and lr positive")
-
-
-def lr_at(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
-    """Linear warmup to `peak`, then cosine decay to `peak * min_ratio` at `total`."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
-    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def build_corpus(task, n: int, seed: int) -> list[str]:
@@ -92,7 +85,10 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
     t_start = time.perf_counter()
 
     texts = build_corpus(task, cfg.corpus, cfg.seed)
-    tokenizer = train_tokenizer(texts, vocab_size=SIZES[cfg.size]["vocab_size"])
+    if cfg.tokenizer:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    else:
+        tokenizer = train_tokenizer(texts, vocab_size=SIZES[cfg.size]["vocab_size"])
     eos = tokenizer.eos_token_id
     docs = [ids + [eos] for ids in tokenizer(texts).input_ids]
     model = new_model(cfg.size, tokenizer, seed=cfg.seed)
@@ -110,7 +106,7 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
     bar = progress_bar(range(cfg.steps), desc=f"pre-train {cfg.size} on {task.name}", disable=not progress)
     tokens_trained, loss_ema = 0, None
     for step in bar:
-        lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
+        lr = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(len(docs), (cfg.batch_size,), generator=gen).tolist()
