@@ -260,6 +260,25 @@ def test_resume_after_stop_is_byte_identical(full_run, teacher, tmp_path):
 
 
 @slow
+@pytest.mark.parametrize("damage", ["deleted", "cut short"])
+def test_resume_refuses_an_output_shorter_than_its_progress_record(damage, teacher, lenient, tmp_path):
+    """The sidecar says chunk 1 wrote N bytes, but the file now holds fewer (deleted, or cut by hand): resuming
+    must not pretend those rows exist. (Today `f.truncate(state["bytes"])` *extends* the file with NUL bytes,
+    and the summary counts the lost rows as kept.)"""
+    out = tmp_path / "traces.jsonl"
+    run_generate(make_cfg(teacher, out), progress=False, stop_after_chunks=1)
+    recorded = json.loads(progress_path(out).read_text())["bytes"]
+    assert recorded > 0
+    if damage == "deleted":
+        out.unlink()
+    else:
+        out.write_bytes(out.read_bytes()[: recorded // 2])
+    with pytest.raises(UserError):
+        run_generate(make_cfg(teacher, out), resume=True, progress=False)
+    assert b"\0" not in (out.read_bytes() if out.exists() else b"")
+
+
+@slow
 def test_resume_without_a_file_starts_fresh(full_run, teacher, tmp_path):
     ref, _, _ = full_run
     out = tmp_path / "sub" / "traces.jsonl"
@@ -268,7 +287,7 @@ def test_resume_without_a_file_starts_fresh(full_run, teacher, tmp_path):
 
 
 @slow
-def test_max_per_prompt_and_no_dedup_in_a_run(full_run, teacher, tmp_path):
+def test_max_per_prompt_in_a_run(full_run, teacher, tmp_path):
     _, _, calls = full_run
     out = tmp_path / "one.jsonl"
     run_generate(make_cfg(teacher, out, max_per_prompt=1), progress=False)

@@ -65,8 +65,10 @@ def _row_spans(batch, row: int) -> list[tuple[int, int]]:
 
 def test_encode_example_labels_only_the_completion(tokenizer):
     ex = encode_example(tokenizer, "User: 2+3. Assistant:", " <think>2+3=5</think> <answer>5</answer>", 100)
-    prompt_ids = tokenizer("User: 2+3. Assistant:", add_special_tokens=False).input_ids
+    prompt_ids = tokenizer("User: 2+3. Assistant:").input_ids  # as the sampler sees it (special tokens too)
+    completion_ids = tokenizer(" <think>2+3=5</think> <answer>5</answer>", add_special_tokens=False).input_ids
     assert ex.n_prompt == len(prompt_ids) and ex.ids[: ex.n_prompt] == prompt_ids
+    assert ex.ids[ex.n_prompt: -1] == completion_ids
     assert ex.ids[-1] == tokenizer.eos_token_id  # EOS appended, and it carries loss
     labels = ex.labels()
     assert labels[: ex.n_prompt] == [IGNORE] * ex.n_prompt

@@ -107,7 +107,8 @@ def forward_kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Ten
     """KL(p_T || p_S) at each position over the full vocabulary, at `temperature`. -> (B, T)"""
     log_s = (student_logits.float() / temperature).log_softmax(-1)  # (B, T, V)
     log_t = (teacher_logits.float() / temperature).log_softmax(-1)  # (B, T, V)
-    return (log_t.exp() * (log_t - log_s)).sum(-1)  # (B, T)
+    p_t = log_t.exp()  # (B, T, V)
+    return torch.where(p_t > 0, p_t * (log_t - log_s), 0.0).sum(-1)  # (B, T); 0·log 0 = 0
 
 
 def reverse_kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -115,7 +116,8 @@ def reverse_kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Ten
     """KL(p_S || p_T) at each position over the full vocabulary, at `temperature`. -> (B, T)"""
     log_s = (student_logits.float() / temperature).log_softmax(-1)  # (B, T, V)
     log_t = (teacher_logits.float() / temperature).log_softmax(-1)  # (B, T, V)
-    return (log_s.exp() * (log_s - log_t)).sum(-1)  # (B, T)
+    p_s = log_s.exp()  # (B, T, V)
+    return torch.where(p_s > 0, p_s * (log_s - log_t), 0.0).sum(-1)  # (B, T); 0·log 0 = 0
 
 
 # distillation method -> per-token loss between student and teacher logits

@@ -124,7 +124,7 @@ def _on_policy_examples(student, tokenizer, task, pool, step: int, cfg: DistillC
     prompts = [tokenizer(task.prompt(q)).input_ids for q in questions for _ in range(cfg.samples_per_prompt)]
     res = sample(student, prompts, SamplingParams(cfg.sample_temperature, 1.0, cfg.max_new_tokens),
                  eos_ids=eos_ids(student, tokenizer), pad_id=tokenizer.pad_token_id, generator=g)
-    examples = [Example(p + t, len(p)) for p, t in zip(prompts, res.tokens) if t]
+    examples = [Example((p + t)[:cfg.max_len], min(len(p), cfg.max_len)) for p, t in zip(prompts, res.tokens) if t]
     return examples, res.num_tokens
 
 

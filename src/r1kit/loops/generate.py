@@ -60,7 +60,7 @@ def progress_path(out: str | Path) -> Path:
 
 def _identity(cfg: GenerateConfig) -> dict:
     """The settings a resumed run must share with the run it continues (everything but the file name)."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in ("out", "batch_size")}
+    return {k: v for k, v in to_dict(cfg).items() if k != "out"}  # batch_size too: batches shape the samples
 
 
 def _chunk_seed(seed: int, chunk: int) -> int:
@@ -96,6 +96,9 @@ def _resume_state(cfg: GenerateConfig, resume: bool) -> dict:
                             "choose another --out")
         return {"chunks_done": 0, "bytes": 0, "rows": 0, "sampled": 0, "finished": False}
     state = json.loads(prog.read_text())
+    if not out.is_file() or out.stat().st_size < state.get("bytes", 0):
+        raise UserError(f"{out} no longer matches {prog.name} (it is missing or shorter than recorded): delete both "
+                        "to start again, or choose another --out")
     if state.get("config") != _identity(cfg):
         changed = sorted(k for k, v in _identity(cfg).items() if state.get("config", {}).get(k) != v)
         raise UserError(f"{out} was generated with other settings ({', '.join(changed)} differ): resume with the "
