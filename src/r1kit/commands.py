@@ -116,7 +116,6 @@ def cmd_distill(args, overrides, ledger) -> int:
         gen = GenerateConfig(model=args.teacher, task=args.task or "arithmetic", n=args.n, k=args.k, out=data,
                              seed=args.seed or 0)
         print(describe_gen(run_generate(gen, resume=True, ledger_factory=ledger)))
-    student = {"student_size": args.student_size} if args.student_size else {}
     if args.method == "sequence":
         args.data, args.model = data, args.student
         cfg = _config(SFTConfig, args, {"data": "data", "out": "out", "model": "model", **_TRAIN}, overrides)
@@ -126,7 +125,8 @@ def cmd_distill(args, overrides, ledger) -> int:
         return 0
     args.data = data
     cfg = _config(DistillConfig, args, {"teacher": "teacher", "out": "out", "method": "method", "student": "student",
-                                        "data": "data", "steps": "steps", **_TRAIN, **student}, overrides)
+                                        "data": "data", "steps": "steps", "student_size": "student_size", **_TRAIN},
+                  overrides)
     print(describe_kd(run_distill(cfg, resume=args.resume, ledger_factory=ledger)))
     return 0
 
