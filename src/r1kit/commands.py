@@ -6,7 +6,6 @@ dispatches here; nothing below reads argv.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
@@ -131,7 +130,7 @@ def cmd_distill(args, overrides, ledger) -> int:
     return 0
 
 
-def run_recipe(recipe: str, out: str, ledger, check: bool = False) -> int:
+def run_recipe(recipe: str, out: str, ledger, check: bool = False, show_summary: bool = True) -> int:
     """`r1kit run`: check the whole recipe, run its stages in order, print the summary table."""
     from r1kit.pipeline import check_resumable, load_pipeline, run_pipeline, stage_state
     from r1kit.summary import format_summary, summary_rows
@@ -152,8 +151,9 @@ def run_recipe(recipe: str, out: str, ledger, check: bool = False) -> int:
         print(f"\n[{order[stage.name]}/{n}] {stage.name} ({stage.kind}): {word}", flush=True)
 
     result = run_pipeline(recipe, out, ledger_factory=ledger, on_stage=announce)
-    print(f"\npipeline {recipe} -> {out}\n")
-    print(format_summary(summary_rows(out)))
+    if show_summary:
+        print(f"\npipeline {recipe} -> {out}\n")
+        print(format_summary(summary_rows(out)))
     if any(v == "interrupted" for v in result["status"].values()):
         return 1
     return 0
@@ -165,16 +165,20 @@ def cmd_run(args, ledger) -> int:
 
 
 def cmd_demo(args, ledger, find_recipe) -> int:
-    """The tiny R1 pipeline (recipes/tiny-r1.toml), its summary table, the cost table and the HTML report."""
+    """The tiny R1 pipeline (recipes/tiny-r1.toml); then the cost ledger, estimate vs measured for the RL stages,
+    the HTML report, and last the summary table of every model."""
     from r1kit.costview import estimates_beside_measured
     from r1kit.ledger import format_table, read_ledger, summarize
     from r1kit.report import write_report
+    from r1kit.summary import format_summary, summary_rows
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    code = run_recipe(find_recipe("tiny-r1.toml"), args.out, ledger)
+    recipe = find_recipe("tiny-r1.toml")
+    code = run_recipe(recipe, args.out, ledger, show_summary=False)
     print(f"\ncost of this run by stage and phase (r1kit cost {args.out}):")
     print(format_table(summarize(read_ledger(args.out))))
     for table in estimates_beside_measured(args.out):
         print("\n" + table)
     print(f"\nreport: {write_report(args.out)}")
+    print(f"\npipeline {recipe} -> {args.out}: every model on the same held-out set\n")
+    print(format_summary(summary_rows(args.out)))
     return code

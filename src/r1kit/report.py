@@ -318,6 +318,21 @@ def lineage_html(dirs: list[Path]) -> str:
     return html_table(["stage", "from", "to", "task", "key settings"], rows, "lineage")
 
 
+def models_html(run_dir: Path) -> str:
+    """A pipeline's summary: every model on the same held-out set, with its own and its lineage's cost."""
+    from r1kit.summary import format_summary, summary_rows
+
+    rows = summary_rows(run_dir)
+    body = [[r["stage"], r["kind"], "-" if r["params"] is None else f"{r['params'] / 1e6:.2f}M",
+             "-" if r["pass@1"] is None else f"{100 * r['pass@1']:.1f}% ± {100 * r['pass@1_ci95']:.1f}",
+             "-" if r["cons@k"] is None else f"{100 * r['cons@k']:.1f}%",
+             "-" if r["device_hours"] is None else f"{r['device_hours']:.3f}",
+             f"{r['lineage_device_hours']:.3f}"] for r in rows]
+    note = format_summary(rows).splitlines()[-1] if any(r["problems"] for r in rows) else ""
+    return html_table(["stage", "kind", "params", "pass@1", "cons@k", "device-h", "lineage device-h"], body,
+                      "cost") + (f'<p class="note">{html.escape(note)}</p>' if note.startswith("held-out") else "")
+
+
 def build_report(run_dir: str | Path) -> str:
     """The report's HTML text."""
     run_dir = Path(run_dir)
@@ -325,8 +340,10 @@ def build_report(run_dir: str | Path) -> str:
     if not dirs:
         raise UserError(f"{run_dir} holds no run.json: is it an r1kit run directory?")
     records = read_ledger(run_dir) if any(run_dir.rglob("ledger.jsonl")) else []
-    body = [
-        f"<h1>r1kit run report: {html.escape(str(run_dir))}</h1>",
+    body = [f"<h1>r1kit run report: {html.escape(str(run_dir))}</h1>"]
+    if (run_dir / "pipeline.json").is_file():
+        body += ["<h2>Models</h2>", models_html(run_dir)]
+    body += [
         "<h2>Lineage</h2>",
         lineage_html(dirs),
         "<h2>Cost</h2>",
