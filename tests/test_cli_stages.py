@@ -81,3 +81,16 @@ def test_distill_logit_with_data(assets, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["stage"] == "distill" and run["config"]["method"] == "logit" and run["steps"] == 2
     assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_distill_sequence_is_sft_on_the_traces(assets, tmp_path):
+    """--method sequence with --data: plain SFT of a fresh student on the teacher's tokenizer (no generation)."""
+    out = tmp_path / "seq"
+    code = main(["distill", "--teacher", str(assets["teacher"]), "--student-size", "micro", "--method", "sequence",
+                 "--data", str(assets["rows"]), "--out", str(out), "--epochs", "1", "--batch-size", "10",
+                 "--eval-n", "2", "--eval-k", "1", "--eval.max_new_tokens=8"])
+    assert code == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["stage"] == "sft" and run["config"]["student_size"] == "micro"
+    assert run["config"]["tokenizer"] == str(assets["teacher"]) and run["config"]["data"] == str(assets["rows"])
+    assert not (out / "traces.jsonl").exists()
