@@ -30,12 +30,13 @@ lint: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-# Benchmarks against transformers' generate and TRL (benchmark-only extras), on the demo's base model.
+# Benchmarks against transformers' generate and TRL (benchmark-only extras), on the 1,000-step tiny base model
+# (the demo pipeline's base is a shorter 600-step one).
 bench: venv
 	$(BIN)/pip install -q -e ".[bench]" "$(TORCH)"
-	test -f runs/demo/base/config.json || $(BIN)/r1kit base --task arithmetic --size tiny --out runs/demo/base
-	$(BIN)/python bench/bench_sampler.py --model runs/demo/base --batches 1,16,64 --reps 9 --json bench/results/sampler.json
-	$(BIN)/python bench/bench_grpo_trl.py --model runs/demo/base --steps 30 --prompts 16 --group 8 \
+	test -f runs/bench/base/config.json || $(BIN)/r1kit base --task arithmetic --size tiny --out runs/bench/base
+	$(BIN)/python bench/bench_sampler.py --model runs/bench/base --batches 1,16,64 --reps 9 --json bench/results/sampler.json
+	$(BIN)/python bench/bench_grpo_trl.py --model runs/bench/base --steps 30 --prompts 16 --group 8 \
 	    --max-new-tokens 128 --lr 3e-5 --beta 0.001 --eval-n 500 --eval-k 4 --json bench/results/grpo_trl.json
 
 clean:
