@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="tiny", help="micro (~0.26M parameters), mini (~0.44M), tiny (~1.9M) or "
                    "small (~24M)")
     p.add_argument("--tokenizer", default=None, help="reuse this model directory's tokenizer (default: train one)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=_positive_int, default=None, help="pre-training steps")
@@ -145,7 +146,7 @@ def cmd_base(args) -> int:
         eval=EvalConfig(n=args.eval_n, k=args.eval_k),
         **kwargs,
     )
-    summary = run_base(cfg, ledger_factory=_ledger)
+    summary = run_base(cfg, ledger_factory=_ledger, resume=args.resume)
     print(describe(summary))
     return 0
 

@@ -367,9 +367,7 @@ def _run_stage(pipe: Pipeline, stage: Stage, ledger_factory, progress: bool) -> 
     cfg_data = copy.deepcopy(stage.config)
     out = pipe.out / stage.name
     if stage.kind == "base":
-        for stale in ("metrics.jsonl",):  # an interrupted base stage restarts from scratch
-            (out / stale).unlink(missing_ok=True)
-        return run_base(build(BaseConfig, cfg_data), progress=progress, ledger_factory=ledger_factory)
+        return run_base(build(BaseConfig, cfg_data), resume=True, progress=progress, ledger_factory=ledger_factory)
     if stage.kind == "rl":
         if stage.keys.get("match_compute"):
             cfg_data["max_flops"] = flops_of(pipe.out, list(stage.keys["match_compute"]))

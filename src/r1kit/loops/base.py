@@ -11,6 +11,7 @@ whole documents, AdamW, linear warmup then cosine decay to a tenth. Same seed, s
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -18,11 +19,20 @@ from pathlib import Path
 
 import torch
 
+from r1kit.checkpoint import checkpoint_root, latest_checkpoint, load_state, save_checkpoint
 from r1kit.config import to_dict
 from r1kit.errors import UserError
 from r1kit.evaluate import EvalConfig, evaluate, format_eval_table
 from r1kit.modelcard import cost_from_ledger, lineage_of, write_model_card
-from r1kit.modeling import SIZES, count_params, load_tokenizer, new_model, save_model, train_tokenizer
+from r1kit.modeling import (
+    SIZES,
+    count_params,
+    load_model,
+    load_tokenizer,
+    new_model,
+    save_model,
+    train_tokenizer,
+)
 from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.sft import cosine_lr
 from r1kit.tasks import get_task, task_options
@@ -45,6 +55,7 @@ class BaseConfig:
     grad_clip: float = 1.0
     log_every: int = 20
     eval_every: int = 0  # steps between quick held-out checks (100 problems, k=2); 0: only the final eval
+    checkpoint_every: int = 200  # steps between checkpoints (OUT/checkpoints, removed once the model is saved)
     final_eval: bool = True  # evaluate the model on the held-out split at the end
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -73,25 +84,33 @@ def _batch(docs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tens
     return ids, mask, labels
 
 
-def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> dict:
-    """Build, pre-train, save and evaluate a base model; returns a summary (params, seconds, eval)."""
+def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None, resume: bool = False,
+             stop_after: int | None = None) -> dict:
+    """Build, pre-train, save and evaluate a base model; returns a summary (params, seconds, eval).
+
+    `resume` continues from the last checkpoint in OUT (same weights as an uninterrupted run); `stop_after` ends
+    the work after that many steps, as if killed (for tests)."""
     out = Path(cfg.out)
     task = get_task(cfg.task)
+    ckpt = latest_checkpoint(out) if resume else None
     out.mkdir(parents=True, exist_ok=True)
     write_json(
-        out / "run.json", {"stage": "base", "config": to_dict(cfg), "task_options": task_options(task)}
+        out / "run.json", {"stage": "base", "config": to_dict(cfg), "task_options": task_options(task),
+                           "resumed_from": int(ckpt.name.split("_")[1]) if ckpt else None}
     )
+    if ckpt is None:
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh start rewrites the curves
     log = MetricsLog(out)
     t_start = time.perf_counter()
 
     texts = build_corpus(task, cfg.corpus, cfg.seed)
-    if cfg.tokenizer:
-        tokenizer = load_tokenizer(cfg.tokenizer)
+    if ckpt is not None or cfg.tokenizer:
+        tokenizer = load_tokenizer(ckpt or cfg.tokenizer)
     else:
         tokenizer = train_tokenizer(texts, vocab_size=SIZES[cfg.size]["vocab_size"])
     eos = tokenizer.eos_token_id
     docs = [ids + [eos] for ids in tokenizer(texts).input_ids]
-    model = new_model(cfg.size, tokenizer, seed=cfg.seed)
+    model = load_model(ckpt, trainable=True)[0] if ckpt is not None else new_model(cfg.size, tokenizer, seed=cfg.seed)
     n_params = count_params(model)
     ledger = ledger_factory(out, "base", model.config.to_dict()) if ledger_factory else None
     model.train()
@@ -103,9 +122,20 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
         betas=(0.9, 0.95),
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    bar = progress_bar(range(cfg.steps), desc=f"pre-train {cfg.size} on {task.name}", disable=not progress)
-    tokens_trained, loss_ema = 0, None
+    start, tokens_trained, loss_ema = 0, 0, None
+    if ckpt is not None:
+        state = load_state(ckpt)
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        start, tokens_trained, loss_ema = state["step"], state["tokens_trained"], state["loss_ema"]
+        log.truncate_after(start - 1)
+    bar = progress_bar(range(start, cfg.steps), desc=f"pre-train {cfg.size} on {task.name}", disable=not progress,
+                       initial=start, total=cfg.steps)
     for step in bar:
+        if stop_after is not None and step >= start + stop_after:
+            bar.close()
+            log.close()
+            return {"model": str(out), "finished": False, "steps_done": step}
         lr = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -141,10 +171,16 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
             model.train()
             log.log(step, {"eval/pass@1": m["pass@1"], "eval/format_rate": m["format_rate"]})
             bar.write(f"step {step + 1}: held-out pass@1 {m['pass@1']:.3f} (100 problems x 2)")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            with ledger.phase("checkpointing") if ledger else nullcontext():
+                save_checkpoint(out, step + 1, model, tokenizer, {
+                    "optimizer": opt.state_dict(), "generator": gen.get_state(), "tokens_trained": tokens_trained,
+                    "loss_ema": loss_ema}, keep=1)
     train_seconds = time.perf_counter() - t_start
     model.eval()
     with ledger.phase("checkpointing") if ledger else nullcontext():
         save_model(model, tokenizer, out)
+    shutil.rmtree(checkpoint_root(out), ignore_errors=True)  # the model is complete: the checkpoints are spent
     result = evaluate(model, tokenizer, task, cfg.eval, progress=progress, ledger=ledger) if cfg.final_eval else None
     summary = {
         "model": str(out),
@@ -152,6 +188,7 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None) -> 
         "train_seconds": train_seconds,
         "tokens_trained": tokens_trained,
         "final_loss": loss_ema,
+        "finished": True,
         "eval": result,
     }
     if result is not None:
