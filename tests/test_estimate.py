@@ -247,3 +247,15 @@ def test_cost_modules_import_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_flops_budget_caps_the_estimated_steps():
+    """An RL stage with max_flops (a pipeline's match_compute) stops after the step that reaches the budget."""
+    full = estimate_rl(rl_config(steps=100), TINY, "cpu", 2, calibration=CALIBRATION)
+    one_step = (full["phases"]["rollout"]["flops"] + full["phases"]["training"]["flops"]) / 100
+    capped = estimate_rl(rl_config(steps=100, max_flops=12.5 * one_step), TINY, "cpu", 2, calibration=CALIBRATION)
+    assert capped["phases"]["rollout"]["flops"] == pytest.approx(full["phases"]["rollout"]["flops"] * 13 / 100)
+    assert capped["phases"]["training"]["flops"] == pytest.approx(full["phases"]["training"]["flops"] * 13 / 100)
+    assert any("13 of at most 100 steps" in n for n in capped["notes"])
+    roomy = estimate_rl(rl_config(steps=100, max_flops=1e30), TINY, "cpu", 2, calibration=CALIBRATION)
+    assert roomy["phases"]["training"]["flops"] == full["phases"]["training"]["flops"]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -193,14 +194,21 @@ def estimate_rl(
         prompt_len = cal["prompt_len"]
     eval_prompt = cal.get("eval_prompt_len", prompt_len)
 
-    nominal = cfg.steps * r.prompts_per_step * r.group_size
-    sampled = nominal * cal.get("sampled_share", 1.0)
-    trained = nominal * cal.get("trained_share", 1.0)
-    evals, saves = count_evals(cfg.steps, cfg.eval_every, cfg.final_eval), count_saves(cfg.steps, cfg.checkpoint_every)
     fwd_roll = flops_per_token(model_config, int(prompt_len + r.max_new_tokens), training=False)
     fwd_train = flops_per_token(model_config, int(prompt_len + completion), training=False)
     fwd_eval = flops_per_token(model_config, int(eval_prompt + ev.max_new_tokens), training=False)
     seq = prompt_len + completion
+    per_step = r.prompts_per_step * r.group_size * seq  # completion tokens (with prompts) per step, nominal
+    step_flops = per_step * (cal.get("sampled_share", 1.0) * fwd_roll
+                             + cal.get("trained_share", 1.0) * (a.mu * 3 + (1 if a.beta > 0 else 0)) * fwd_train)
+    steps = cfg.steps
+    if cfg.max_flops:  # the run stops after the step where its rollout + training FLOPs reach the budget
+        steps = min(cfg.steps, max(1, math.ceil(cfg.max_flops / step_flops)))
+        notes.append(f"compute budget {cfg.max_flops:.3g} FLOPs: about {steps} of at most {cfg.steps} steps")
+    nominal = steps * r.prompts_per_step * r.group_size
+    sampled = nominal * cal.get("sampled_share", 1.0)
+    trained = nominal * cal.get("trained_share", 1.0)
+    evals, saves = count_evals(steps, cfg.eval_every, cfg.final_eval), count_saves(steps, cfg.checkpoint_every)
     tokens = {
         "rollout": sampled * seq,
         "training": trained * seq * a.mu,
@@ -251,7 +259,7 @@ def estimate_rl(
         "inputs": {
             "model": cfg.model,
             "params": param_count(model_config),
-            "steps": cfg.steps,
+            "steps": steps,
             "prompts_per_step": r.prompts_per_step,
             "group_size": r.group_size,
             "completion_len": completion,
