@@ -1,298 +1,39 @@
-"""`r1kit run`: a multi-stage recipe is checked before anything runs (errors name its line), finished stages are
-skipped, an interrupted stage resumes from its checkpoint, a changed stage is an error, the summary table covers
-every stage, and `match_compute` gives an RL stage the FLOPs budget of the stages it names.
+"""`r1kit run`: finished stages are skipped, an interrupted stage resumes from its checkpoint, a changed stage
+is an error, the summary table covers every stage, and `match_compute` gives an RL stage the FLOPs budget of the
+stages it names (bad recipes: tests/test_recipe.py; the recipe and helpers both use: tests/pipeline_recipe.py).
 
 One small pipeline (micro base, SFT, two RL stages, eval) runs once per module, in three calls: the first stops
 after two stages, the second interrupts an RL stage after one step, the third finishes. The tests read what
 those calls recorded.
 """
 
-import contextlib
-import io
 import json
-import random
 
 import pytest
 
+from pipeline_recipe import (
+    BASE,
+    EVAL,
+    EVAL_N,
+    HEAD,
+    MATCHED,
+    MODEL_STAGES,
+    SFT,
+    STAGES,
+    ZERO,
+    _check_plan,
+    _ledger_lines,
+    _no_probe,
+    header_of,
+    ledger_factory,
+    write_rows,
+)
 from r1kit import pipeline
 from r1kit.checkpoint import latest_checkpoint
 from r1kit.cli import main
 from r1kit.errors import UserError
 from r1kit.pipeline import check_resumable, load_pipeline, run_pipeline, stage_state
 from r1kit.summary import format_summary, summary_rows
-
-EVAL_N = 4
-
-HEAD = f"""\
-[run]
-task = "arithmetic"
-seed = 0
-
-[eval]
-n = {EVAL_N}
-k = 1
-max_new_tokens = 16
-"""
-
-BASE = """
-[[stage]]
-name = "base"
-kind = "base"
-size = "micro"
-steps = 10
-corpus = 300
-batch_size = 8
-"""
-
-SFT = """
-[[stage]]
-name = "sft"
-kind = "sft"
-model = "base"
-data = "{rows}"
-epochs = 1
-batch_size = 4
-"""
-
-ZERO = """
-[[stage]]
-name = "zero"
-kind = "rl"
-model = "base"
-steps = 2
-checkpoint_every = 1
-final_eval = true
-[stage.rollout]
-prompts_per_step = 2
-group_size = 2
-max_new_tokens = 16
-"""
-
-MATCHED = """
-[[stage]]
-name = "matched"
-kind = "rl"
-model = "base"
-match_compute = ["zero"]
-steps = 4
-checkpoint_every = 1
-[stage.rollout]
-prompts_per_step = 2
-group_size = 2
-max_new_tokens = 16
-"""
-
-EVAL = """
-[[stage]]
-name = "eval"
-kind = "eval"
-"""
-
-STAGES = ["base", "sft", "zero", "matched", "eval"]
-MODEL_STAGES = ["base", "sft", "zero", "matched"]
-
-
-def write_rows(path, n: int = 8):
-    """SFT rows in `r1kit generate`'s format: arithmetic prompts with worked solutions."""
-    from r1kit.tasks import get_task
-
-    task = get_task("arithmetic")
-    rng = random.Random(0)
-    with open(path, "w") as f:
-        for p in task.problems("train", n, seed=0):
-            f.write(json.dumps({"prompt": task.prompt(p), "completion": " " + task.solution(p, rng),
-                                "provenance": {"task": "arithmetic", "teacher": "worked-solutions"}}) + "\n")
-    return path
-
-
-def line_of(text: str, snippet: str) -> int:
-    """The 1-based line of the one line of `text` that is `snippet` (stripped)."""
-    hits = [n for n, line in enumerate(text.splitlines(), 1) if line.strip() == snippet]
-    assert len(hits) == 1, (snippet, hits)
-    return hits[0]
-
-
-def at(text: str, snippet: str) -> str:
-    """`recipe.toml:LINE:`, the prefix of an error at the line that is `snippet`."""
-    return f"recipe.toml:{line_of(text, snippet)}:"
-
-
-def header_of(text: str, name: str) -> int:
-    """The line of stage `name`'s [[stage]] header (the line above its `name = ...`)."""
-    n = line_of(text, f'name = "{name}"')
-    assert text.splitlines()[n - 2] == "[[stage]]"
-    return n - 1
-
-
-def ledger_factory(run_dir, stage, model_config=None):
-    from r1kit.devices import ledger_for
-
-    return ledger_for(run_dir, stage, model_config=model_config)
-
-
-def _no_probe(monkeypatch):
-    """The CPU peak is a matmul benchmark when not cached: a constant keeps these tests fast and quiet."""
-    monkeypatch.setattr("r1kit.devices.cpu_peak_flops", lambda *a, **k: 1e10)
-
-
-def _ledger_lines(folder) -> int:
-    return len((folder / "ledger.jsonl").read_text().splitlines())
-
-
-def _check_plan(recipe, out) -> str:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(["run", str(recipe), "--out", str(out), "--check"]) == 0
-    return buf.getvalue()
-
-
-# ---- A bad recipe is rejected before anything runs, naming its line --------------------------------------------
-
-
-@pytest.fixture
-def rows(tmp_path):
-    return write_rows(tmp_path / "rows.jsonl")
-
-
-def _rejected(tmp_path, text: str) -> str:
-    """The UserError of running `text` as a recipe; nothing may have been written."""
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(text)
-    out = tmp_path / "out"
-    with pytest.raises(UserError) as e:
-        run_pipeline(recipe, out, progress=False)
-    assert not out.exists()
-    return str(e.value)
-
-
-def test_unknown_kind(tmp_path):
-    text = HEAD + BASE + '\n[[stage]]\nname = "pt"\nkind = "pretrain"\n'
-    msg = _rejected(tmp_path, text)
-    assert at(text, 'kind = "pretrain"') in msg
-    assert "pretrain" in msg and "rl" in msg  # the known kinds are listed
-
-
-def test_input_that_names_nothing(tmp_path):
-    text = HEAD + BASE + ZERO.replace('model = "base"', 'model = "bsae"')
-    msg = _rejected(tmp_path, text)
-    assert at(text, 'model = "bsae"') in msg
-    assert "'bsae'" in msg and "no earlier stage" in msg
-
-
-def test_missing_input_names_the_stage_header(tmp_path):
-    text = HEAD + BASE + ZERO.replace('model = "base"\n', "")
-    msg = _rejected(tmp_path, text)
-    assert f"recipe.toml:{header_of(text, 'zero')}:" in msg
-    assert "'zero'" in msg and "model" in msg
-
-
-def test_input_from_a_later_stage(tmp_path, rows):
-    text = HEAD + BASE + ZERO.replace('model = "base"', 'model = "sft"') + SFT.format(rows=rows)
-    msg = _rejected(tmp_path, text)
-    assert at(text, 'model = "sft"') in msg
-    assert "later stage" in msg and f"{header_of(text, 'sft')})" in msg  # (line N) or (recipe.toml:N)
-
-
-def test_match_compute_of_a_later_stage(tmp_path):
-    text = HEAD + BASE + MATCHED + ZERO
-    msg = _rejected(tmp_path, text)
-    assert at(text, 'match_compute = ["zero"]') in msg
-    assert "'zero'" in msg
-
-
-@pytest.mark.parametrize(
-    "old, new",
-    [
-        ("steps = 2", "stepz = 2"),  # a top-level key of the stage
-        ("group_size = 2", "group_sise = 2"),  # a key of a sub-table ([stage.rollout])
-    ],
-)
-def test_unknown_key_names_its_line(tmp_path, old, new):
-    text = HEAD + BASE + ZERO.replace(old, new)
-    msg = _rejected(tmp_path, text)
-    assert at(text, new) in msg
-    assert new.split()[0] in msg and "'zero'" in msg
-
-
-@pytest.mark.parametrize(
-    "old, new",
-    [
-        ("steps = 10", 'steps = "ten"'),
-        ("batch_size = 8", "batch_size = true"),
-    ],
-)
-def test_bad_value_type_names_its_line(tmp_path, old, new):
-    text = HEAD + BASE.replace(old, new)
-    msg = _rejected(tmp_path, text)
-    assert at(text, new) in msg
-    assert new.split()[0] in msg and "'base'" in msg
-
-
-def test_bad_value_type_in_a_sub_table(tmp_path):
-    text = HEAD + BASE + ZERO.replace("max_new_tokens = 16", 'max_new_tokens = "long"')
-    msg = _rejected(tmp_path, text)
-    assert at(text, 'max_new_tokens = "long"') in msg
-    assert "rollout.max_new_tokens" in msg
-
-
-def test_bad_value_in_a_sub_table_whose_key_appears_twice(tmp_path):
-    """[stage.rollout] and [stage.eval] both have max_new_tokens: the error must point at the eval one."""
-    text = HEAD + BASE + ZERO + '[stage.eval]\nmax_new_tokens = "long"\n'
-    msg = _rejected(tmp_path, text)
-    assert "eval.max_new_tokens" in msg
-    assert at(text, 'max_new_tokens = "long"') in msg
-
-
-def test_sub_table_given_as_a_value_is_a_user_error(tmp_path):
-    """`eval = 3` in a stage (a table expected) is a UserError naming its line, not an AttributeError."""
-    text = HEAD + BASE.replace("steps = 10", "steps = 10\neval = 3")
-    msg = _rejected(tmp_path, text)
-    assert at(text, 'eval = 3') in msg
-
-
-def test_duplicate_stage_names(tmp_path):
-    text = HEAD + BASE + ZERO + BASE
-    msg = _rejected(tmp_path, text)
-    headers = [n for n, line in enumerate(text.splitlines(), 1) if line == "[[stage]]"]
-    assert f"recipe.toml:{headers[2]}:" in msg
-    assert "'base'" in msg and "twice" in msg and f"{headers[0]})" in msg  # (first at ...:N)
-
-
-def test_input_of_the_wrong_type(tmp_path):
-    text = HEAD + BASE + SFT.format(rows="base")  # data = a base stage: a model, not data
-    msg = _rejected(tmp_path, text)
-    assert at(text, 'data = "base"') in msg
-    assert "produces model, not data" in msg
-
-
-def test_cli_reports_one_line_and_status_2(tmp_path, capsys):
-    text = HEAD + BASE + '\n[[stage]]\nname = "pt"\nkind = "pretrain"\n'
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(text)
-    out = tmp_path / "out"
-    assert main(["run", str(recipe), "--out", str(out)]) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("r1kit: error: "), captured.err
-    assert at(text, 'kind = "pretrain"') in lines[0]
-    assert "Traceback" not in captured.err
-    assert not out.exists()
-
-
-def test_a_good_recipe_loads(tmp_path, rows):
-    text = HEAD + BASE + SFT.format(rows=rows) + ZERO + MATCHED + EVAL
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(text)
-    pipe = load_pipeline(recipe, tmp_path / "out")
-    assert [s.name for s in pipe.stages] == STAGES
-    by = {s.name: s for s in pipe.stages}
-    assert by["sft"].upstream == ["base"] and by["matched"].upstream == ["base", "zero"]
-    assert by["eval"].inputs["model_names"] == MODEL_STAGES
-    assert by["sft"].config["final_eval"] is False and by["zero"].config["final_eval"] is True
-    assert by["zero"].config["eval"]["n"] == EVAL_N  # the recipe's [eval] reaches every stage
-    assert all(stage_state(pipe.out, s) == "new" for s in pipe.stages)
-    assert not (tmp_path / "out").exists()
-
 
 # ---- One pipeline, run in three calls ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from r1kit.errors import UserError
 from r1kit.modeling import save_model
 
 STATE_FILE = "trainer_state.pt"
@@ -59,6 +60,20 @@ def latest_checkpoint(run_dir) -> Path | None:
         return None
     path = root / pointer.read_text().strip()
     return path if (path / STATE_FILE).is_file() else None
+
+
+def step_of(checkpoint: Path | None) -> int:
+    """The step a checkpoint was written at (0 for none)."""
+    return int(checkpoint.name.split("_")[1]) if checkpoint is not None else 0
+
+
+def checkpoint_to_resume(run_dir, resume: bool) -> Path | None:
+    """The checkpoint a run continues from; a run directory that already holds one needs `resume`."""
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None and not resume:
+        raise UserError(f"{run_dir} already holds a run (checkpoint {ckpt.name}): add --resume to continue it, or "
+                        "choose another --out")
+    return ckpt if resume else None
 
 
 def load_state(path: Path) -> dict:

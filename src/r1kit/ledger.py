@@ -335,6 +335,11 @@ def read_ledger(path_or_run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def spent_flops(records: list[dict[str, Any]]) -> float:
+    """FLOPs spent on producing a model (every phase but evaluation): what a compute budget counts."""
+    return sum(r.get("flops") or 0.0 for r in records if r.get("phase") != "evaluation")
+
+
 def _totals(records: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"entries": len(records)}
     for key in _SUMMED:

@@ -102,22 +102,24 @@ def nll_per_token(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -token_logprobs(logits, targets.clamp(min=0)) * (targets >= 0)
 
 
+def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(p || q) = Σ_v p(v) (log p(v) - log q(v)) per position, from logits at `temperature`. -> (B, T)"""
+    log_p = (p_logits.float() / temperature).log_softmax(-1)  # (B, T, V)
+    log_q = (q_logits.float() / temperature).log_softmax(-1)  # (B, T, V)
+    p = log_p.exp()  # (B, T, V)
+    return torch.where(p > 0, p * (log_p - log_q), 0.0).sum(-1)  # (B, T); 0·log 0 = 0
+
+
 def forward_kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                          temperature: float = 1.0) -> torch.Tensor:
     """KL(p_T || p_S) at each position over the full vocabulary, at `temperature`. -> (B, T)"""
-    log_s = (student_logits.float() / temperature).log_softmax(-1)  # (B, T, V)
-    log_t = (teacher_logits.float() / temperature).log_softmax(-1)  # (B, T, V)
-    p_t = log_t.exp()  # (B, T, V)
-    return torch.where(p_t > 0, p_t * (log_t - log_s), 0.0).sum(-1)  # (B, T); 0·log 0 = 0
+    return _kl(teacher_logits, student_logits, temperature)
 
 
 def reverse_kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                          temperature: float = 1.0) -> torch.Tensor:
     """KL(p_S || p_T) at each position over the full vocabulary, at `temperature`. -> (B, T)"""
-    log_s = (student_logits.float() / temperature).log_softmax(-1)  # (B, T, V)
-    log_t = (teacher_logits.float() / temperature).log_softmax(-1)  # (B, T, V)
-    p_s = log_s.exp()  # (B, T, V)
-    return torch.where(p_s > 0, p_s * (log_s - log_t), 0.0).sum(-1)  # (B, T); 0·log 0 = 0
+    return _kl(student_logits, teacher_logits, temperature)
 
 
 # distillation method -> per-token loss between student and teacher logits

@@ -28,6 +28,11 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int, min_ratio: float)
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order of `n` examples in an epoch: a permutation fixed by (seed, epoch), so a resumed run replays it."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10_007 + epoch)).tolist()
+
+
 def read_rows(path: str | Path, limit: int = 0) -> list[dict]:
     """(prompt, completion) rows of a JSONL file; a bad line is an error naming `file:line`."""
     path = Path(path)

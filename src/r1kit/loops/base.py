@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from r1kit.checkpoint import checkpoint_root, latest_checkpoint, load_state, save_checkpoint
+from r1kit.checkpoint import checkpoint_root, latest_checkpoint, load_state, save_checkpoint, step_of
 from r1kit.config import to_dict
 from r1kit.errors import UserError
 from r1kit.evaluate import EvalConfig, evaluate, format_eval_table
@@ -34,7 +34,7 @@ from r1kit.modeling import (
     train_tokenizer,
 )
 from r1kit.runlog import MetricsLog, progress_bar, write_json
-from r1kit.sft import cosine_lr
+from r1kit.sft import cosine_lr, make_optimizer
 from r1kit.tasks import get_task, task_options
 
 
@@ -96,7 +96,7 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None, res
     out.mkdir(parents=True, exist_ok=True)
     write_json(
         out / "run.json", {"stage": "base", "config": to_dict(cfg), "task_options": task_options(task),
-                           "resumed_from": int(ckpt.name.split("_")[1]) if ckpt else None}
+                           "resumed_from": step_of(ckpt) or None}
     )
     if ckpt is None:
         (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh start rewrites the curves
@@ -114,13 +114,7 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None, res
     n_params = count_params(model)
     ledger = ledger_factory(out, "base", model.config.to_dict()) if ledger_factory else None
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.95),
-    )
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     start, tokens_trained, loss_ema = 0, 0, None
     if ckpt is not None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from r1kit.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from r1kit.checkpoint import checkpoint_to_resume, latest_checkpoint, load_state, save_checkpoint, step_of
 from r1kit.config import to_dict
 from r1kit.errors import UserError
 from r1kit.evaluate import finish_model, format_eval_table
@@ -38,6 +38,7 @@ from r1kit.sampler import SamplingParams, sample
 from r1kit.sft import (
     cosine_lr,
     encode_rows,
+    epoch_order,
     make_optimizer,
     make_student,
     optimizer_step,
@@ -133,13 +134,10 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
     """Distil as configured; returns a summary (steps, seconds, eval). `stop_after`: see run_rl."""
     out = Path(cfg.out)
     task = get_task(cfg.task)
-    ckpt = latest_checkpoint(out)
-    if ckpt is not None and not resume:
-        raise UserError(f"{out} already holds a run (checkpoint {ckpt.name}): add --resume to continue it, or "
-                        "choose another --out")
+    ckpt = checkpoint_to_resume(out, resume)
     teacher, teacher_tok = load_model(cfg.teacher)
     teacher.requires_grad_(False)
-    if resume and ckpt is not None:
+    if ckpt is not None:
         student, tokenizer = load_model(ckpt, trainable=True)
     else:
         student, tokenizer = make_student(cfg.student, cfg.student_size, cfg.teacher, cfg.seed)
@@ -154,7 +152,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
         total = cfg.steps
     optimizer = make_optimizer(student, cfg.lr, cfg.weight_decay)
     start = 0
-    if resume and ckpt is not None:
+    if ckpt is not None:
         state = load_state(ckpt)
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
@@ -179,8 +177,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
         if cfg.method == "logit":
             epoch, i = divmod(step, per_epoch)
             if epoch != order_epoch:
-                g = torch.Generator().manual_seed(cfg.seed * 10_007 + epoch)
-                order, order_epoch = torch.randperm(len(examples), generator=g).tolist(), epoch
+                order, order_epoch = epoch_order(len(examples), cfg.seed, epoch), epoch
             batch_examples, idx = examples, order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
         else:
             with ledger.phase("rollout") if ledger else nullcontext() as ph:
@@ -206,8 +203,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
                 save_checkpoint(out, done, student, tokenizer, {"optimizer": optimizer.state_dict()},
                                 cfg.keep_checkpoints)
     bar.close()
-    last = latest_checkpoint(out)
-    finished = last is not None and int(last.name.split("_")[1]) == total
+    finished = step_of(latest_checkpoint(out)) == total
     summary = {"run_dir": str(out), "method": cfg.method, "steps": total, "params": count_params(student),
                "teacher_params": count_params(teacher), "seconds_this_process": time.perf_counter() - t0,
                "finished": finished}

@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 
 from r1kit import dist
-from r1kit.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from r1kit.checkpoint import checkpoint_to_resume, latest_checkpoint, load_state, save_checkpoint, step_of
 from r1kit.config import to_dict
 from r1kit.doctor import Doctor, DoctorStop
 from r1kit.errors import UserError
 from r1kit.evaluate import evaluate, finish_model
 from r1kit.grpo import UpdateSettings, build_rollout, rollout_logprobs, train_on_rollout
-from r1kit.ledger import read_ledger
+from r1kit.ledger import read_ledger, spent_flops
 from r1kit.losses import ADVANTAGES
 from r1kit.modeling import eos_ids, load_model
 from r1kit.rewards import combine
@@ -230,8 +230,8 @@ BUDGET_FILE = "budget_reached.json"
 
 def _flops_spent(out: Path) -> float:
     """Rollout + scoring + training FLOPs this run has recorded in its ledger (evaluation excluded)."""
-    return sum(r.get("flops") or 0.0 for r in read_ledger(out / "ledger.jsonl")
-               if r.get("phase") != "evaluation") if (out / "ledger.jsonl").is_file() else 0.0
+    ledger = out / "ledger.jsonl"
+    return spent_flops(read_ledger(ledger)) if ledger.is_file() else 0.0
 
 
 def _evaluate(policy, tokenizer, task, cfg, ledger, progress) -> dict:
@@ -250,11 +250,8 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
     cfg.resolve(info.world)
     out = Path(cfg.out)
     task = get_task(cfg.task)
-    ckpt = latest_checkpoint(out)
-    if ckpt is not None and not resume:
-        raise UserError(f"{out} already holds a run (checkpoint {ckpt.name}): add --resume to continue it, or "
-                        "choose another --out")
-    policy, tokenizer = load_model(ckpt if (resume and ckpt) else cfg.model, trainable=True)
+    ckpt = checkpoint_to_resume(out, resume)
+    policy, tokenizer = load_model(ckpt or cfg.model, trainable=True)
     ref = None
     if cfg.algo.beta > 0:  # β = 0 loads no reference model at all
         ref = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -264,7 +261,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
     doctor = Doctor(cfg.doctor.strict, cfg.doctor.truncation_limit, cfg.doctor.zero_variance_limit,
                     cfg.doctor.patience, cfg.doctor.hacking_drop)
     start, history = 0, {}
-    if resume and ckpt is not None:
+    if ckpt is not None:
         state = load_state(ckpt)
         optimizer.load_state_dict(state["optimizer"])
         if ref is not None:
@@ -324,10 +321,11 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
                 bar.write(f"r1kit doctor: {w}")
             bar.set_postfix(reward=f"{m['reward_mean']:.2f}", acc=f"{m['accuracy']:.2f}",
                             len=f"{m['completion_len_mean']:.0f}", refresh=False)
-        over_budget = dist.broadcast_object(bool(cfg.max_flops) and info.main and _flops_spent(out) >= cfg.max_flops)
+        spent = _flops_spent(out) if cfg.max_flops and info.main else 0.0
+        over_budget = dist.broadcast_object(bool(cfg.max_flops) and spent >= cfg.max_flops)
         if over_budget and info.main:
-            write_json(out / BUDGET_FILE, {"step": done, "max_flops": cfg.max_flops, "flops": _flops_spent(out)})
-            bar.write(f"compute budget reached after step {done}: {_flops_spent(out):.3g} FLOPs "
+            write_json(out / BUDGET_FILE, {"step": done, "max_flops": cfg.max_flops, "flops": spent})
+            bar.write(f"compute budget reached after step {done}: {spent:.3g} FLOPs "
                       f">= max_flops {cfg.max_flops:.3g}")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or over_budget:
             if info.main:
@@ -339,10 +337,9 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         if over_budget:
             break
     seconds = time.perf_counter() - t_run
-    last = latest_checkpoint(out)
-    last_step = int(last.name.split("_")[1]) if last is not None else 0
+    last_step = step_of(latest_checkpoint(out))
     budget = json.loads((out / BUDGET_FILE).read_text()) if (out / BUDGET_FILE).is_file() else None
-    finished = last is not None and (last_step == cfg.steps or (budget is not None and budget["step"] == last_step))
+    finished = last_step > 0 and (last_step == cfg.steps or (budget is not None and budget["step"] == last_step))
     summary = {"run_dir": str(out), "steps": last_step if finished else cfg.steps, "seconds_this_process": seconds,
                "finished": finished, "stopped_by_budget": budget}
     if finished and info.main:

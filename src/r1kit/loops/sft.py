@@ -18,9 +18,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from r1kit.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from r1kit.checkpoint import checkpoint_to_resume, latest_checkpoint, load_state, save_checkpoint, step_of
 from r1kit.config import to_dict
 from r1kit.errors import UserError
 from r1kit.evaluate import finish_model, format_eval_table
@@ -30,6 +28,7 @@ from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.sft import (
     cosine_lr,
     encode_rows,
+    epoch_order,
     make_optimizer,
     make_student,
     optimizer_step,
@@ -76,20 +75,13 @@ class SFTConfig:
             raise UserError("sft: give --data (a JSONL file) and --out (a run directory)")
 
 
-def _order(n: int, seed: int, epoch: int) -> list[int]:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10_007 + epoch)).tolist()
-
-
 def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledger_factory=None,
             stop_after: int | None = None) -> dict:
     """Fine-tune as configured; returns a summary (examples, steps, seconds, eval). `stop_after`: see run_rl."""
     out = Path(cfg.out)
     rows = read_rows(cfg.data, cfg.max_examples)
-    ckpt = latest_checkpoint(out)
-    if ckpt is not None and not resume:
-        raise UserError(f"{out} already holds a run (checkpoint {ckpt.name}): add --resume to continue it, or "
-                        "choose another --out")
-    if resume and ckpt is not None:
+    ckpt = checkpoint_to_resume(out, resume)
+    if ckpt is not None:
         model, tokenizer = load_model(ckpt, trainable=True)
     else:
         model, tokenizer = make_student(cfg.model, cfg.student_size, cfg.tokenizer or teacher_of(rows), cfg.seed)
@@ -98,7 +90,7 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
     total = per_epoch * cfg.epochs
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     start = 0
-    if resume and ckpt is not None:
+    if ckpt is not None:
         state = load_state(ckpt)
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
@@ -118,7 +110,7 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
             break
         epoch, i = divmod(step, per_epoch)
         if epoch != order_epoch:
-            order, order_epoch = _order(len(examples), cfg.seed, epoch), epoch
+            order, order_epoch = epoch_order(len(examples), cfg.seed, epoch), epoch
         lr = cosine_lr(step, total, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         for g in optimizer.param_groups:
             g["lr"] = lr
@@ -139,8 +131,7 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
                 save_checkpoint(out, done, model, tokenizer, {"optimizer": optimizer.state_dict()},
                                 cfg.keep_checkpoints)
     bar.close()
-    last = latest_checkpoint(out)
-    finished = last is not None and int(last.name.split("_")[1]) == total
+    finished = step_of(latest_checkpoint(out)) == total
     summary = {"run_dir": str(out), "examples": len(examples), "steps": total, "params": count_params(model),
                "seconds_this_process": time.perf_counter() - t0, "finished": finished}
     if not finished:
