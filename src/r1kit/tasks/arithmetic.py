@@ -26,9 +26,9 @@ from r1kit.errors import UserError
 from r1kit.tasks.base import (
     Problem,
     Score,
+    check_formats,
     check_template,
-    extract_answer,
-    is_formatted,
+    read,
     render_prompt,
     sample_problems,
 )
@@ -103,7 +103,11 @@ class ArithmeticTask:
     operands: int = 2  # terms in an addition
     mul_digits: int = 1  # most digits of the multiplier
     ops: str = "+*"  # which operations appear
-    template: str = "r1-zero-compact"
+    template: str = "r1-zero-compact"  # the raw template (prompt_format auto without a chat template)
+    prompt_format: str = "auto"  # auto | chat | r1-zero | r1-zero-compact | a literal template (tasks/formats.py)
+    answer_format: str = "auto"  # auto | think-answer | think-boxed | boxed | gsm8k
+    system: str = ""  # system prompt of a chat prompt
+    instruction: str = "auto"  # appended to the question: auto | r1-math | none | literal text
     test_percent: int = 10
     p_careful: float = 0.3  # corpus share of careful working
     p_sloppy: float = 0.35  # corpus share of working that may drop carries (the rest guesses)
@@ -112,6 +116,7 @@ class ArithmeticTask:
 
     def __post_init__(self) -> None:
         check_template(self.template)
+        check_formats(self)
         for name in ("digits", "mul_digits", "operands", "test_percent"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -153,11 +158,11 @@ class ArithmeticTask:
 
     # -- verifier -------------------------------------------------------------------------------------
     def score(self, problem: Problem, completion: str) -> Score:
-        answer = extract_answer(completion)
+        answer, formatted = read(self, completion)
         value = parse_int(answer)
         return Score(
             correct=value is not None and value == int(problem.answer),
-            formatted=is_formatted(completion),
+            formatted=formatted,
             answer=None if value is None else str(value),
         )
 

@@ -1,10 +1,13 @@
-"""What a task is: seeded problems in disjoint train/test splits, an R1-Zero prompt, and one verifier.
+"""What a task is: seeded problems in disjoint train/test splits, a prompt format, and one verifier.
 
 The verifier (`Task.score`) is the single place a completion is judged: the RL accuracy/format rewards and the
 evaluation metrics both call it, so they can never drift apart (as nanochat's tasks do).
 
-Format, as R1-Zero asks: the completion holds its reasoning inside `<think>...</think>` and then the answer inside
-`<answer>...</answer>`, with nothing but white space around them.
+Every task carries the same four format options (`FORMAT_OPTIONS`, see tasks/formats.py): `prompt_format`
+(auto | chat | r1-zero | r1-zero-compact | a literal template), `answer_format` (auto | think-answer |
+think-boxed | boxed | gsm8k), `system` (a system prompt for chat) and `instruction` (appended to the question).
+`auto` is resolved against the tokenizer by r1kit/prompting.py; until then a task answers in its raw template's
+format, R1-Zero's `<think>...</think> <answer>...</answer>`.
 """
 
 from __future__ import annotations
@@ -15,28 +18,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
-SPLITS = ("train", "test")
-
-# The R1-Zero template (DeepSeek-R1 paper, table 1), and a compact form for tiny models whose context is short.
-# `{question}` is replaced by the problem's text. The assistant's turn begins at the end of the prompt.
-TEMPLATES = {
-    "r1-zero": (
-        "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
-        "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
-        "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
-        "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
-        "User: {question}. Assistant:"
-    ),
-    # Same contract, fewer tokens: the tiny built-in models see every prompt thousands of times.
-    "r1-zero-compact": "User: {question}. Reason in <think> </think>, answer in <answer> </answer>. Assistant:",
-}
-
-# One think block then one answer block; neither may contain another tag.
-_FORMAT_RE = re.compile(
-    r"^\s*<think>((?:(?!</?think>|</?answer>).)*)</think>\s*<answer>((?:(?!</?think>|</?answer>).)*)</answer>\s*$",
-    re.DOTALL,
+from r1kit.tasks.formats import (  # noqa: F401  (re-exported: the names tasks have always imported from here)
+    ANSWER_FORMATS,
+    AUTO,
+    CHAT,
+    TEMPLATES,
+    check_answer_format,
+    check_prompt_format,
+    read_answer,
 )
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
@@ -62,13 +54,19 @@ class Task(Protocol):
     """The interface every task implements (see arithmetic.py for the reference implementation)."""
 
     name: str
-    template: str
+    template: str  # the raw template, used when prompt_format is auto and the tokenizer has no chat template
+    prompt_format: str
+    answer_format: str
+    system: str
+    instruction: str
 
     def problems(self, split: str, n: int | None, seed: int = 0) -> list[Problem]:
         """`n` problems of the split (all of them when n is None, for finite tasks)."""
         ...
 
-    def prompt(self, problem: Problem) -> str: ...
+    def prompt(self, problem: Problem) -> str:
+        """The question in the raw template (chat prompts are rendered by r1kit/prompting.py)."""
+        ...
 
     def score(self, problem: Problem, completion: str) -> Score: ...
 
@@ -77,8 +75,11 @@ class Task(Protocol):
         ...
 
 
+FORMAT_OPTIONS = ("prompt_format", "answer_format", "system", "instruction")
+
+
 def check_template(template: str) -> str:
-    """A template is a key of TEMPLATES or a literal string containing `{question}`; else a UserError."""
+    """A raw template is a key of TEMPLATES or a literal string containing `{question}`; else a UserError."""
     from r1kit.errors import UserError
 
     if template not in TEMPLATES and "{question}" not in template:
@@ -89,6 +90,27 @@ def check_template(template: str) -> str:
     return template
 
 
+def check_formats(task) -> None:
+    """Check a task's four format options (UserError on a bad one)."""
+    from r1kit.errors import UserError
+
+    check_prompt_format(task.prompt_format)
+    check_answer_format(task.answer_format)
+    if not isinstance(task.system, str) or not isinstance(task.instruction, str):
+        raise UserError("system and instruction must be strings")
+
+
+def answer_format_of(task) -> str:
+    """The task's answer format; `auto` before r1kit/prompting.py resolved it means the raw template's."""
+    fmt = getattr(task, "answer_format", AUTO)
+    return "think-answer" if fmt == AUTO else fmt
+
+
+def read(task, completion: str) -> tuple[str | None, bool]:
+    """(answer text or None, well formed) of a completion in the task's answer format."""
+    return read_answer(answer_format_of(task), completion)
+
+
 def render_prompt(template: str, question: str) -> str:
     """Fill a template (a key of TEMPLATES, or a literal string containing `{question}`)."""
     text = TEMPLATES.get(template, template)
@@ -97,13 +119,12 @@ def render_prompt(template: str, question: str) -> str:
 
 def is_formatted(completion: str) -> bool:
     """True when the completion is exactly `<think>...</think> <answer>...</answer>` (white space aside)."""
-    return _FORMAT_RE.match(completion) is not None
+    return read_answer("think-answer", completion)[1]
 
 
 def extract_answer(completion: str) -> str | None:
     """The text of the last `<answer>...</answer>`, stripped; None when there is none."""
-    found = _ANSWER_RE.findall(completion)
-    return found[-1].strip() if found else None
+    return read_answer("think-answer", completion)[0]
 
 
 def think_text(completion: str) -> str:

@@ -26,9 +26,9 @@ from r1kit.errors import UserError
 from r1kit.tasks.base import (
     Problem,
     Score,
+    check_formats,
     check_template,
-    extract_answer,
-    is_formatted,
+    read,
     render_prompt,
     sample_problems,
 )
@@ -177,6 +177,10 @@ class CountdownTask:
         max_target: int = 999,
         template: str = "r1-zero-compact",
         test_percent: int = 10,
+        prompt_format: str = "auto",
+        answer_format: str = "auto",
+        system: str = "",
+        instruction: str = "auto",
     ):
         if not 2 <= numbers <= 5:
             raise UserError(f"countdown numbers={numbers}: use 2 to 5 numbers per problem")
@@ -189,6 +193,9 @@ class CountdownTask:
         self.max_target = max_target  # targets are integers in 1..max_target
         self.template = check_template(template)
         self.test_percent = test_percent
+        self.prompt_format, self.answer_format = prompt_format, answer_format  # tasks/formats.py
+        self.system, self.instruction = system, instruction
+        check_formats(self)
 
     def _make(self, rng: random.Random) -> Problem:
         """Draw numbers, combine all of them at random until one value is left, keep it if it is a fit target."""
@@ -220,8 +227,7 @@ class CountdownTask:
 
     def score(self, problem: Problem, completion: str) -> Score:
         """Correct iff the `<answer>` expression reaches the target from the given numbers (format scored apart)."""
-        formatted = is_formatted(completion)
-        text = extract_answer(completion)
+        text, formatted = read(self, completion)
         if not text:
             return Score(correct=False, formatted=formatted, answer=None)
         numbers, target = _parse_id(problem.id)

@@ -34,10 +34,10 @@ from r1kit.tasks.base import (
     SPLITS,
     Problem,
     Score,
+    check_formats,
     check_split,
     check_template,
-    extract_answer,
-    is_formatted,
+    read,
     render_prompt,
     split_of,
 )
@@ -66,12 +66,19 @@ class JsonlTask:
         test_percent: int = 10,
         prompt_key: str = "prompt",
         answer_key: str = "answer",
+        prompt_format: str = "auto",
+        answer_format: str = "auto",
+        system: str = "",
+        instruction: str = "auto",
     ):
         self.path = os.fspath(path)
         self.template = check_template(template)
         self.test_percent = test_percent
         self.prompt_key = prompt_key
         self.answer_key = answer_key
+        self.prompt_format, self.answer_format = prompt_format, answer_format  # tasks/formats.py
+        self.system, self.instruction = system, instruction
+        check_formats(self)
         self.rejected: list[str] = []  # "FILE:LINE: reason", one per rejected line
         self._splits: dict[str, list[Problem]] = {split: [] for split in SPLITS}
         self._load()
@@ -174,8 +181,7 @@ class JsonlTask:
 
     def score(self, problem: Problem, completion: str) -> Score:
         """Correct iff math-verify finds the `<answer>` equal to the reference (format is scored apart)."""
-        formatted = is_formatted(completion)
-        text = extract_answer(completion)
+        text, formatted = read(self, completion)
         if not text:
             return Score(correct=False, formatted=formatted, answer=None)
         pred, gold = parse_answer(text), parse_answer(problem.answer)
