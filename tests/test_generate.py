@@ -41,6 +41,9 @@ class LenientTask:
         self.name = task.name
         self.scored: list[tuple[str, str]] = []
 
+    def __getattr__(self, name):  # template and format options: the wrapped task's
+        return getattr(self.task, name)
+
     def problems(self, split, n, seed=0):
         return self.task.problems(split, n, seed=seed)
 
@@ -178,7 +181,10 @@ def test_rows_are_what_select_kept_with_provenance(full_run, teacher):
         assert 1 <= r["length"] <= 8
         assert r["provenance"] == {"teacher": str(teacher), "task": "arithmetic", "split": "train",
                                    "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 8, "seed": 0,
-                                   "sample": r["provenance"]["sample"]}
+                                   "sample": r["provenance"]["sample"],
+                                   "formats": {"prompt_format": "r1-zero-compact", "answer_format": "think-answer",
+                                               "system": "", "instruction": "", "prefill": ""}}
+        assert r["question"] == p.question
         assert 0 <= r["provenance"]["sample"] < 3
     assert summary == {**summary, "questions": 6, "sampled": 18, "kept": len(rows), "finished": True}
     assert summary["keep_rate"] == pytest.approx(len(rows) / 18)

@@ -19,6 +19,7 @@ from r1kit.losses import forward_kl_per_token, reverse_kl_per_token
 from r1kit.metrics import EvalConfig
 from r1kit.modeling import load_model, load_tokenizer, new_model, save_model, train_tokenizer
 from r1kit.packing import packed_logits
+from r1kit.prompting import make_prompter
 from r1kit.sft import cosine_lr, encode_rows, make_student, packed_batches, read_rows
 from r1kit.tasks import get_task
 from r1kit.tasks.arithmetic import ArithmeticTask
@@ -265,7 +266,7 @@ def test_on_policy_distillation_minimises_reverse_kl(teacher, tokenizer, tmp_pat
     task = get_task("arithmetic")
     pool = task.problems("train", 16, seed=0)
     student = new_model("micro", tokenizer, seed=0)
-    examples, n_gen = _on_policy_examples(student, tokenizer, task, pool, 0, cfg)
+    examples, n_gen = _on_policy_examples(student, tokenizer, make_prompter(task, tokenizer), pool, 0, cfg)
     assert len(examples) == 4 and all(e.n_prompt < len(e.ids) for e in examples)
     assert rows[0]["completion_len_mean"] == pytest.approx(n_gen / 4)
     idx = list(range(len(examples)))

@@ -74,20 +74,13 @@ def load_model_config(model_dir: str | Path) -> dict:
 
 
 def measure_prompt_len(model_dir: str | Path, task_spec: str, n: int = 64, seed: int = 0) -> float:
-    """Mean tokens of `n` training prompts of the task under the model's tokenizer (no torch needed)."""
+    """Mean tokens of `n` training prompts of the task under the model's tokenizer and prompt format."""
+    from r1kit.modeling import load_tokenizer
+    from r1kit.prompting import make_prompter
     from r1kit.tasks import get_task
 
     task = get_task(task_spec)
-    texts = [task.prompt(p) for p in task.problems("train", n, seed=seed)]
-    tok_file = Path(model_dir) / "tokenizer.json"
-    if tok_file.is_file():
-        from tokenizers import Tokenizer
-
-        ids = [e.ids for e in Tokenizer.from_file(str(tok_file)).encode_batch(texts)]
-    else:
-        from transformers import AutoTokenizer
-
-        ids = AutoTokenizer.from_pretrained(str(model_dir))(texts).input_ids
+    ids = make_prompter(task, load_tokenizer(model_dir)).encode(task.problems("train", n, seed=seed))
     return sum(map(len, ids)) / max(len(ids), 1)
 
 

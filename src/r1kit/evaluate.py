@@ -16,6 +16,7 @@ import torch
 from r1kit.errors import UserError
 from r1kit.metrics import EvalConfig, majority, summarize
 from r1kit.modeling import eos_ids
+from r1kit.prompting import make_prompter
 from r1kit.runlog import progress_bar
 from r1kit.sampler import SamplingParams, sample
 
@@ -27,7 +28,10 @@ def evaluate(
     problems = task.problems(cfg.split, cfg.n, seed=cfg.seed)
     if not problems:
         raise UserError(f"task {task.name!r} has no {cfg.split} problems to evaluate on")
-    prompt_ids = [tokenizer(task.prompt(p)).input_ids for p in problems]
+    prompter = make_prompter(task, tokenizer)
+    if progress:
+        print(f"eval {task.name}: {prompter.describe()}", flush=True)
+    prompt_ids = prompter.encode(problems)
     jobs = [(i, j) for i in range(len(problems)) for j in range(cfg.k)]  # (problem, sample) pairs
     # Sort by prompt length so batches pad little; the order of results is restored by index.
     jobs.sort(key=lambda ij: len(prompt_ids[ij[0]]))
@@ -54,7 +58,7 @@ def evaluate(
             out = sample(model, batch, params, eos_ids=stops, pad_id=tokenizer.pad_token_id, generator=gen)
             for (i, j), toks, fin in zip(chunk, out.tokens, out.finished):
                 text = tokenizer.decode(toks, skip_special_tokens=True)
-                results[(i, j)] = (task.score(problems[i], text), len(toks), fin, text)
+                results[(i, j)] = (prompter.score(problems[i], text), len(toks), fin, text)
             n_prompt += sum(len(b) for b in batch)
             n_gen += out.num_tokens
             bar.update(len(chunk))
@@ -99,7 +103,8 @@ def evaluate(
             "tokens_per_s": n_gen / max(seconds, 1e-9),
         }
     )
-    return {"task": task.name, "settings": asdict(cfg), "metrics": metrics, "examples": examples}
+    return {"task": task.name, "settings": asdict(cfg), "formats": prompter.settings(), "metrics": metrics,
+            "examples": examples}
 
 
 def format_eval_table(result: dict, title: str | None = None) -> str:

@@ -115,9 +115,8 @@ def make_prompter(task, tokenizer) -> Prompter:
     """Resolve the task's `auto` options against `tokenizer` (see the module docstring); the task's
     `answer_format` is set to the resolved one, so `task.score` alone reads completions the same way."""
     fmt = check_prompt_format(getattr(task, "prompt_format", AUTO))
-    raw = getattr(task, "template", "r1-zero")
     if fmt == AUTO:
-        fmt = CHAT if has_chat_template(tokenizer) else raw
+        fmt = CHAT if has_chat_template(tokenizer) else getattr(task, "template", "r1-zero")
     if fmt == CHAT and not has_chat_template(tokenizer):
         raise UserError("prompt_format = \"chat\" but this tokenizer has no chat template: use \"r1-zero\" (or a "
                         "template with {question}) for a base model")

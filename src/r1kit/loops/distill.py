@@ -33,6 +33,7 @@ from r1kit.losses import DISTILL_LOSSES
 from r1kit.metrics import EvalConfig
 from r1kit.modeling import count_params, eos_ids, load_model
 from r1kit.packing import Example, PackedBatch, packed_logits
+from r1kit.prompting import make_prompter
 from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.sampler import SamplingParams, sample
 from r1kit.sft import (
@@ -117,12 +118,12 @@ def _kd_loss(teacher, method: str, temperature: float):
     return loss_fn
 
 
-def _on_policy_examples(student, tokenizer, task, pool, step: int, cfg: DistillConfig) -> tuple[list, int]:
+def _on_policy_examples(student, tokenizer, prompter, pool, step: int, cfg: DistillConfig) -> tuple[list, int]:
     """The student's own completions to this step's questions, as examples (the completion carries the loss)."""
     n_q = cfg.batch_size // cfg.samples_per_prompt
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     questions = [pool[int(i)] for i in torch.randint(len(pool), (n_q,), generator=g)]
-    prompts = [tokenizer(task.prompt(q)).input_ids for q in questions for _ in range(cfg.samples_per_prompt)]
+    prompts = [ids for ids in prompter.encode(questions) for _ in range(cfg.samples_per_prompt)]
     res = sample(student, prompts, SamplingParams(cfg.sample_temperature, 1.0, cfg.max_new_tokens),
                  eos_ids=eos_ids(student, tokenizer), pad_id=tokenizer.pad_token_id, generator=g)
     examples = [Example((p + t)[:cfg.max_len], min(len(p), cfg.max_len)) for p, t in zip(prompts, res.tokens) if t]
@@ -142,6 +143,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
     else:
         student, tokenizer = make_student(cfg.student, cfg.student_size, cfg.teacher, cfg.seed)
     check_shared_tokenizer(teacher_tok, tokenizer)
+    prompter = make_prompter(task, tokenizer)
     examples, pool = [], []
     if cfg.method == "logit":
         examples = encode_rows(tokenizer, read_rows(cfg.data), cfg.max_len)
@@ -181,7 +183,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
             batch_examples, idx = examples, order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
         else:
             with ledger.phase("rollout") if ledger else nullcontext() as ph:
-                batch_examples, n_gen = _on_policy_examples(student, tokenizer, task, pool, step, cfg)
+                batch_examples, n_gen = _on_policy_examples(student, tokenizer, prompter, pool, step, cfg)
                 if ph is not None:
                     ph.add(prompt_tokens=sum(e.n_prompt for e in batch_examples), generated_tokens=n_gen,
                            seq_len=max((len(e.ids) for e in batch_examples), default=1))

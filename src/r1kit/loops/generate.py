@@ -24,6 +24,7 @@ import torch
 from r1kit.config import to_dict
 from r1kit.errors import UserError
 from r1kit.modeling import eos_ids, load_model
+from r1kit.prompting import make_prompter
 from r1kit.runlog import progress_bar, write_json
 from r1kit.sampler import SamplingParams, sample
 from r1kit.tasks import get_task
@@ -69,7 +70,8 @@ def _chunk_seed(seed: int, chunk: int) -> int:
 
 def select(problem, texts: list[str], finished: list[bool], task, cfg: GenerateConfig) -> list[tuple[int, object]]:
     """(sample index, score) of the completions kept for one question: correct, formatted, finished, deduplicated,
-    at most `max_per_prompt`."""
+    at most `max_per_prompt`. `task` is anything with `score(problem, text)`: a task or a Prompter (which puts a
+    chat template's prefilled `<think>` back in front before scoring; the row stores the text as sampled)."""
     kept, seen = [], set()
     for j, (text, fin) in enumerate(zip(texts, finished)):
         score = task.score(problem, text)
@@ -121,12 +123,16 @@ def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = 
     if not problems:
         raise UserError(f"task {task.name!r} has no train problems to generate from")
     model, tokenizer = load_model(cfg.model)
+    prompter = make_prompter(task, tokenizer)
+    if progress:
+        print(f"generate {task.name}: {prompter.describe()}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     ledger = ledger_factory(out.parent, "generate", model.config.to_dict()) if ledger_factory else None
     params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     stops, pad = eos_ids(model, tokenizer), tokenizer.pad_token_id
     provenance = {"teacher": str(cfg.model), "task": cfg.task, "split": "train", "temperature": cfg.temperature,
-                  "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+                  "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
+                  "formats": prompter.settings()}
     n_chunks = -(-len(problems) // cfg.chunk)
     with open(out, "ab") as f:
         f.truncate(state["bytes"])  # drop rows of a chunk that was being written when the run stopped
@@ -138,8 +144,8 @@ def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = 
         if stop_after_chunks is not None and done_now >= stop_after_chunks:
             break
         chunk = problems[c * cfg.chunk:(c + 1) * cfg.chunk]
-        prompts = [task.prompt(p) for p in chunk]
-        prompt_ids = [tokenizer(p).input_ids for p in prompts]
+        prompts = [prompter.text(p) for p in chunk]
+        prompt_ids = [prompter.encode_text(p) for p in prompts]
         jobs = [i for i in range(len(chunk)) for _ in range(cfg.k)]
         gen = torch.Generator().manual_seed(_chunk_seed(cfg.seed, c))
         texts: list[str] = []
@@ -160,9 +166,10 @@ def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = 
         with ledger.phase("scoring") if ledger else nullcontext():
             for i, problem in enumerate(chunk):
                 sl = slice(i * cfg.k, (i + 1) * cfg.k)
-                for j, score in select(problem, texts[sl], finished[sl], task, cfg):
+                for j, score in select(problem, texts[sl], finished[sl], prompter, cfg):
                     lines.append(json.dumps({
-                        "id": problem.id, "prompt": prompts[i], "completion": texts[i * cfg.k + j],
+                        "id": problem.id, "question": problem.question, "prompt": prompts[i],
+                        "completion": texts[i * cfg.k + j],
                         "answer": score.answer, "reference": problem.answer,
                         "reward": {"accuracy": 1.0, "format": 1.0}, "length": lengths[i * cfg.k + j],
                         "provenance": {**provenance, "sample": j},

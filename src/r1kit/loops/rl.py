@@ -36,6 +36,7 @@ from r1kit.grpo import UpdateSettings, build_rollout, rollout_logprobs, train_on
 from r1kit.ledger import read_ledger, spent_flops
 from r1kit.losses import ADVANTAGES
 from r1kit.modeling import eos_ids, load_model
+from r1kit.prompting import format_warnings, make_prompter
 from r1kit.rewards import combine
 from r1kit.rl_config import RLConfig
 from r1kit.runlog import MetricsLog, progress_bar, write_json
@@ -82,11 +83,11 @@ class _Stream:
         return [self.pool[int(i)] for i in torch.randint(len(self.pool), (n,), generator=g)]
 
 
-def _sample_groups(policy, tokenizer, task, problems, cfg, gen, want_logprobs):
+def _sample_groups(policy, tokenizer, prompter, problems, cfg, gen, want_logprobs):
     """G completions per problem, scored. Returns per-completion lists."""
     r, G = cfg.rollout, cfg.rollout.group_size
     params = SamplingParams(r.temperature, r.top_p, r.max_new_tokens)
-    prompts = [tokenizer(task.prompt(p)).input_ids for p in problems]
+    prompts = prompter.encode(problems)
     rows = [i for i in range(len(problems)) for _ in range(G)]
     toks, fins, lps = [], [], []
     for s in range(0, len(rows), r.batch_size):
@@ -99,11 +100,11 @@ def _sample_groups(policy, tokenizer, task, problems, cfg, gen, want_logprobs):
     return prompts, rows, toks, fins, lps
 
 
-def _score(task, tokenizer, reward_fn, cfg, problems, rows, toks, fins):
+def _score(prompter, tokenizer, reward_fn, cfg, problems, rows, toks, fins):
     rewards, parts_all, scores = [], [], []
     for i, t, fin in zip(rows, toks, fins):
-        text = tokenizer.decode(t, skip_special_tokens=True)
-        score = task.score(problems[i], text)
+        text = prompter.completion(tokenizer.decode(t, skip_special_tokens=True))
+        score = prompter.task.score(problems[i], text)
         ctx = {"max_new_tokens": cfg.rollout.max_new_tokens, "length": len(t), "truncated": not fin,
                "language": cfg.reward.language, "overlong_buffer": cfg.reward.overlong_buffer}
         total, parts = reward_fn(problems[i], text, score, ctx)
@@ -113,7 +114,7 @@ def _score(task, tokenizer, reward_fn, cfg, problems, rows, toks, fins):
     return rewards, parts_all, scores
 
 
-def _rollout_step(step, policy, tokenizer, task, stream, reward_fn, cfg, info, ledger):
+def _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, info, ledger):
     """Sample, score and (with dynamic sampling) refill this rank's groups. Returns the kept data + stats."""
     G, local_n = cfg.rollout.group_size, cfg.rollout.prompts_per_step // info.world
     first = [stream[step * cfg.rollout.prompts_per_step + j]
@@ -126,13 +127,13 @@ def _rollout_step(step, policy, tokenizer, task, stream, reward_fn, cfg, info, l
         gen = torch.Generator().manual_seed(_seed(cfg.seed, step, info.rank, rnd))
         t0 = time.perf_counter()
         with ledger.phase("rollout") if ledger else nullcontext() as ph:
-            prompts, rows, toks, fins, lps = _sample_groups(policy, tokenizer, task, problems, cfg, gen, want_lp)
+            prompts, rows, toks, fins, lps = _sample_groups(policy, tokenizer, prompter, problems, cfg, gen, want_lp)
             if ph is not None:
                 ph.add(prompt_tokens=sum(len(prompts[i]) for i in rows), generated_tokens=sum(map(len, toks)),
                        seq_len=max(map(len, prompts)) + cfg.rollout.max_new_tokens)
         t1 = time.perf_counter()
         with ledger.phase("scoring") if ledger else nullcontext():
-            rewards, parts, scores = _score(task, tokenizer, reward_fn, cfg, problems, rows, toks, fins)
+            rewards, parts, scores = _score(prompter, tokenizer, reward_fn, cfg, problems, rows, toks, fins)
         t_roll, t_score = t_roll + t1 - t0, t_score + time.perf_counter() - t1
         n_prompt_tok += sum(len(prompts[i]) for i in rows)
         n_gen += sum(map(len, toks))
@@ -268,11 +269,17 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
             ref.load_state_dict(state["ref"])
         doctor.load(state["doctor"])
         start, history = state["step"], state["history"]
+    prompter = make_prompter(task, tokenizer)
     log = MetricsLog(out, enabled=info.main)
     if info.main:
         log.truncate_after(start)  # the line of step `start` belongs to its checkpoint
         write_json(out / "run.json", {"stage": "rl", "config": to_dict(cfg), "task_options": task_options(task),
-                                      "world_size": info.world, "resumed_from": start or None})
+                                      "formats": prompter.settings(), "world_size": info.world,
+                                      "resumed_from": start or None})
+        if progress:
+            print(f"rl {task.name}: {prompter.describe()}", flush=True)
+        for w in format_warnings(prompter, cfg.model):
+            print(f"r1kit doctor: {w}", flush=True)
     ledger = ledger_factory(out, "rl", policy.config.to_dict()) if (ledger_factory and info.main) else None
     if cfg.max_flops and ledger_factory is None:
         raise UserError("max_flops (a compute budget) is measured by the cost ledger: run with a ledger")
@@ -295,7 +302,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
             g["lr"] = lr
         if ref is not None and cfg.algo.ref_reset_every and step > 0 and step % cfg.algo.ref_reset_every == 0:
             ref.load_state_dict(policy.state_dict())
-        kept, seen, times = _rollout_step(step, policy, tokenizer, task, stream, reward_fn, cfg, info, ledger)
+        kept, seen, times = _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, info, ledger)
         t1 = time.perf_counter()
         stats = _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger)
         stats["time_training"] = time.perf_counter() - t1

@@ -28,8 +28,8 @@ from r1kit.tasks.base import (
     Score,
     check_formats,
     check_template,
+    raw_prompt,
     read,
-    render_prompt,
     sample_problems,
 )
 
@@ -154,7 +154,7 @@ class ArithmeticTask:
         return sample_problems(self._make, split, n, seed, self.test_percent)
 
     def prompt(self, problem: Problem) -> str:
-        return render_prompt(self.template, problem.question)
+        return raw_prompt(self, problem)
 
     # -- verifier -------------------------------------------------------------------------------------
     def score(self, problem: Problem, completion: str) -> Score:

@@ -111,6 +111,21 @@ def read(task, completion: str) -> tuple[str | None, bool]:
     return read_answer(answer_format_of(task), completion)
 
 
+def raw_template(task) -> str:
+    """The raw template a task's prompt uses without a tokenizer: its prompt_format when that is a template name
+    or a literal template, else its `template`."""
+    fmt = getattr(task, "prompt_format", AUTO)
+    return task.template if fmt in (AUTO, CHAT) else fmt
+
+
+def raw_prompt(task, problem) -> str:
+    """A problem in the task's raw template, with its instruction (the text prompt of tokenizer-free code)."""
+    from r1kit.tasks.formats import instruction_text, with_instruction
+
+    text = instruction_text(getattr(task, "instruction", AUTO) or "none", answer_format_of(task))
+    return render_prompt(raw_template(task), with_instruction(problem.question, text))
+
+
 def render_prompt(template: str, question: str) -> str:
     """Fill a template (a key of TEMPLATES, or a literal string containing `{question}`)."""
     text = TEMPLATES.get(template, template)

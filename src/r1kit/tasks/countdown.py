@@ -28,8 +28,8 @@ from r1kit.tasks.base import (
     Score,
     check_formats,
     check_template,
+    raw_prompt,
     read,
-    render_prompt,
     sample_problems,
 )
 
@@ -223,7 +223,7 @@ class CountdownTask:
         return sample_problems(self._make, split, n, seed, self.test_percent)
 
     def prompt(self, problem: Problem) -> str:
-        return render_prompt(self.template, problem.question)
+        return raw_prompt(self, problem)
 
     def score(self, problem: Problem, completion: str) -> Score:
         """Correct iff the `<answer>` expression reaches the target from the given numbers (format scored apart)."""

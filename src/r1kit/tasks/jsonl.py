@@ -37,8 +37,8 @@ from r1kit.tasks.base import (
     check_formats,
     check_split,
     check_template,
+    raw_prompt,
     read,
-    render_prompt,
     split_of,
 )
 
@@ -177,7 +177,7 @@ class JsonlTask:
         return problems if n is None or n <= 0 else problems[:n]
 
     def prompt(self, problem: Problem) -> str:
-        return render_prompt(self.template, problem.question)
+        return raw_prompt(self, problem)
 
     def score(self, problem: Problem, completion: str) -> Score:
         """Correct iff math-verify finds the `<answer>` equal to the reference (format is scored apart)."""
