@@ -306,7 +306,14 @@ def cmd_run(args) -> int:
     return run(args, _ledger)
 
 
-COMMANDS = {"base": cmd_base, "eval": cmd_eval, "demo": cmd_demo, "report": cmd_report, "run": cmd_run}
+def cmd_import(args) -> int:
+    from r1kit.commands import cmd_import as run
+
+    return run(args)
+
+
+COMMANDS = {"base": cmd_base, "eval": cmd_eval, "demo": cmd_demo, "report": cmd_report, "run": cmd_run,
+            "import": cmd_import}
 TAKES_OVERRIDES = {"rl": cmd_rl, "cost": cmd_cost, "generate": _stage_command("generate"),
                    "sft": _stage_command("sft"), "distill": _stage_command("distill")}
 

@@ -1,4 +1,5 @@
-"""The `r1kit` commands of the distillation and pipeline stages: generate, sft, distill, run (and the demo).
+"""The `r1kit` commands of the distillation and pipeline stages: generate, sft, distill, run (and the demo, and
+`import`, which turns a GGUF file into a model directory).
 
 Flags set the common fields; any other config field is `--field=value` (`--eval.n=200`). cli.py parses and
 dispatches here; nothing below reads argv.
@@ -49,6 +50,11 @@ def add_parsers(sub, positive_int) -> None:
     p.add_argument("recipe", help="a pipeline recipe, e.g. recipes/tiny-r1.toml")
     p.add_argument("--out", default=None, help="run directory (default: runs/RECIPE_NAME)")
     p.add_argument("--check", action="store_true", help="only check the recipe and show the plan")
+
+    p = sub.add_parser("import", help="turn a GGUF file (llama.cpp) into a Hugging Face model directory")
+    p.add_argument("--gguf", required=True, help="the .gguf file")
+    p.add_argument("--out", required=True, help="the model directory to write (new or empty)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights' dtype")
 
 
 def _train_flags(p, positive_int) -> None:
@@ -156,6 +162,13 @@ def run_recipe(recipe: str, out: str, ledger, check: bool = False, show_summary:
         print(format_summary(summary_rows(out)))
     if any(v == "interrupted" for v in result["status"].values()):
         return 1
+    return 0
+
+
+def cmd_import(args) -> int:
+    from r1kit.importer import describe_import, import_gguf
+
+    print(describe_import(import_gguf(args.gguf, args.out, args.dtype)))
     return 0
 
 
