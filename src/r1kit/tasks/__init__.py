@@ -1,4 +1,5 @@
-"""Tasks by name. A task spec is `NAME` or `NAME:key=value,key=value` (for jsonl: `jsonl:PATH[,key=value]`)."""
+"""Tasks by name. A task spec is `NAME` or `NAME:key=value,key=value` (for jsonl: `jsonl:PATH[,key=value]`; for
+reasoning-gym's datasets: `rg:DATASET[:key=value,...]`)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,13 @@ def _jsonl(**kw):
     return JsonlTask(**kw)
 
 
-TASKS = {"arithmetic": _arithmetic, "countdown": _countdown, "jsonl": _jsonl}
+def _reasoning_gym(**kw):
+    from r1kit.tasks.reasoning_gym import ReasoningGymTask
+
+    return ReasoningGymTask(**kw)
+
+
+TASKS = {"arithmetic": _arithmetic, "countdown": _countdown, "jsonl": _jsonl, "rg": _reasoning_gym}
 
 
 def _coerce(value: str):
@@ -40,9 +47,15 @@ def _coerce(value: str):
 
 
 def parse_task_spec(spec: str) -> tuple[str, dict]:
-    """`arithmetic:digits=2,ops=+` -> ("arithmetic", {"digits": 2, "ops": "+"}); `jsonl:data.jsonl` -> path."""
+    """`arithmetic:digits=2,ops=+` -> ("arithmetic", {"digits": 2, "ops": "+"}); `jsonl:data.jsonl` -> path;
+    `rg:chain_sum:max_terms=3` -> ("rg", {"dataset": "chain_sum", "max_terms": 3})."""
     name, _, rest = spec.partition(":")
     kwargs: dict = {}
+    if name == "rg":
+        dataset, _, rest = rest.partition(":")
+        if not dataset.strip() or "=" in dataset or "," in dataset:
+            raise UserError(f"task spec {spec!r}: write rg:DATASET[:key=value,...] (e.g. rg:chain_sum:max_terms=3)")
+        kwargs["dataset"] = dataset.strip()
     for i, item in enumerate(p for p in rest.split(",") if p):
         key, eq, value = item.partition("=")
         if not eq:
@@ -61,7 +74,7 @@ def get_task(spec: str | Task, **overrides) -> Task:
     name, kwargs = parse_task_spec(spec)
     kwargs.update(overrides)
     if name not in TASKS:
-        raise UserError(f"unknown task {name!r}: use one of {', '.join(sorted(TASKS))} (or jsonl:PATH)")
+        raise UserError(f"unknown task {name!r}: use one of {', '.join(sorted(TASKS))} (or jsonl:PATH, rg:DATASET)")
     try:
         return TASKS[name](**kwargs)
     except TypeError as e:
