@@ -37,30 +37,26 @@ def _unit_float(text: str) -> float:
     return value
 
 
-def _add_eval_flags(p: argparse.ArgumentParser, n: int = 500, k: int = 4) -> None:
-    p.add_argument("--split", default="test", choices=["train", "test"], help="problems to evaluate on")
-    p.add_argument("--n", type=_positive_int, default=n, help="number of problems")
-    p.add_argument("--k", type=_positive_int, default=k, help="samples per problem")
-    p.add_argument("--temperature", type=_unit_float, default=0.6)
-    p.add_argument("--top-p", type=_unit_float, default=0.95)
-    p.add_argument("--max-new-tokens", type=_positive_int, default=128)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+def _add_eval_flags(p: argparse.ArgumentParser) -> None:
+    """Evaluation flags; one left out takes the task's default (a preset's paper settings), else EvalConfig's."""
+    p.add_argument("--split", default=None, choices=["train", "test", "all"],
+                   help="problems to evaluate on (default: test; all rows of an unsplit data file)")
+    p.add_argument("--n", type=_positive_int, default=None,
+                   help="number of problems (default: every one of a dataset, 500 of a generated task)")
+    p.add_argument("--k", type=_positive_int, default=None, help="samples per problem (default 4; a preset's)")
+    p.add_argument("--temperature", type=_unit_float, default=None, help="default 0.6")
+    p.add_argument("--top-p", type=_unit_float, default=None, help="default 0.95")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="default 128 (a preset's: 32768)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="default 128")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
 
 
-def _eval_config(args):
-    from r1kit.evaluate import EvalConfig
+def _eval_config(args, task):
+    from r1kit.metrics import eval_config_for
 
-    return EvalConfig(
-        split=args.split,
-        n=args.n,
-        k=args.k,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+    return eval_config_for(task, split=args.split, n=args.n, k=args.k, temperature=args.temperature,
+                           top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                           seed=args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model as the R1 paper does (pass@1 over k samples, cons@k)")
     p.add_argument("--model", required=True, help="a Hugging Face causal-LM directory")
-    p.add_argument("--task", required=True, help="task spec: arithmetic, countdown, jsonl:PATH")
+    p.add_argument("--task", required=True, help="task spec: arithmetic, countdown, jsonl:PATH, "
+                   "data:PATH, hf:NAME[:CONFIG], gsm8k, math500, aime24, aime25")
     _add_eval_flags(p)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
 
@@ -195,7 +192,7 @@ def cmd_eval(args) -> int:
     from r1kit.tasks import get_task
 
     task = get_task(args.task)
-    cfg = _eval_config(args)
+    cfg = _eval_config(args, task)
     model, tokenizer = load_model(args.model)
     result = evaluate(model, tokenizer, task, cfg)
     result["model"] = args.model

@@ -61,10 +61,13 @@ def summarize(correct: Sequence[Sequence[bool]], cons_correct: Sequence[bool], k
     }
 
 
+GENERATED_EVAL_N = 500  # problems drawn from a generated task when no sample size is asked for
+
+
 @dataclass
 class EvalConfig:
-    split: str = "test"  # never the training split for learning results
-    n: int = 500  # problems
+    split: str = "test"  # never the training split for learning results; `all`: every row of a data task
+    n: int | None = 500  # problems; None: every problem of the split (a dataset's, see eval_config_for)
     k: int = 4  # samples per problem
     temperature: float = 0.6  # the paper's evaluation settings
     top_p: float = 0.95
@@ -73,7 +76,18 @@ class EvalConfig:
     seed: int = 0  # problem draw and sampling
 
     def __post_init__(self) -> None:
-        if self.n < 1 or self.k < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+        if (self.n is not None and self.n < 1) or self.k < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
             raise UserError("eval: n, k, batch_size and max_new_tokens must be at least 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise UserError("eval: temperature must be >= 0 and top_p in (0, 1]")
+
+
+def eval_config_for(task, **given) -> EvalConfig:
+    """How to evaluate `task` when the user set only `given` (None: not set): the task's `eval_defaults` (a
+    preset's paper settings) fill the rest, then EvalConfig's. The split defaults to the task's `eval_split` (a
+    dataset's test split, or `all` of an unsplit file) and the number of problems to all of a finite task (a
+    dataset: a file or split given for evaluation is evaluated whole) or GENERATED_EVAL_N of a generated one."""
+    settings = {**getattr(task, "eval_defaults", {}), **{k: v for k, v in given.items() if v is not None}}
+    settings.setdefault("split", getattr(task, "eval_split", "test"))
+    settings.setdefault("n", None if getattr(task, "finite", False) else GENERATED_EVAL_N)
+    return EvalConfig(**settings)

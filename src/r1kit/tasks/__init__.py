@@ -1,5 +1,6 @@
 """Tasks by name. A task spec is `NAME` or `NAME:key=value,key=value` (for jsonl: `jsonl:PATH[,key=value]`; for
-reasoning-gym's datasets: `rg:DATASET[:key=value,...]`)."""
+reasoning-gym's datasets: `rg:DATASET[:key=value,...]`; for datasets: `data:PATH`, `hf:NAME[:CONFIG]`, presets
+`gsm8k`, `math500`, `aime24`, `aime25`, see tasks/dataset.py)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,25 @@ def _reasoning_gym(**kw):
     return ReasoningGymTask(**kw)
 
 
-TASKS = {"arithmetic": _arithmetic, "countdown": _countdown, "jsonl": _jsonl, "rg": _reasoning_gym}
+def _dataset(**kw):
+    from r1kit.tasks.dataset import DatasetTask
+
+    return DatasetTask(**kw)
+
+
+def _preset(name: str):
+    def make(**kw):
+        from r1kit.tasks.dataset import preset_task
+
+        return preset_task(name, **kw)
+
+    return make
+
+
+PRESETS = ("gsm8k", "math500", "aime24", "aime25")  # tasks/dataset.py's PRESETS: hub benchmarks, columns mapped
+TASKS = {"arithmetic": _arithmetic, "countdown": _countdown, "jsonl": _jsonl, "rg": _reasoning_gym,
+         "data": _dataset, "hf": _dataset, **{name: _preset(name) for name in PRESETS}}
+POSITIONAL = {"jsonl": "path", "data": "path", "hf": "hub"}  # the option a spec's bare first item sets
 
 
 def _coerce(value: str):
@@ -59,8 +78,8 @@ def parse_task_spec(spec: str) -> tuple[str, dict]:
     for i, item in enumerate(p for p in rest.split(",") if p):
         key, eq, value = item.partition("=")
         if not eq:
-            if i == 0 and name == "jsonl":
-                kwargs["path"] = item
+            if i == 0 and name in POSITIONAL:
+                kwargs[POSITIONAL[name]] = item
                 continue
             raise UserError(f"task spec {spec!r}: {item!r} is not key=value (e.g. arithmetic:digits=2)")
         kwargs[key.strip()] = _coerce(value.strip())
@@ -74,7 +93,8 @@ def get_task(spec: str | Task, **overrides) -> Task:
     name, kwargs = parse_task_spec(spec)
     kwargs.update(overrides)
     if name not in TASKS:
-        raise UserError(f"unknown task {name!r}: use one of {', '.join(sorted(TASKS))} (or jsonl:PATH, rg:DATASET)")
+        raise UserError(f"unknown task {name!r}: use one of {', '.join(sorted(TASKS))} "
+                        "(or jsonl:PATH, data:PATH, hf:NAME, rg:DATASET)")
     try:
         return TASKS[name](**kwargs)
     except TypeError as e:
@@ -82,7 +102,9 @@ def get_task(spec: str | Task, **overrides) -> Task:
 
 
 def task_options(task: Task) -> dict:
-    """The task's knobs, for recording in a run's resolved config."""
+    """The task's knobs, for recording in a run's resolved config (a task's own `options()` when it has one)."""
+    if hasattr(task, "options"):
+        return task.options()
     if dataclasses.is_dataclass(task):
         return dataclasses.asdict(task)
     sig = inspect.signature(type(task).__init__)

@@ -5,6 +5,8 @@ Each line is a JSON object with a prompt and an answer (keys configurable), opti
 
     {"id": "q1", "prompt": "What is 1/2 + 1/4?", "answer": "\\frac{3}{4}", "split": "test"}
 
+`r1kit eval` reads the whole file (its `eval_split` is `all`), or its test lines when lines name their splits.
+
 A bad line (not JSON, not an object, a missing or empty prompt or answer, a duplicated prompt or id, a bad split)
 is rejected as `FILE:LINE: reason`: all of them are kept in `task.rejected` and the first ten are logged as warnings
 (logger `r1kit.tasks.jsonl`); every good line is kept. An unreadable file, or one without a single good line,
@@ -25,6 +27,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 from decimal import Decimal
 from functools import lru_cache
@@ -52,12 +55,17 @@ _GENERIC_THINKS = (
     "I read the question carefully, solve it, and verify the answer.",
     "Let me think about what is asked, compute it, and double-check.",
 )
+# A number then one plain word ("18 dollars", "#### 5 cookies"): math-verify drops \text{...} and the units it
+# knows ("5 cm", "3 apples") but reads other words as products of symbols (18*a*do*l*l*r*s), so the same answer
+# would be right or wrong by its unit. The word is read as \text{} would be; one-letter words may be variables.
+_NUMBER_THEN_WORD = re.compile(r"^\s*(\S*\d)\s+([A-Za-z]{2,})\s*\.?\s*$")
 
 
 class JsonlTask:
     """Problems read from a JSONL file; see the module docstring for the format."""
 
     name = "jsonl"
+    finite = True  # a fixed set of problems: evaluation reads all of them unless asked for a sample
 
     def __init__(
         self,
@@ -81,6 +89,7 @@ class JsonlTask:
         check_formats(self)
         self.rejected: list[str] = []  # "FILE:LINE: reason", one per rejected line
         self._splits: dict[str, list[Problem]] = {split: [] for split in SPLITS}
+        self._named_splits = False  # True when a line names its split
         self._load()
 
     def _load(self) -> None:
@@ -109,6 +118,7 @@ class JsonlTask:
             line_of_prompt[row["prompt"]] = lineno
             if row["id"] is not None:
                 line_of_id[row["id"]] = lineno
+            self._named_splits = self._named_splits or row["split"] is not None
             split = row["split"] or split_of(row["id"] or row["prompt"], self.test_percent)
             problem_id = "jsonl/" + (row["id"] or hashlib.sha1(row["prompt"].encode()).hexdigest()[:12])
             meta = {"line": lineno, "solution": row["solution"]}
@@ -169,10 +179,17 @@ class JsonlTask:
             "solution": solution.strip() if isinstance(solution, str) and solution.strip() else None,
         }
 
+    @property
+    def eval_split(self) -> str:
+        """What evaluation reads: the test split when lines name their splits, else every line (`all`)."""
+        return "test" if self._named_splits else "all"
+
     def problems(self, split: str, n: int | None = None, seed: int = 0) -> list[Problem]:
-        """The problems of `split`, shuffled by `seed`; the first `n` (all of them when n is None, <= 0 or more)."""
-        check_split(split)
-        problems = list(self._splits[split])
+        """The problems of `split` (train, test, or all of them), shuffled by `seed`; the first `n` (all of them
+        when n is None, <= 0 or more)."""
+        if split != "all":
+            check_split(split)
+        problems = self._splits["train"] + self._splits["test"] if split == "all" else list(self._splits[split])
         random.Random(seed).shuffle(problems)
         return problems if n is None or n <= 0 else problems[:n]
 
@@ -229,6 +246,7 @@ def parse_answer(text: str) -> tuple:
     from math_verify import parse
     from math_verify.errors import TimeoutException
 
+    text = _NUMBER_THEN_WORD.sub(r"\1\\text{ \2}", text)
     for candidate in (f"${text}$", text):
         try:
             parsed = parse(candidate, parsing_timeout=_timeout_s())
