@@ -18,6 +18,7 @@ completion: `Prompter.score` puts it back in front before the verifier reads the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePath
 
 from r1kit.errors import UserError
 from r1kit.tasks.base import Problem, Score
@@ -137,13 +138,15 @@ def make_prompter(task, tokenizer) -> Prompter:
 
 def looks_instruct(name: str, tokenizer) -> bool | None:
     """True for a model that looks instruction-tuned, False for one that looks like a base model, None when the
-    name and tokenizer do not tell (used by the run doctor's prompt-format warnings)."""
-    lowered = str(name).lower()
+    name and tokenizer do not tell (used by the run doctor's prompt-format warnings). Only the last part of a
+    path is the model's name (in runs/tiny-distill/student-base the pipeline's name says nothing about the
+    model), and a directory called just `base` is a stage's (r1kit's pipelines, `make smollm2`), not a name."""
+    lowered = PurePath(str(name)).name.lower()
     if any(key in lowered for key in ("instruct", "-chat", "_chat", "-it", "distill", "-sft", "-rl")):
         return True
     if not has_chat_template(tokenizer):
         return False
-    if "base" in lowered:
+    if "base" in lowered and lowered != "base":
         return False
     return None
 
@@ -154,7 +157,7 @@ def format_warnings(prompter: Prompter, model_name: str) -> list[str]:
     if prompter.chat and kind is False:
         return [f"{model_name} looks like a base model but is given its chat template: base models are usually "
                 "prompted with prompt_format = \"r1-zero\""]
-    if not prompter.chat and kind is True:
+    if not prompter.chat and kind is True and has_chat_template(prompter.tokenizer):  # else chat is no option
         return [f"{model_name} looks like an instruct model but is given the raw {prompter.prompt_format} template: "
                 "instruct models usually answer better with prompt_format = \"chat\""]
     return []

@@ -62,7 +62,7 @@ _THINK_ANSWER_RE = re.compile(
 )
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_GSM8K_RE = re.compile(r"^[ \t]*####[ \t]*(.+?)[ \t]*$", re.MULTILINE)
+_GSM8K_RE = re.compile(r"^[ \t]*####[ \t]*(\S.*?)[ \t]*$", re.MULTILINE)  # a bare "####" line is no answer
 
 
 def boxed_contents(text: str) -> list[str]:
@@ -71,9 +71,9 @@ def boxed_contents(text: str) -> list[str]:
     for m in _BOX_RE.finditer(text):
         depth, i = 1, m.end()
         while i < len(text) and depth:
-            if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "{}":
-                i += 2  # an escaped brace \{ or \} does not open or close
-                continue
+            if text[i] == "\\":
+                i += 2  # a backslash takes the next character with it: \{ and \} do not open or close, and
+                continue  # the line break \\ does not escape a closing brace after it (\boxed{x=1\\})
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
         if depth == 0:
@@ -90,7 +90,7 @@ def last_boxed(text: str) -> str | None:
 def gsm8k_answer(text: str) -> str | None:
     """The answer after the last `#### ` line, thousands separators removed; None when there is none."""
     found = _GSM8K_RE.findall(text)
-    return found[-1].replace(",", "").strip() if found else None
+    return (found[-1].replace(",", "").strip() or None) if found else None
 
 
 def answer_from_solution(solution: str) -> str | None:
