@@ -12,7 +12,7 @@ LAYERS = {
     "errors": 0, "config": 0, "tasks": 0, "rewards": 0, "ledger": 0, "cost_paper": 0, "metrics": 0,
     "doctor": 0, "rl_config": 0,
     "dist": 1, "losses": 1, "devices": 1, "packing": 1,
-    "modeling": 2, "sft": 2, "sampler": 2, "checkpoint": 2, "grpo": 2, "runlog": 2, "modelcard": 2, "estimate": 4, "costview": 4, "calibration": 4,
+    "modeling": 2, "lora": 2, "prompting": 2, "importer": 2, "sft": 2, "sampler": 2, "checkpoint": 2, "grpo": 2, "runlog": 2, "modelcard": 2, "estimate": 4, "costview": 4, "calibration": 4,
     "evaluate": 3, "report": 4, "pipeline": 4, "recipe": 4, "summary": 4,
     "loops": 4,
     "cli": 5, "commands": 5, "__main__": 5, "__init__": 0,

@@ -14,6 +14,7 @@ from dataclasses import asdict
 import torch
 
 from r1kit.errors import UserError
+from r1kit.lora import merged_copy
 from r1kit.metrics import EvalConfig, majority, summarize
 from r1kit.modeling import eos_ids
 from r1kit.prompting import make_prompter
@@ -139,6 +140,7 @@ def finish_model(model, tokenizer, out, *, title: str, task_spec: str | None, ev
     from r1kit.tasks import get_task
 
     out = Path(out)
+    model = merged_copy(model)  # a LoRA model is saved (and evaluated) with its adapters merged in
     model.eval()
     with ledger.phase("checkpointing") if ledger is not None else nullcontext():
         save_model(model, tokenizer, out / "model")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from r1kit.errors import UserError
+from r1kit.lora import LoraConfig
 from r1kit.metrics import EvalConfig
 
 # name -> settings it implies (only applied to fields the user left as None)
@@ -101,6 +102,7 @@ class RLConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(n=500, k=4))
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning
 
     def resolve(self, world: int = 1) -> RLConfig:
         """Fill variant defaults and check cross-field rules; raises UserError before step 1."""

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from r1kit.lora import effective_bias, effective_weight, unwrap
+
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
@@ -129,7 +131,8 @@ class _FastDecoder:
         att, mlp = layer.self_attn, layer.mlp
         return {"ln1": layer.input_layernorm.weight, "ln2": layer.post_attention_layernorm.weight,
                 "q": att.q_proj, "k": att.k_proj, "v": att.v_proj, "o": att.o_proj,
-                "gate": mlp.gate_proj.weight, "up": mlp.up_proj.weight, "down": mlp.down_proj.weight}
+                "gate": effective_weight(mlp.gate_proj), "up": effective_weight(mlp.up_proj),
+                "down": effective_weight(mlp.down_proj)}
 
     def _fused_weights(self, layer) -> dict:
         att, mlp = layer.self_attn, layer.mlp
@@ -140,15 +143,16 @@ class _FastDecoder:
             return torch.cat((-t[:, half:], t[:, :half]), 1).reshape(heads * d, *t.shape[2:])
 
         scale = d**-0.5
-        wq, wk, wv = att.q_proj.weight * scale, att.k_proj.weight, att.v_proj.weight
+        w_of = effective_weight  # W, or W + s*BA for a LoRA layer: rollouts come from the current adapters
+        wq, wk, wv = w_of(att.q_proj) * scale, w_of(att.k_proj), w_of(att.v_proj)
         qkv = torch.cat((wq, wk, rotated(wq, self.n_heads), rotated(wk, self.n_kv), wv))
         bias = None
-        if att.q_proj.bias is not None:
-            bq, bk = att.q_proj.bias * scale, att.k_proj.bias
-            bias = torch.cat((bq, bk, rotated(bq, self.n_heads), rotated(bk, self.n_kv), att.v_proj.bias))
+        if effective_bias(att.q_proj) is not None:
+            bq, bk = effective_bias(att.q_proj) * scale, effective_bias(att.k_proj)
+            bias = torch.cat((bq, bk, rotated(bq, self.n_heads), rotated(bk, self.n_kv), effective_bias(att.v_proj)))
         return {"ln1": layer.input_layernorm.weight, "ln2": layer.post_attention_layernorm.weight,
-                "qkv": qkv, "qkv_b": bias, "o_t": att.o_proj.weight.t(), "o_b": att.o_proj.bias,
-                "gate_up": torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight)), "down_t": mlp.down_proj.weight.t()}
+                "qkv": qkv, "qkv_b": bias, "o_t": w_of(att.o_proj).t(), "o_b": effective_bias(att.o_proj),
+                "gate_up": torch.cat((w_of(mlp.gate_proj), w_of(mlp.up_proj))), "down_t": w_of(mlp.down_proj).t()}
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         self.k_cache = self.k_cache[:, rows]
@@ -348,6 +352,7 @@ def sample(
         return Samples([], [], [] if return_logprobs else None)
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
+    model = unwrap(model)  # a PeftModel samples through its transformers model (LoRA layers included)
     was_training = model.training
     model.eval()
     try:

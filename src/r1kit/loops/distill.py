@@ -29,6 +29,7 @@ from r1kit.config import to_dict
 from r1kit.errors import UserError
 from r1kit.evaluate import finish_model, format_eval_table
 from r1kit.ledger import flops_per_token
+from r1kit.lora import LoraConfig, load_for_training
 from r1kit.losses import DISTILL_LOSSES
 from r1kit.metrics import EvalConfig
 from r1kit.modeling import count_params, eos_ids, load_model
@@ -81,6 +82,7 @@ class DistillConfig:
     keep_checkpoints: int = 1
     final_eval: bool = True
     eval: EvalConfig = field(default_factory=EvalConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning of the student
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -138,10 +140,8 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
     ckpt = checkpoint_to_resume(out, resume)
     teacher, teacher_tok = load_model(cfg.teacher)
     teacher.requires_grad_(False)
-    if ckpt is not None:
-        student, tokenizer = load_model(ckpt, trainable=True)
-    else:
-        student, tokenizer = make_student(cfg.student, cfg.student_size, cfg.teacher, cfg.seed)
+    student, tokenizer = load_for_training(
+        lambda: make_student(cfg.student, cfg.student_size, cfg.teacher, cfg.seed), ckpt, cfg.lora, cfg.seed)
     check_shared_tokenizer(teacher_tok, tokenizer)
     prompter = make_prompter(task, tokenizer)
     examples, pool = [], []

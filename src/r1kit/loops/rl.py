@@ -34,6 +34,7 @@ from r1kit.errors import UserError
 from r1kit.evaluate import evaluate, finish_model
 from r1kit.grpo import UpdateSettings, build_rollout, rollout_logprobs, train_on_rollout
 from r1kit.ledger import read_ledger, spent_flops
+from r1kit.lora import load_for_training, merged_copy
 from r1kit.losses import ADVANTAGES
 from r1kit.modeling import eos_ids, load_model
 from r1kit.prompting import format_warnings, make_prompter
@@ -252,10 +253,10 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
     out = Path(cfg.out)
     task = get_task(cfg.task)
     ckpt = checkpoint_to_resume(out, resume)
-    policy, tokenizer = load_model(ckpt or cfg.model, trainable=True)
+    policy, tokenizer = load_for_training(lambda: load_model(cfg.model, trainable=True), ckpt, cfg.lora, cfg.seed)
     ref = None
     if cfg.algo.beta > 0:  # β = 0 loads no reference model at all
-        ref = copy.deepcopy(policy).eval().requires_grad_(False)
+        ref = copy.deepcopy(merged_copy(policy)).eval().requires_grad_(False)
     o = cfg.optim
     optimizer = torch.optim.AdamW(policy.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
                                   weight_decay=o.weight_decay)
@@ -301,7 +302,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         for g in optimizer.param_groups:
             g["lr"] = lr
         if ref is not None and cfg.algo.ref_reset_every and step > 0 and step % cfg.algo.ref_reset_every == 0:
-            ref.load_state_dict(policy.state_dict())
+            ref.load_state_dict(merged_copy(policy).state_dict())
         kept, seen, times = _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, info, ledger)
         t1 = time.perf_counter()
         stats = _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger)

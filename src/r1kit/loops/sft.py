@@ -22,8 +22,9 @@ from r1kit.checkpoint import checkpoint_to_resume, latest_checkpoint, load_state
 from r1kit.config import to_dict
 from r1kit.errors import UserError
 from r1kit.evaluate import finish_model, format_eval_table
+from r1kit.lora import LoraConfig, load_for_training
 from r1kit.metrics import EvalConfig
-from r1kit.modeling import count_params, load_model
+from r1kit.modeling import count_params
 from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.sft import (
     cosine_lr,
@@ -65,6 +66,7 @@ class SFTConfig:
     keep_checkpoints: int = 1
     final_eval: bool = True  # evaluate the final model on the task's held-out split
     eval: EvalConfig = field(default_factory=EvalConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning
 
     def __post_init__(self) -> None:
         if min(self.epochs, self.batch_size, self.max_len, self.max_tokens, self.checkpoint_every) < 1:
@@ -81,10 +83,8 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
     out = Path(cfg.out)
     rows = read_rows(cfg.data, cfg.max_examples)
     ckpt = checkpoint_to_resume(out, resume)
-    if ckpt is not None:
-        model, tokenizer = load_model(ckpt, trainable=True)
-    else:
-        model, tokenizer = make_student(cfg.model, cfg.student_size, cfg.tokenizer or teacher_of(rows), cfg.seed)
+    model, tokenizer = load_for_training(
+        lambda: make_student(cfg.model, cfg.student_size, cfg.tokenizer or teacher_of(rows), cfg.seed), ckpt, cfg.lora, cfg.seed)
     examples = encode_rows(tokenizer, rows, cfg.max_len)
     per_epoch = -(-len(examples) // cfg.batch_size)
     total = per_epoch * cfg.epochs
