@@ -38,6 +38,8 @@ READS = [
     ("boxed", "so \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}", True),
     ("boxed", "\\boxed{\\sqrt{\\frac{a}{b^{2}}}}", "\\sqrt{\\frac{a}{b^{2}}}", True),
     ("boxed", "first \\boxed{3}, then \\boxed{4}", "4", True),
+    ("boxed", "I put it within \\boxed{}.", None, False),  # an echoed instruction is no answer
+    ("boxed", "\\boxed{5}, as asked: within \\boxed{ }", "5", True),
     ("boxed", "<think>\\boxed{3}</think>", "3", True),  # think tags mean nothing here
     ("boxed", "\\boxed{\\boxed{7}}", "7", True),
     ("boxed", "\\fbox{7}", "7", True),

@@ -66,7 +66,8 @@ _GSM8K_RE = re.compile(r"^[ \t]*####[ \t]*(\S.*?)[ \t]*$", re.MULTILINE)  # a ba
 
 
 def boxed_contents(text: str) -> list[str]:
-    """The contents of every `\\boxed{...}` (and `\\fbox{...}`) in `text`, braces balanced; unclosed ones skipped."""
+    """The contents of every `\\boxed{...}` (and `\\fbox{...}`) in `text`, braces balanced; unclosed and empty ones
+    skipped (an echoed instruction "put it within \\boxed{}" is no answer)."""
     found = []
     for m in _BOX_RE.finditer(text):
         depth, i = 1, m.end()
@@ -76,7 +77,7 @@ def boxed_contents(text: str) -> list[str]:
                 continue  # the line break \\ does not escape a closing brace after it (\boxed{x=1\\})
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
-        if depth == 0:
+        if depth == 0 and text[m.end(): i - 1].strip():
             found.append(text[m.end(): i - 1].strip())
     return found
 
