@@ -27,12 +27,14 @@ class Example:
         return [IGNORE] * self.n_prompt + self.ids[self.n_prompt:]
 
 
-def encode_example(tokenizer, prompt: str, completion: str, max_len: int, eos_id: int | None = None) -> Example:
+def encode_example(tokenizer, prompt: str, completion: str, max_len: int, eos_id: int | None = None,
+                   prompt_ids: list[int] | None = None) -> Example:
     """Tokenise prompt and completion separately (the boundary is exact), append EOS, cut to `max_len`.
 
-    The prompt is tokenised as the sampler sees it (with the tokenizer's special tokens, e.g. a BOS), the
-    completion as the continuation it is."""
-    prompt_ids = tokenizer(prompt).input_ids
+    The prompt is tokenised as the sampler sees it (with the tokenizer's special tokens, e.g. a BOS; or given as
+    `prompt_ids`, e.g. a chat prompt from r1kit/prompting.py), the completion as the continuation it is."""
+    if prompt_ids is None:
+        prompt_ids = tokenizer(prompt).input_ids
     completion_ids = tokenizer(completion, add_special_tokens=False).input_ids
     eos = tokenizer.eos_token_id if eos_id is None else eos_id
     ids = (prompt_ids + completion_ids + ([eos] if eos is not None else []))[:max_len]

@@ -18,6 +18,7 @@ from r1kit.errors import UserError
 from r1kit.losses import nll_per_token
 from r1kit.modeling import SIZES, load_model, load_tokenizer, new_model
 from r1kit.packing import Example, PackedBatch, collate, encode_example, pack, packed_logits
+from r1kit.tasks.base import Problem
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int, min_ratio: float) -> float:
@@ -88,8 +89,23 @@ def make_student(model: str, size: str, tokenizer_dir: str | None, seed: int):
     return student, tokenizer
 
 
-def encode_rows(tokenizer, rows: list[dict], max_len: int) -> list[Example]:
-    return [encode_example(tokenizer, r["prompt"], r["completion"], max_len) for r in rows]
+def encode_rows(tokenizer, rows: list[dict], max_len: int, prompter=None) -> list[Example]:
+    """Examples of the rows. With a `prompter` (r1kit/prompting.py), a row that carries its `question` gets its
+    prompt rendered anew in the student's own format (its chat template, say): traces move across tokenizers as
+    text, and the student is trained on the prompt it will be asked with."""
+    examples = []
+    for r in rows:
+        ids = None
+        if prompter is not None and isinstance(r.get("question"), str):
+            ids = prompter.encode_text(prompter.text(Problem(str(r.get("id", "")), r["question"], "")))
+        examples.append(encode_example(tokenizer, r["prompt"], r["completion"], max_len, prompt_ids=ids))
+    return examples
+
+
+def answer_format_of(rows: list[dict]) -> str | None:
+    """The answer format the rows' teacher answered in (r1kit generate records it), if they share one."""
+    formats = {((r.get("provenance") or {}).get("formats") or {}).get("answer_format") for r in rows}
+    return formats.pop() if len(formats) == 1 else None
 
 
 def packed_batches(examples: list[Example], indices: list[int], max_len: int, packing: bool,

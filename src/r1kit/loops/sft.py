@@ -25,8 +25,10 @@ from r1kit.evaluate import finish_model, format_eval_table
 from r1kit.lora import LoraConfig, load_for_training
 from r1kit.metrics import EvalConfig
 from r1kit.modeling import count_params
+from r1kit.prompting import make_prompter
 from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.sft import (
+    answer_format_of,
     cosine_lr,
     encode_rows,
     epoch_order,
@@ -39,6 +41,7 @@ from r1kit.sft import (
     task_of,
     teacher_of,
 )
+from r1kit.tasks import get_task
 
 
 @dataclass
@@ -85,7 +88,14 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
     ckpt = checkpoint_to_resume(out, resume)
     model, tokenizer = load_for_training(
         lambda: make_student(cfg.model, cfg.student_size, cfg.tokenizer or teacher_of(rows), cfg.seed), ckpt, cfg.lora, cfg.seed)
-    examples = encode_rows(tokenizer, rows, cfg.max_len)
+    task_spec = cfg.task or task_of(rows)
+    task, prompter = None, None
+    if task_spec:  # prompts in the student's own format; answers in the teacher's (unless the task names one)
+        task = get_task(task_spec)
+        if task.answer_format == "auto" and answer_format_of(rows):
+            task.answer_format = answer_format_of(rows)
+        prompter = make_prompter(task, tokenizer)
+    examples = encode_rows(tokenizer, rows, cfg.max_len, prompter)
     per_epoch = -(-len(examples) // cfg.batch_size)
     total = per_epoch * cfg.epochs
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -94,10 +104,10 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
         state = load_state(ckpt)
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-    task_spec = cfg.task or task_of(rows)
     log = MetricsLog(out)
     log.truncate_after(start)
     write_json(out / "run.json", {"stage": "sft", "config": to_dict(cfg), "examples": len(examples),
+                                  "formats": prompter.settings() if prompter else None,
                                   "steps": total, "resumed_from": start or None,
                                   "inputs": {"data": cfg.data, "model": cfg.model or None}})
     ledger = ledger_factory(out, "sft", model.config.to_dict()) if ledger_factory else None
@@ -138,7 +148,7 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
         log.close()
         return summary
     result = finish_model(model, tokenizer, out, title=f"{out.name}: SFT on {Path(cfg.data).name}",
-                          task_spec=task_spec, eval_cfg=cfg.eval if cfg.final_eval else None,
+                          task_spec=task or task_spec, eval_cfg=cfg.eval if cfg.final_eval else None,
                           upstream=[cfg.model], ledger=ledger, progress=progress)
     if result is not None:
         summary["eval"] = result

@@ -1,0 +1,62 @@
+"""SFT across prompt formats: rows written by a teacher in one format (the raw R1-Zero template) train a student
+whose tokenizer has a chat template on prompts rendered anew in that template, answering in the teacher's format."""
+
+import copy
+import json
+
+import pytest
+
+from r1kit.config import build
+from r1kit.loops.sft import SFTConfig, run_sft
+from r1kit.modeling import new_model, save_model
+from r1kit.prompting import make_prompter
+from r1kit.sft import encode_rows
+from r1kit.tasks import get_task
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def chat_tokenizer(tokenizer):
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = CHATML
+    return tok
+
+
+def _rows(n=8):
+    task = get_task("arithmetic")
+    rows = []
+    for p in task.problems("train", n, seed=0):
+        rows.append({"id": p.id, "question": p.question, "prompt": task.prompt(p),
+                     "completion": f" <think> add </think> <answer>{p.answer}</answer>",
+                     "provenance": {"task": "arithmetic", "formats": {"answer_format": "think-answer"}}})
+    return rows
+
+
+def test_rows_with_a_question_are_rendered_in_the_students_format(chat_tokenizer):
+    rows = _rows(2)
+    prompter = make_prompter(get_task("arithmetic:answer_format=think-answer"), chat_tokenizer)
+    ex = encode_rows(chat_tokenizer, rows, 256, prompter)[0]
+    prompt = chat_tokenizer.decode(ex.ids[:ex.n_prompt])
+    assert prompt == prompter.text(get_task("arithmetic").problems("train", 1, seed=0)[0])
+    assert prompt.startswith("<|im_start|>user\n" + rows[0]["question"])
+    plain = encode_rows(chat_tokenizer, rows, 256)[0]  # no prompter: the row's own prompt text
+    assert chat_tokenizer.decode(plain.ids[:plain.n_prompt]) == rows[0]["prompt"]
+    assert ex.ids[ex.n_prompt:] == plain.ids[plain.n_prompt:]  # the completion is the same tokens
+
+
+def test_sft_of_a_chat_student_keeps_the_teachers_answer_format(tmp_path, chat_tokenizer, tiny_config,
+                                                                 torch_threads):
+    student = tmp_path / "student"
+    save_model(new_model(tiny_config, chat_tokenizer, seed=0), chat_tokenizer, student)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    cfg = build(SFTConfig, {"data": str(data), "out": str(tmp_path / "sft"), "model": str(student), "epochs": 1,
+                            "batch_size": 4, "eval": {"n": 2, "k": 1, "max_new_tokens": 4}})
+    summary = run_sft(cfg, progress=False)
+    run = json.loads((tmp_path / "sft" / "run.json").read_text())
+    assert run["formats"]["prompt_format"] == "chat" and run["formats"]["answer_format"] == "think-answer"
+    assert summary["eval"]["formats"]["answer_format"] == "think-answer"
