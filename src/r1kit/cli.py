@@ -51,6 +51,21 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="default 0")
 
 
+def _add_format_flags(p: argparse.ArgumentParser) -> None:
+    """The task's format options (tasks/formats.py), over whatever the task spec says."""
+    p.add_argument("--prompt-format", default=None,
+                   help="auto (chat if the tokenizer has a chat template, else r1-zero) | chat | r1-zero | "
+                   "a template with {question}")
+    p.add_argument("--answer-format", default=None, help="auto | think-answer | think-boxed | boxed | gsm8k")
+    p.add_argument("--system", default=None, help="system prompt of a chat prompt")
+    p.add_argument("--instruction", default=None, help="appended to each question: auto | r1-math | none | text")
+
+
+def _format_overrides(args) -> dict:
+    return {k: getattr(args, k) for k in ("prompt_format", "answer_format", "system", "instruction")
+            if getattr(args, k, None) is not None}
+
+
 def _eval_config(args, task):
     from r1kit.metrics import eval_config_for
 
@@ -80,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="task spec: arithmetic, countdown, jsonl:PATH, "
                    "data:PATH, hf:NAME[:CONFIG], gsm8k, math500, aime24, aime25")
     _add_eval_flags(p)
+    _add_format_flags(p)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
 
     p = sub.add_parser("rl", help="R1-Zero RL (GRPO) from a model; extra --section.key=value set the config")
@@ -191,9 +207,13 @@ def cmd_eval(args) -> int:
     from r1kit.runlog import write_json
     from r1kit.tasks import get_task
 
-    task = get_task(args.task)
+    task = get_task(args.task, **_format_overrides(args))
     cfg = _eval_config(args, task)
     model, tokenizer = load_model(args.model)
+    from r1kit.prompting import format_warnings, make_prompter
+
+    for w in format_warnings(make_prompter(task, tokenizer), args.model):
+        print(f"r1kit doctor: {w}", file=sys.stderr)
     result = evaluate(model, tokenizer, task, cfg)
     result["model"] = args.model
     print(format_eval_table(result, title=f"evaluation: {args.model} on {task.name} / {cfg.split}"))

@@ -15,27 +15,10 @@ peft is an optional extra (`pip install 'r1kit[lora]'`): without it, asking for 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from r1kit.config import LoraConfig  # noqa: F401  (the loops take it from here)
 from r1kit.errors import UserError
-
-
-@dataclass
-class LoraConfig:
-    rank: int = 0  # LoRA rank r; 0 = full fine-tuning
-    alpha: float = 32.0  # scale numerator: the update is (alpha / rank) * B A
-    dropout: float = 0.0  # dropout on the LoRA input (0 keeps rollouts and training the same function)
-    target_modules: str = "all-linear"  # peft's name for every linear layer but the output head, or a comma list
-
-    def __post_init__(self) -> None:
-        if self.rank < 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
-            raise UserError("lora: rank must be >= 0 (0: full fine-tuning), alpha > 0 and dropout in [0, 1)")
-
-    @property
-    def enabled(self) -> bool:
-        return self.rank > 0
 
 
 def _peft():

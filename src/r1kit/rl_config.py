@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from r1kit.config import LoraConfig
 from r1kit.errors import UserError
-from r1kit.lora import LoraConfig
 from r1kit.metrics import EvalConfig
+from r1kit.tasks.formats import PromptConfig
 
 # name -> settings it implies (only applied to fields the user left as None)
 VARIANTS: dict[str, dict] = {
@@ -103,6 +104,7 @@ class RLConfig:
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(n=500, k=4))
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # format options over the task spec's
 
     def resolve(self, world: int = 1) -> RLConfig:
         """Fill variant defaults and check cross-field rules; raises UserError before step 1."""

@@ -251,7 +251,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
     info = dist.init_distributed()
     cfg.resolve(info.world)
     out = Path(cfg.out)
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, **cfg.prompt.overrides())
     ckpt = checkpoint_to_resume(out, resume)
     policy, tokenizer = load_for_training(lambda: load_model(cfg.model, trainable=True), ckpt, cfg.lora, cfg.seed)
     ref = None
@@ -352,7 +352,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
                "finished": finished, "stopped_by_budget": budget}
     if finished and info.main:
         result = finish_model(policy, tokenizer, out, title=f"{out.name}: R1-Zero RL on {task.name}",
-                              task_spec=cfg.task, eval_cfg=cfg.eval if cfg.final_eval else None,
+                              task_spec=task, eval_cfg=cfg.eval if cfg.final_eval else None,
                               upstream=[cfg.model], ledger=ledger, progress=progress)
         policy.train()
         summary.update(before=history.get("before"), after=result["metrics"] if result else None)

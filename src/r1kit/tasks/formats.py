@@ -191,3 +191,16 @@ def render_template(template: str, question: str) -> str:
 def read_answer(answer_format: str, completion: str) -> tuple[str | None, bool]:
     """(answer text or None, well formed) of a completion in a named answer format."""
     return ANSWER_FORMATS[answer_format].read(completion)
+
+
+@dataclass
+class PromptConfig:
+    """The `[prompt]` section of a recipe: format options set over the task spec's (None keeps the spec's)."""
+
+    prompt_format: str | None = None  # auto | chat | r1-zero | r1-zero-compact | a template with {question}
+    answer_format: str | None = None  # auto | think-answer | think-boxed | boxed | gsm8k
+    system: str | None = None  # system prompt of a chat prompt
+    instruction: str | None = None  # appended to the question: auto | r1-math | r1-zero | gsm8k | none | text
+
+    def overrides(self) -> dict:
+        return {k: v for k, v in vars(self).items() if v is not None}
