@@ -110,7 +110,23 @@ def test_loss_by_hand_at_ratio_one(model, pad, aggregation, expected):
     assert stats["loss"] == pytest.approx(expected, abs=1e-6)
     assert stats["clip_fraction"] == 0.0 and stats["kl"] == 0.0
     assert stats["updates"] == 1 and stats["skipped_updates"] == 0
-    assert stats["tokens_trained"] == sum(map(len, PROMPTS)) + sum(LENGTHS)
+    # β = 0: row 1's advantage is 0, so it gets no forward/backward (its tokens still count in the denominator)
+    assert stats["tokens_trained"] == sum(map(len, PROMPTS)) + sum(LENGTHS) - len(PROMPTS[1]) - LENGTHS[1]
+
+
+def test_skipping_zero_advantage_rows_gives_the_same_update(tiny_model, pad):
+    """β = 0: leaving rows with A = 0 out of the forward/backward changes nothing but the work done."""
+    results = []
+    for skip in (True, False):
+        model = copy.deepcopy(tiny_model)
+        stats = train_on_rollout(model, _adamw(model), _rollout(pad, [1.0, 0.0, -0.5, 0.0]),
+                                 _settings(skip_zero_advantage=skip))
+        results.append((stats, _params(model)))
+    (fast, p_fast), (full, p_full) = results
+    assert fast["tokens_trained"] < full["tokens_trained"]
+    assert fast["loss"] == pytest.approx(full["loss"], abs=1e-7)
+    for a, b in zip(p_fast, p_full):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_parameters_change(model, pad):

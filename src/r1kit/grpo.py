@@ -112,6 +112,7 @@ class UpdateSettings:
     max_len: int  # the completion budget (Dr. GRPO's constant normaliser)
     grad_clip: float
     micro_batch_tokens: int = 8192  # padded tokens per forward/backward pass (gradients accumulate)
+    skip_zero_advantage: bool = True  # β = 0: no forward/backward for rows whose advantage is exactly 0
 
 
 def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings) -> dict:
@@ -142,7 +143,11 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings) -> d
             denom = totals[count_key]
             optimizer.zero_grad(set_to_none=False)
             local_stats = torch.zeros(4)  # kl, clipped tokens, entropy, tokens (summed over ranks below)
-            for micro, first, width in micro_batches(rollout, rows, s.micro_batch_tokens):
+            # With β = 0 a row whose advantage is exactly 0 has a loss of exactly 0 and no gradient (the
+            # surrogate is -min(ρA, clip(ρ)A)): it is left out of the forward/backward. Its tokens still count in
+            # the denominator above, and the optimiser still steps, so the update is the same.
+            trained = rows[rollout.advantages[rows] != 0] if s.beta == 0 and s.skip_zero_advantage else rows
+            for micro, first, width in micro_batches(rollout, trained, s.micro_batch_tokens):
                 ids = rollout.input_ids[micro, first: p_len + width]  # (m, L)
                 logits = completion_logits(model, ids, rollout.attention_mask[micro, first: p_len + width], width)
                 logprobs = token_logprobs(logits, ids[:, -width:], s.temperature)  # (m, W)
