@@ -4,7 +4,9 @@
   with the R1 tags `<think>`, `</think>`, `<answer>`, `</answer>` as single tokens.
 - `new_model` builds a Llama-architecture `LlamaForCausalLM` of a named size from a seed (same seed, same weights).
 - `load_model` is the real `from_pretrained` (local directories only; tests run with HF_HUB_OFFLINE=1), so a
-  Qwen2.5 or Llama checkpoint works wherever a built-in model does.
+  Qwen2.5 or Llama checkpoint works wherever a built-in model does (tests/test_architectures.py runs every loop on
+  ten architectures). Weights load in float32 whatever the checkpoint's dtype (see `load_model`); a tokenizer
+  without a pad token pads with EOS.
 - `save_model` writes safetensors + config + tokenizer atomically: a complete temp dir renamed into place (or, into
   a run directory that already exists, each file replaced atomically, config.json last).
 """
@@ -132,8 +134,14 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_model(path: str | os.PathLike, dtype: torch.dtype | None = None, trainable: bool = False):
-    """(model, tokenizer) from a local Hugging Face directory; a clear UserError when it is not one."""
+def load_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None, trainable: bool = False):
+    """(model, tokenizer) from a local Hugging Face directory; a clear UserError when it is not one.
+
+    The weights are float32 whatever the checkpoint holds (a bfloat16 checkpoint is upcast exactly): training
+    keeps float32 weights (AdamW's small updates vanish in bfloat16), most CPUs run bfloat16 matmuls no faster
+    than float32 ones, and GRPO takes its old log-probs from the sampler, so sampling and training must compute
+    in one dtype. The cost is memory: twice a bfloat16 checkpoint's size. `dtype` overrides it for inference
+    (torch.bfloat16, or "auto" for the checkpoint's own dtype); the sampler runs in any dtype."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()

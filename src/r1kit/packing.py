@@ -118,8 +118,31 @@ def collate(examples: list[Example], bins: list[list[int]], pad_id: int) -> Pack
     return PackedBatch(ids, labels, positions, segments)
 
 
+def sliding_window(config) -> int | None:
+    """The attention window of a model config (Mistral, Gemma 2/3, Phi-3, ...), None when attention is global.
+    Qwen2/3 configs keep a window they do not use (`use_sliding_window = false`)."""
+    if getattr(config, "use_sliding_window", None) is False:
+        return None
+    return getattr(config, "sliding_window", None) or None
+
+
+def _packing_from_positions() -> bool:
+    """transformers >= 4.54 builds packed masks itself from position ids that restart at 0."""
+    try:
+        from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def packed_logits(model, batch: PackedBatch) -> torch.Tensor:
-    """The model's logits (B, T, V) on a packed batch, attention confined to each example."""
+    """The model's logits (B, T, V) on a packed batch, attention confined to each example.
+
+    A model with a sliding window gets no mask of ours: one block-diagonal mask would give its windowed layers
+    full attention. transformers reads the examples' bounds from the position ids instead (they restart at 0 for
+    each example, and each padding token is one of its own) and builds every layer's mask, windowed or not."""
+    if sliding_window(model.config) is not None and _packing_from_positions():
+        return model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits
     impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
     mask = batch.attention_mask(impl, dtype=next(model.parameters()).dtype)
     return model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask).logits

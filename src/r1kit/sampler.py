@@ -2,14 +2,17 @@
 
 Two paths, one contract:
 
-- a fast path for Llama-family decoders (Llama, Mistral, Qwen2: RMSNorm, rotary, GQA, SwiGLU). It runs the
-  model's own weights through a plain functional forward with a preallocated KV cache, and drops finished rows
-  from the batch as it goes. It skips the per-step work of `generate` (cache objects, mask building, logits
-  processors, stopping criteria), which dominates on small models;
-- the generic path for any other causal LM: the model's own forward with its own cache.
+- a fast path for Llama-family decoders (Llama, Mistral, Qwen2, Qwen3: RMSNorm, rotary, GQA, SwiGLU; Qwen3's
+  per-head q/k norms). It runs the model's own weights through a plain functional forward with a preallocated KV
+  cache, and drops finished rows from the batch as it goes. It skips the per-step work of `generate` (cache
+  objects, mask building, logits processors, stopping criteria), which dominates on small models. It attends to
+  the whole sequence, so a model with a sliding window takes it only when the window covers prompt + completion;
+- the generic path for any other causal LM (GPT-2, Gemma, Phi-3, OLMo-2, ...): the model's own forward with its
+  own cache, exact for whatever the architecture does (absolute positions, soft-capping, sliding windows).
 
 `tests/test_sampler.py` checks that the fast path's logits match the model's forward, and the invariants
-(same seed, same output; temperature 0 is greedy; max tokens respected; EOS stops a row but not its neighbours).
+(same seed, same output; temperature 0 is greedy; max tokens respected; EOS stops a row but not its neighbours);
+`tests/test_architectures.py` that both equal transformers' greedy `generate` on ten architectures.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from r1kit.lora import effective_bias, effective_weight, unwrap
+from r1kit.packing import sliding_window
 
-FAST_MODEL_TYPES = ("llama", "mistral", "qwen2")
+FAST_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 @dataclass(frozen=True)
@@ -81,14 +85,18 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-def supports_fast_path(model) -> bool:
+def supports_fast_path(model, max_len: int | None = None) -> bool:
+    """Whether the fast path computes exactly what the model does, for sequences of up to `max_len` tokens (None:
+    of any length). A sliding window only allows sequences it covers whole."""
     cfg = model.config
     rope = getattr(cfg, "rope_scaling", None) or getattr(cfg, "rope_parameters", None) or {}
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    window = sliding_window(cfg)
     return (
         getattr(cfg, "model_type", None) in FAST_MODEL_TYPES
         and getattr(cfg, "hidden_act", "silu") == "silu"
-        and not getattr(cfg, "use_sliding_window", False)
+        and not getattr(cfg, "mlp_bias", False)
+        and (window is None or (max_len is not None and max_len <= window))
         and rope_type in ("default", "linear", "llama3", "yarn")
         and hasattr(getattr(model, "model", None), "rotary_emb")
     )
@@ -101,6 +109,8 @@ class _FastDecoder:
     per call to `sample` to save operations per step: q/k/v in one matrix, with the 1/sqrt(d) attention scale and
     the rotary `rotate_half` folded in as extra rows (rope becomes qk*cos + qk_rot*sin), gate/up in one matrix,
     and residual adds fused into the output matmuls. Larger models use their weights in place (no copies).
+    Qwen3 normalises each head's queries and keys before the rotation (`q_norm`, `k_norm`): there the rotation and
+    the scale are applied after the norm, and only q/k/v share a matrix.
     """
 
     def __init__(self, model, batch: int, max_len: int, fuse: bool | None = None):
@@ -121,6 +131,9 @@ class _FastDecoder:
             fuse = sum(p.numel() for p in model.parameters()) < 1_000_000_000
         self.fused = fuse
         self.layers = [self._fused_weights(layer) if fuse else self._layer_weights(layer) for layer in self.m.layers]
+        for w, layer in zip(self.layers, self.m.layers):  # Qwen3: RMSNorm over each head's queries and keys
+            att = layer.self_attn
+            w["qk_norm"] = (att.q_norm.weight, att.k_norm.weight) if hasattr(att, "q_norm") else None
         freqs = torch.arange(max_len + 1, dtype=torch.float32)[:, None] * inv_freq  # (S, D/2)
         emb = torch.cat((freqs, freqs), -1)  # (S, D): rotary angles of every position, computed once
         self.cos_table = (emb.cos() * rope_scale).to(dtype)
@@ -144,12 +157,18 @@ class _FastDecoder:
 
         scale = d**-0.5
         w_of = effective_weight  # W, or W + s*BA for a LoRA layer: rollouts come from the current adapters
-        wq, wk, wv = w_of(att.q_proj) * scale, w_of(att.k_proj), w_of(att.v_proj)
-        qkv = torch.cat((wq, wk, rotated(wq, self.n_heads), rotated(wk, self.n_kv), wv))
-        bias = None
-        if effective_bias(att.q_proj) is not None:
-            bq, bk = effective_bias(att.q_proj) * scale, effective_bias(att.k_proj)
-            bias = torch.cat((bq, bk, rotated(bq, self.n_heads), rotated(bk, self.n_kv), effective_bias(att.v_proj)))
+        projections = (att.q_proj, att.k_proj, att.v_proj)
+        if hasattr(att, "q_norm"):  # Qwen3: the norm comes between projection and rotation, so plain [Wq; Wk; Wv]
+            biases = [effective_bias(m) for m in projections]
+            qkv = torch.cat([w_of(m) for m in projections])
+            bias = torch.cat(biases) if biases[0] is not None else None
+        else:
+            wq, wk, wv = w_of(att.q_proj) * scale, w_of(att.k_proj), w_of(att.v_proj)
+            qkv = torch.cat((wq, wk, rotated(wq, self.n_heads), rotated(wk, self.n_kv), wv))
+            bias = None
+            if effective_bias(att.q_proj) is not None:
+                bq, bk, bv = effective_bias(att.q_proj) * scale, effective_bias(att.k_proj), effective_bias(att.v_proj)
+                bias = torch.cat((bq, bk, rotated(bq, self.n_heads), rotated(bk, self.n_kv), bv))
         return {"ln1": layer.input_layernorm.weight, "ln2": layer.post_attention_layernorm.weight,
                 "qkv": qkv, "qkv_b": bias, "o_t": w_of(att.o_proj).t(), "o_b": effective_bias(att.o_proj),
                 "gate_up": torch.cat((w_of(mlp.gate_proj), w_of(mlp.up_proj))), "down_t": w_of(mlp.down_proj).t()}
@@ -174,6 +193,8 @@ class _FastDecoder:
         """Rotated, scaled queries (B, H, T, D), rotated keys and values (B, Hkv, T, D)."""
         B, T, _ = x.shape
         n_qk, d = self.n_heads + self.n_kv, self.head_dim
+        if w["qk_norm"] is not None:
+            return self._qkv_normed(w, x, cos, sin)
         if self.fused:
             out = F.linear(x, w["qkv"], w["qkv_b"])  # (B, T, (2*(H+Hkv)+Hkv)*D)
             qk = out[..., : n_qk * d].view(B, T, n_qk, d) * cos + out[..., n_qk * d: 2 * n_qk * d].view(
@@ -185,6 +206,20 @@ class _FastDecoder:
             v = w["v"](x)
         qk = qk.transpose(1, 2)  # (B, H+Hkv, T, D)
         return qk[:, : self.n_heads], qk[:, self.n_heads:], v.view(B, T, self.n_kv, d).transpose(1, 2)
+
+    def _qkv_normed(self, w: dict, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """`_qkv` for Qwen3: q/k projected, RMS-normed per head, rotated, then q scaled."""
+        B, T, _ = x.shape
+        H, d = self.n_heads, self.head_dim
+        if self.fused:
+            out = F.linear(x, w["qkv"], w["qkv_b"])  # (B, T, (H+2*Hkv)*D)
+            q, k, v = out.split([H * d, self.n_kv * d, self.n_kv * d], -1)
+        else:
+            q, k, v = w["q"](x), w["k"](x), w["v"](x)
+        q_norm, k_norm = w["qk_norm"]
+        q = self._rotate(self._norm(q.view(B, T, H, d), q_norm), cos, sin) * d**-0.5  # (B, T, H, D)
+        k = self._rotate(self._norm(k.view(B, T, self.n_kv, d), k_norm), cos, sin)  # (B, T, Hkv, D)
+        return q.transpose(1, 2), k.transpose(1, 2), v.view(B, T, self.n_kv, d).transpose(1, 2)
 
     def _residual(self, h: torch.Tensor, x: torch.Tensor, w_t: torch.Tensor, bias) -> torch.Tensor:
         """h + x @ w_t (+ bias), as one addmm on (B*T, C)."""
@@ -357,7 +392,7 @@ def sample(
     model.eval()
     try:
         ids, mask = left_pad(prompts, pad_id)
-        use_fast = supports_fast_path(model) if fast is None else fast
+        use_fast = supports_fast_path(model, ids.shape[1] + params.max_new_tokens) if fast is None else fast
         if use_fast:
             return _sample_fast(model, ids, mask, params, eos_ids, generator, return_logprobs)
         return _sample_generic(model, ids, mask, params, eos_ids, generator, return_logprobs, pad_id)
