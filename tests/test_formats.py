@@ -199,7 +199,8 @@ def test_make_prompter_resolves_auto(tokenizers, template, options, prompt_forma
     prompter = make_prompter(task, tokenizers[template])
     assert (prompter.prompt_format, prompter.answer_format, prompter.instruction, prompter.prefill) == (
         prompt_format, answer_format, instruction, prefill)
-    assert task.answer_format == answer_format  # task.score alone reads completions the same way
+    assert prompter.task.answer_format == answer_format  # prompter.task.score reads completions the same way
+    assert task.answer_format == options.get("answer_format", "auto")  # the task given is left as it was
     assert prompter.settings()["answer_format"] == answer_format
 
 

@@ -16,7 +16,7 @@ from r1kit.tasks import get_task
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
-pytestmark = pytest.mark.slow
+
 
 
 @pytest.fixture()
@@ -60,3 +60,28 @@ def test_sft_of_a_chat_student_keeps_the_teachers_answer_format(tmp_path, chat_t
     run = json.loads((tmp_path / "sft" / "run.json").read_text())
     assert run["formats"]["prompt_format"] == "chat" and run["formats"]["answer_format"] == "think-answer"
     assert summary["eval"]["formats"]["answer_format"] == "think-answer"
+
+
+@pytest.mark.parametrize("completion, teacher, student, expected", [
+    (" <think> a </think> <answer>5</answer>", "", "", " <think> a </think> <answer>5</answer>"),
+    # the student's template opens <think>: the student writes on from inside the block
+    (" <think> a </think> <answer>5</answer>", "", "<think>\n", " a </think> <answer>5</answer>"),
+    # the teacher's template had opened it: put back in front for a student that opens none
+    ("a</think> \\boxed{5}", "<think>\n", "", "<think>\na</think> \\boxed{5}"),
+    ("a</think> \\boxed{5}", "<think>\n", "<think>\n", "\na</think> \\boxed{5}"),
+])
+def test_move_prefill(completion, teacher, student, expected):
+    from r1kit.sft import move_prefill
+
+    assert move_prefill(completion, teacher, student) == expected
+
+
+def test_lora_resume_mismatch_is_one_line(tmp_path):
+    from r1kit.errors import UserError
+    from r1kit.lora import LoraConfig, load_for_training
+
+    ckpt = tmp_path / "step_000001"
+    ckpt.mkdir()
+    (ckpt / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match="LoRA adapter"):
+        load_for_training(lambda: None, ckpt, LoraConfig(rank=0))

@@ -35,6 +35,10 @@ def apply_lora(model, cfg: LoraConfig, adapter_dir=None, seed: int = 0):
         return model
     peft = _peft()
     if adapter_dir is not None:
+        from pathlib import Path
+
+        if not (Path(adapter_dir) / "adapter_config.json").is_file():
+            raise UserError(f"{adapter_dir} is a full fine-tuning checkpoint: resume it with lora.rank = 0")
         return peft.PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
     targets = cfg.target_modules if cfg.target_modules == "all-linear" else [
         t.strip() for t in cfg.target_modules.split(",") if t.strip()]
@@ -42,7 +46,10 @@ def apply_lora(model, cfg: LoraConfig, adapter_dir=None, seed: int = 0):
                              bias="none", task_type="CAUSAL_LM")
     with torch.random.fork_rng(devices=[]):  # A's initialisation: the same seed, the same adapters
         torch.manual_seed(seed)
-        return peft.get_peft_model(model, config)
+        try:
+            return peft.get_peft_model(model, config)
+        except ValueError as e:
+            raise UserError(f"lora.target_modules = {cfg.target_modules!r}: {str(e).splitlines()[0]}") from None
 
 
 def is_lora(model) -> bool:
@@ -93,6 +100,11 @@ def load_for_training(fresh, checkpoint, cfg: LoraConfig, seed: int = 0):
     from r1kit.modeling import load_model
 
     if checkpoint is not None and not cfg.enabled:
+        from pathlib import Path
+
+        if (Path(checkpoint) / "adapter_config.json").is_file():
+            raise UserError(f"{checkpoint} holds a LoRA adapter: resume it with the run's lora settings "
+                            "(lora.rank > 0)")
         return load_model(checkpoint, trainable=True)
     model, tokenizer = fresh()
     if cfg.enabled:

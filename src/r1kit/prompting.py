@@ -17,6 +17,7 @@ completion: `Prompter.score` puts it back in front before the verifier reads the
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -100,7 +101,10 @@ def render_chat(tokenizer, question: str, system: str = "", generation_prompt: b
         if not system:
             raise UserError(f"the tokenizer's chat template failed ({e}): use prompt_format = \"r1-zero\"") from None
         merged = [{"role": "user", "content": f"{system}\n\n{question}"}]
-        return tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=generation_prompt)
+        try:
+            return tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=generation_prompt)
+        except Exception as e2:
+            raise UserError(f"the tokenizer's chat template failed ({e2}): use prompt_format = \"r1-zero\"") from None
 
 
 def chat_prefill(tokenizer, system: str = "") -> str:
@@ -113,8 +117,10 @@ def chat_prefill(tokenizer, system: str = "") -> str:
 
 
 def make_prompter(task, tokenizer) -> Prompter:
-    """Resolve the task's `auto` options against `tokenizer` (see the module docstring); the task's
-    `answer_format` is set to the resolved one, so `task.score` alone reads completions the same way."""
+    """Resolve the task's `auto` options against `tokenizer` (see the module docstring). The Prompter holds a copy
+    of the task with the resolved answer format (`prompter.task.score` reads completions the same way); the
+    task given is left as it is, so one task object can meet several tokenizers (a pipeline's eval stage)."""
+    task = copy.copy(task)
     fmt = check_prompt_format(getattr(task, "prompt_format", AUTO))
     if fmt == AUTO:
         fmt = CHAT if has_chat_template(tokenizer) else getattr(task, "template", "r1-zero")

@@ -95,11 +95,25 @@ def encode_rows(tokenizer, rows: list[dict], max_len: int, prompter=None) -> lis
     text, and the student is trained on the prompt it will be asked with."""
     examples = []
     for r in rows:
-        ids = None
+        formats = (r.get("provenance") or {}).get("formats") or {}
+        completion = r["completion"]
         if prompter is not None and isinstance(r.get("question"), str):
             ids = prompter.encode_text(prompter.text(Problem(str(r.get("id", "")), r["question"], "")))
-        examples.append(encode_example(tokenizer, r["prompt"], r["completion"], max_len, prompt_ids=ids))
+            completion = move_prefill(completion, formats.get("prefill") or "", prompter.prefill)
+        else:  # the row's own prompt text; a chat prompt already holds its special tokens
+            ids = tokenizer(r["prompt"], add_special_tokens=formats.get("prompt_format") != "chat").input_ids
+        examples.append(encode_example(tokenizer, r["prompt"], completion, max_len, prompt_ids=ids))
     return examples
+
+
+def move_prefill(completion: str, teacher_prefill: str, student_prefill: str) -> str:
+    """A teacher's completion as the student writes it: the text the teacher's chat template had opened the answer
+    with (e.g. "<think>\\n") put back in front, and what the student's template opens with taken off."""
+    text = teacher_prefill + completion
+    opener = student_prefill.strip()
+    if opener and text.lstrip().startswith(opener):
+        text = text.lstrip()[len(opener):]
+    return text
 
 
 def answer_format_of(rows: list[dict]) -> str | None:

@@ -38,6 +38,7 @@ from r1kit.prompting import make_prompter
 from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.sampler import SamplingParams, sample
 from r1kit.sft import (
+    answer_format_of,
     cosine_lr,
     encode_rows,
     epoch_order,
@@ -143,13 +144,17 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
     student, tokenizer = load_for_training(
         lambda: make_student(cfg.student, cfg.student_size, cfg.teacher, cfg.seed), ckpt, cfg.lora, cfg.seed)
     check_shared_tokenizer(teacher_tok, tokenizer)
-    prompter = make_prompter(task, tokenizer)
     examples, pool = [], []
     if cfg.method == "logit":
-        examples = encode_rows(tokenizer, read_rows(cfg.data), cfg.max_len)
+        rows = read_rows(cfg.data)
+        if task.answer_format == "auto" and answer_format_of(rows):  # the teacher's answer format, as SFT does
+            task.answer_format = answer_format_of(rows)
+        prompter = make_prompter(task, tokenizer)
+        examples = encode_rows(tokenizer, rows, cfg.max_len, prompter)
         per_epoch = -(-len(examples) // cfg.batch_size)
         total = per_epoch * cfg.epochs
     else:
+        prompter = make_prompter(task, tokenizer)
         pool = task.problems("train", cfg.train_problems, seed=cfg.seed)
         total = cfg.steps
     optimizer = make_optimizer(student, cfg.lr, cfg.weight_decay)
@@ -161,7 +166,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
     log = MetricsLog(out)
     log.truncate_after(start)
     write_json(out / "run.json", {"stage": "distill", "config": to_dict(cfg), "steps": total,
-                                  "resumed_from": start or None,
+                                  "resumed_from": start or None, "formats": prompter.settings(),
                                   "inputs": {"teacher": cfg.teacher, "student": cfg.student or None,
                                              "data": cfg.data or None}})
     ledger = ledger_factory(out, "distill", student.config.to_dict()) if ledger_factory else None
@@ -211,7 +216,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
                "finished": finished}
     if finished:
         result = finish_model(student, tokenizer, out, title=f"{out.name}: {cfg.method} distillation",
-                              task_spec=cfg.task, eval_cfg=cfg.eval if cfg.final_eval else None,
+                              task_spec=task, eval_cfg=cfg.eval if cfg.final_eval else None,
                               upstream=[cfg.student], ledger=ledger, progress=progress)
         if result is not None:
             summary["eval"] = result

@@ -202,5 +202,11 @@ class PromptConfig:
     system: str | None = None  # system prompt of a chat prompt
     instruction: str | None = None  # appended to the question: auto | r1-math | r1-zero | gsm8k | none | text
 
+    def __post_init__(self) -> None:  # checked when the recipe is read, not when the stage starts
+        if self.prompt_format is not None:
+            check_prompt_format(self.prompt_format)
+        if self.answer_format is not None:
+            check_answer_format(self.answer_format)
+
     def overrides(self) -> dict:
         return {k: v for k, v in vars(self).items() if v is not None}

@@ -49,8 +49,8 @@ from r1kit.tasks.base import (
     check_formats,
     check_split,
     check_template,
+    raw_prompt,
     read,
-    render_prompt,
     split_of,
 )
 
@@ -372,7 +372,7 @@ class ReasoningGymTask:
         return Problem(f"rg/{self.dataset}/{digest}", question, reference_answer(entry), {"entry": entry})
 
     def prompt(self, problem: Problem) -> str:
-        return render_prompt(self.template, problem.question)
+        return raw_prompt(self, problem)
 
     def credit(self, problem: Problem, answer: str) -> float:
         """reasoning-gym's own score of an answer text, partial credit included (0 past the time limit)."""
