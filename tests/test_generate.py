@@ -42,6 +42,8 @@ class LenientTask:
         self.scored: list[tuple[str, str]] = []
 
     def __getattr__(self, name):  # template and format options: the wrapped task's
+        if name == "task":  # not set yet (copy.copy makes the instance without __init__)
+            raise AttributeError(name)
         return getattr(self.task, name)
 
     def problems(self, split, n, seed=0):
