@@ -73,13 +73,14 @@ def load_model_config(model_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def measure_prompt_len(model_dir: str | Path, task_spec: str, n: int = 64, seed: int = 0) -> float:
+def measure_prompt_len(model_dir: str | Path, task_spec: str, n: int = 64, seed: int = 0,
+                       overrides: dict | None = None) -> float:
     """Mean tokens of `n` training prompts of the task under the model's tokenizer and prompt format."""
     from r1kit.modeling import load_tokenizer
     from r1kit.prompting import make_prompter
     from r1kit.tasks import get_task
 
-    task = get_task(task_spec)
+    task = get_task(task_spec, **(overrides or {}))
     ids = make_prompter(task, load_tokenizer(model_dir)).encode(task.problems("train", n, seed=seed))
     return sum(map(len, ids)) / max(len(ids), 1)
 
@@ -298,7 +299,8 @@ def estimate_from_config(
 
             device_kind, count = detect_device()
         device_count = device_count or count
-    prompt_len = None if calibration else measure_prompt_len(cfg.model, cfg.task, seed=cfg.seed)
+    prompt_len = None if calibration else measure_prompt_len(cfg.model, cfg.task, seed=cfg.seed,
+                                                               overrides=cfg.prompt.overrides())
     return estimate_rl(
         cfg,
         model_config,

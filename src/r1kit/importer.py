@@ -103,13 +103,20 @@ def _load(path: Path, dtype: torch.dtype):
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype, **kwargs)
+    except ImportError as e:  # transformers asks for accelerate/gguf at load time
+        raise UserError(f"reading {path.name} needs another package ({_first_line(e)}): "
+                        "pip install 'r1kit[gguf]'") from None
     except (OSError, ValueError, KeyError, NotImplementedError) as e:
         raise UserError(f"transformers cannot load {path.name}: {_first_line(e)}") from None
     config = copy.deepcopy(loaded.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the quantizer is what makes save_pretrained refuse
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.load_state_dict(loaded.state_dict())  # strict: every key of the one is a key of the other
+    try:
+        model.load_state_dict(loaded.state_dict())  # strict: every key of the one is a key of the other
+    except RuntimeError as e:
+        raise UserError(f"{path.name}: the GGUF weights do not fit a {type(model).__name__} "
+                        f"({_first_line(e)})") from None
     model.generation_config = copy.deepcopy(loaded.generation_config)
     model.eval()
     return model, tokenizer
