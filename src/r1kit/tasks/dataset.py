@@ -44,11 +44,10 @@ from r1kit.tasks.base import (
     check_split,
     check_template,
     raw_prompt,
-    read,
     split_of,
 )
 from r1kit.tasks.formats import answer_from_solution, gsm8k_answer
-from r1kit.tasks.jsonl import _GENERIC_THINKS, _verify, normalise, parse_answer
+from r1kit.tasks.jsonl import math_score, math_solution
 from r1kit.tasks.sources import load_hub, load_local, load_split_files
 
 logger = logging.getLogger(__name__)
@@ -293,17 +292,11 @@ class DatasetTask:
 
     def score(self, problem: Problem, completion: str) -> Score:
         """Correct iff math-verify finds the answer equal to the reference (format is scored apart)."""
-        text, formatted = read(self, completion)
-        if not text:
-            return Score(correct=False, formatted=formatted, answer=None)
-        pred, gold = parse_answer(text), parse_answer(problem.answer)
-        correct = bool(pred and gold) and _verify(gold, pred)
-        return Score(correct=correct, formatted=formatted, answer=normalise(text, pred))
+        return math_score(self, problem, completion)
 
     def solution(self, problem: Problem, rng: random.Random) -> str:
         """The row's own worked solution when it has one, else a generic sentence, then the reference answer."""
-        think = problem.meta.get("solution") or rng.choice(_GENERIC_THINKS)
-        return f"<think> {think} </think> <answer>{problem.answer}</answer>"
+        return math_solution(problem, rng)
 
 
 # ---- presets: the benchmarks users name --------------------------------------------------------------------

@@ -198,17 +198,27 @@ class JsonlTask:
 
     def score(self, problem: Problem, completion: str) -> Score:
         """Correct iff math-verify finds the `<answer>` equal to the reference (format is scored apart)."""
-        text, formatted = read(self, completion)
-        if not text:
-            return Score(correct=False, formatted=formatted, answer=None)
-        pred, gold = parse_answer(text), parse_answer(problem.answer)
-        correct = bool(pred and gold) and _verify(gold, pred)
-        return Score(correct=correct, formatted=formatted, answer=normalise(text, pred))
+        return math_score(self, problem, completion)
 
     def solution(self, problem: Problem, rng: random.Random) -> str:
         """The row's own solution when it has one, else a generic sentence, then the reference answer."""
-        think = problem.meta.get("solution") or rng.choice(_GENERIC_THINKS)
-        return f"<think> {think} </think> <answer>{problem.answer}</answer>"
+        return math_solution(problem, rng)
+
+
+def math_score(task, problem: Problem, completion: str) -> Score:
+    """The verdict of math-verify on the answer read in the task's answer format (shared by the data tasks)."""
+    text, formatted = read(task, completion)
+    if not text:
+        return Score(correct=False, formatted=formatted, answer=None)
+    pred, gold = parse_answer(text), parse_answer(problem.answer)
+    correct = bool(pred and gold) and _verify(gold, pred)
+    return Score(correct=correct, formatted=formatted, answer=normalise(text, pred))
+
+
+def math_solution(problem: Problem, rng: random.Random) -> str:
+    """The problem's own worked solution (meta) when it has one, else a generic sentence, then the answer."""
+    think = problem.meta.get("solution") or rng.choice(_GENERIC_THINKS)
+    return f"<think> {think} </think> <answer>{problem.answer}</answer>"
 
 
 # ---- math-verify, guarded ----------------------------------------------------------------------------------
