@@ -166,3 +166,57 @@ def test_a_good_recipe_loads(tmp_path, rows):
     assert by["zero"].config["eval"]["n"] == EVAL_N  # the recipe's [eval] reaches every stage
     assert all(stage_state(pipe.out, s) == "new" for s in pipe.stages)
     assert not (tmp_path / "out").exists()
+
+
+# ---- [prompt]: format options for every stage and the eval ---------------------------------------------------------
+
+PROMPT = """
+[prompt]
+answer_format = "boxed"
+instruction = 'Answer in \\boxed{}.'
+"""
+
+
+def test_prompt_section_reaches_every_stage_and_the_eval(tmp_path, rows):
+    text = HEAD + PROMPT + BASE + SFT.format(rows=rows) + ZERO + EVAL
+    text = text.replace("[stage.rollout]", '[stage.prompt]\ninstruction = "none"\n[stage.rollout]')  # zero's own
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(text)
+    pipe = load_pipeline(recipe, tmp_path / "out")
+    by = {s.name: s for s in pipe.stages}
+    assert pipe.prompt == {"answer_format": "boxed", "instruction": "Answer in \\boxed{}."}
+    assert by["sft"].config["prompt"] == {"prompt_format": None, "answer_format": "boxed", "system": None,
+                                          "instruction": "Answer in \\boxed{}."}
+    assert by["zero"].config["prompt"]["answer_format"] == "boxed"  # the recipe's [prompt] under the stage's own
+    assert by["zero"].config["prompt"]["instruction"] == "none"
+    assert by["eval"].config["prompt"] == pipe.prompt
+    assert "prompt" not in by["base"].config  # pre-training has no prompt format
+
+
+def test_bad_prompt_section_names_its_line(tmp_path):
+    text = HEAD + '\n[prompt]\nanswer_format = "xml"\n' + BASE + EVAL
+    msg = _rejected(tmp_path, text)
+    assert at(text, '[prompt]') in msg and "unknown answer format 'xml'" in msg
+    text = HEAD + '\n[prompt]\nanswer = "boxed"\n' + BASE + EVAL
+    assert "unknown config key 'prompt.answer'" in _rejected(tmp_path, text)
+
+
+def test_a_stage_recorded_before_a_new_option_existed_still_matches(tmp_path, rows):
+    """stage.json of an older r1kit lacks options added since (here: sft's `prompt`); at their defaults the stage
+    is unchanged, set to anything else it has changed."""
+    import json
+
+    text = HEAD + BASE + SFT.format(rows=rows) + EVAL
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(text)
+    pipe = load_pipeline(recipe, tmp_path / "out")
+    sft = next(s for s in pipe.stages if s.name == "sft")
+    folder = tmp_path / "out" / "sft"
+    folder.mkdir(parents=True)
+    old = {k: v for k, v in sft.config.items() if k != "prompt"}
+    (folder / "stage.json").write_text(json.dumps({"kind": "sft", "config": old}))
+    (folder / "done.json").write_text("{}")
+    assert stage_state(pipe.out, sft) == "done"
+    recipe.write_text(HEAD + PROMPT + BASE + SFT.format(rows=rows) + EVAL)
+    sft = next(s for s in load_pipeline(recipe, tmp_path / "out").stages if s.name == "sft")
+    assert stage_state(pipe.out, sft) == "changed"

@@ -85,3 +85,30 @@ def test_lora_resume_mismatch_is_one_line(tmp_path):
     (ckpt / "adapter_config.json").write_text("{}")
     with pytest.raises(UserError, match="LoRA adapter"):
         load_for_training(lambda: None, ckpt, LoraConfig(rank=0))
+
+
+def test_the_student_is_given_the_teachers_answer_format_and_instruction(chat_tokenizer):
+    from r1kit.sft import teacher_answer_contract
+
+    rows = [{"provenance": {"task": "arithmetic", "formats": {"answer_format": "boxed",
+                                                             "instruction": "Answer in \\boxed{}."}}}]
+    task = get_task("arithmetic")
+    teacher_answer_contract(task, rows)
+    assert (task.answer_format, task.instruction) == ("boxed", "Answer in \\boxed{}.")
+    prompt = make_prompter(task, chat_tokenizer).text(task.problems("train", 1, seed=0)[0])
+    assert "Answer in \\boxed{}." in prompt
+    own = get_task("arithmetic", instruction="none")  # the student's own settings win
+    teacher_answer_contract(own, rows)
+    assert (own.answer_format, own.instruction) == ("boxed", "none")
+    silent = get_task("arithmetic")  # a teacher given no instruction: none, not boxed's auto one
+    teacher_answer_contract(silent, [{"provenance": {"formats": {"answer_format": "boxed", "instruction": ""}}}])
+    assert silent.instruction == "none"
+
+
+def test_generate_prompt_options_are_part_of_what_a_resume_must_match():
+    from r1kit.loops.generate import GenerateConfig, _identity
+
+    plain = GenerateConfig(model="m", out="x.jsonl")
+    assert "prompt" not in _identity(plain)  # the identity of a file written before [prompt] existed
+    boxed = build(GenerateConfig, {"model": "m", "out": "x.jsonl", "prompt": {"answer_format": "boxed"}})
+    assert _identity(boxed)["prompt"]["answer_format"] == "boxed"

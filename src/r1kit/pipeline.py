@@ -9,6 +9,7 @@ An rl stage with `match_compute` gets the FLOPs the named stages recorded in the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -38,9 +39,31 @@ def stage_state(out: Path, stage: Stage) -> str:
     if not record.is_file():
         return "partial" if folder.exists() and any(folder.iterdir()) else "new"
     saved = json.loads(record.read_text())
-    if saved.get("config") != json.loads(json.dumps(stage.config)) or saved.get("kind") != stage.kind:
+    if not _same_config(saved.get("config"), stage) or saved.get("kind") != stage.kind:
         return "changed"
     return "done" if (folder / "done.json").is_file() else "partial"
+
+
+def _defaults(cls) -> dict:
+    """A config class's field defaults, as to_dict writes them (without building one: some need inputs)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        out[f.name] = to_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def _same_config(saved, stage: Stage) -> bool:
+    """The recorded config is the stage's, keys added to the config class since (a new option at its default,
+    absent from the record) aside: an upgrade alone does not make a finished stage run again."""
+    current = json.loads(json.dumps(stage.config))
+    if not isinstance(saved, dict):
+        return False
+    cls = KINDS[stage.kind].config
+    if cls is not None:
+        defaults = json.loads(json.dumps(_defaults(cls)))
+        current = {k: v for k, v in current.items() if k in saved or k not in defaults or v != defaults[k]}
+    return saved == current
 
 
 def check_resumable(pipe: Pipeline) -> None:
@@ -88,7 +111,7 @@ def _run_stage(pipe: Pipeline, stage: Stage, ledger_factory, progress: bool) -> 
 def _run_eval(pipe: Pipeline, stage: Stage, ledger_factory, progress: bool) -> dict:
     """Every listed model on the same held-out problems and settings; one JSON per model (resumable)."""
     out = pipe.out / stage.name
-    task = get_task(pipe.task)
+    task = get_task(pipe.task, **pipe.prompt)
     results = {}
     for name, path in zip(stage.inputs["model_names"], stage.inputs["models"]):
         file = out / f"{Path(name).name}.json"
@@ -120,7 +143,7 @@ def run_pipeline(path: str | Path, out: str | Path, *, ledger_factory=None, prog
     pipe.out.mkdir(parents=True, exist_ok=True)
     write_json(pipe.out / "pipeline.json", {"recipe": str(pipe.path), "task": pipe.task, "seed": pipe.seed,
                                             "eval": to_dict(pipe.eval),
-                                            "stages": [{"name": s.name, "kind": s.kind, "upstream": s.upstream}
+                                            "prompt": pipe.prompt, "stages": [{"name": s.name, "kind": s.kind, "upstream": s.upstream}
                                                        for s in pipe.stages]})
     status, ran = {}, 0
     for stage in pipe.stages:

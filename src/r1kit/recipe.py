@@ -2,6 +2,7 @@
 
     [run]                       task, seed: defaults for every stage
     [eval]                      the held-out set every model is evaluated on (EvalConfig)
+    [prompt]                    format options for every stage's task and the eval (PromptConfig)
     [[stage]]                   name, kind, inputs by stage name, then the kind's own config keys
     kind = base | rl | generate | sft | distill | eval
 
@@ -29,6 +30,7 @@ from r1kit.loops.sft import SFTConfig
 from r1kit.metrics import EvalConfig
 from r1kit.rl_config import RLConfig
 from r1kit.tasks import get_task
+from r1kit.tasks.formats import PromptConfig
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -77,6 +79,7 @@ class Pipeline:
     seed: int
     eval: EvalConfig
     stages: list
+    prompt: dict = field(default_factory=dict)  # [prompt]: format options over the task spec's (set ones only)
 
 
 class _Lines:
@@ -159,10 +162,10 @@ def _read_files(path: Path, chain: tuple = ()) -> list[tuple[Path, dict, _Lines]
         raise UserError(f"{path}:1: include cycle: {' -> '.join(str(c) for c in (*chain, path.resolve()))}")
     data = load_toml(path)
     where = _Lines(path.read_text())
-    unknown = sorted(set(data) - {"run", "eval", "stage", "recipe", "include"})
+    unknown = sorted(set(data) - {"run", "eval", "prompt", "stage", "recipe", "include"})
     if unknown:
         raise UserError(f"{path}:{where.top(unknown[0])}: unknown section [{unknown[0]}]: a pipeline recipe has "
-                        "[run], [eval] and [[stage]] tables (and an optional include)")
+                        "[run], [eval], [prompt] and [[stage]] tables (and an optional include)")
     files = []
     if "include" in data:
         other = path.parent / str(data["include"])
@@ -177,19 +180,25 @@ def load_pipeline(path: str | Path, out: str | Path) -> Pipeline:
     """Read and check a recipe completely; raises UserError `recipe:line: ...` at the first fault."""
     path = Path(path)
     files = _read_files(path)
-    run, eval_data = {}, {}
-    for file, data, where in files:  # an including recipe's [run] and [eval] override the included one's
+    run, eval_data, prompt_data = {}, {}, {}
+    for file, data, where in files:  # an including recipe's [run], [eval] and [prompt] override the included one's
         bad_run = sorted(set(data.get("run", {})) - {"task", "seed"})
         if bad_run:
             raise UserError(f"{file}:{where.top('run')}: unknown key {bad_run[0]!r} in [run] (known: task, seed)")
         run.update(data.get("run", {}))
         eval_data.update(data.get("eval", {}))
+        prompt_data.update(data.get("prompt", {}))
         try:
-            get_task(str(run.get("task", "arithmetic")))
+            prompt = build(PromptConfig, dict(prompt_data), "prompt").overrides()
+        except UserError as e:
+            raise UserError(f"{file}:{where.top('prompt')}: {e}") from None
+        try:
+            get_task(str(run.get("task", "arithmetic")), **prompt)
             eval_cfg = build(EvalConfig, dict(eval_data), "eval")
         except UserError as e:
             raise UserError(f"{file}:{where.top('eval')}: {e}") from None
-    pipe = Pipeline(path, Path(out), str(run.get("task", "arithmetic")), run.get("seed", 0), eval_cfg, [])
+    pipe = Pipeline(path, Path(out), str(run.get("task", "arithmetic")), run.get("seed", 0), eval_cfg, [],
+                    prompt)
     everything = [(s.get("name"), file, where.stage(i)) for file, data, where in files
                   for i, s in enumerate(data.get("stage") or [])]
     if not everything:
@@ -281,6 +290,8 @@ def _resolve_config(pipe: Pipeline, stage: Stage) -> None:
             raise UserError(f"{stage.file}:{where.key(stage.index, extra[0])}: stage {stage.name!r}: eval stages "
                             f"take only `models`; the settings are the recipe's [eval] (got {extra[0]!r})")
         stage.config = {"models": stage.inputs["models"], "eval": to_dict(pipe.eval), "task": pipe.task}
+        if pipe.prompt:  # (absent when unset: the record of a stage run before [prompt] existed still matches)
+            stage.config["prompt"] = dict(pipe.prompt)
         return
     if "recipe" in stage.keys:
         if stage.kind != "rl":
@@ -295,6 +306,11 @@ def _resolve_config(pipe: Pipeline, stage: Stage) -> None:
     if "task" in fields:
         data.setdefault("task", pipe.task)
     data.setdefault("seed", pipe.seed)
+    if "prompt" in fields and pipe.prompt:  # the recipe's [prompt] under the stage's own (and its RL recipe's)
+        if not isinstance(data.get("prompt", {}), dict):
+            raise UserError(f"{stage.file}:{where.key(stage.index, 'prompt')}: stage {stage.name!r}: prompt: "
+                            "expected a [stage.prompt] table")
+        data["prompt"] = {**pipe.prompt, **data.get("prompt", {})}
     data.update(stage.inputs)
     stage_dir = pipe.out / stage.name
     data["out"] = str(stage_dir / DATA_FILE) if stage.kind == "generate" else str(stage_dir)

@@ -116,10 +116,21 @@ def move_prefill(completion: str, teacher_prefill: str, student_prefill: str) ->
     return text
 
 
-def answer_format_of(rows: list[dict]) -> str | None:
-    """The answer format the rows' teacher answered in (r1kit generate records it), if they share one."""
-    formats = {((r.get("provenance") or {}).get("formats") or {}).get("answer_format") for r in rows}
+def answer_format_of(rows: list[dict], key: str = "answer_format") -> str | None:
+    """The answer format the rows' teacher answered in (r1kit generate records it), if they share one; with
+    `key="instruction"`, the instruction the teacher was given."""
+    formats = {((r.get("provenance") or {}).get("formats") or {}).get(key) for r in rows}
     return formats.pop() if len(formats) == 1 else None
+
+
+def teacher_answer_contract(task, rows: list[dict]) -> None:
+    """Give `task` the teacher's answer format and instruction where the task leaves them `auto`: the traces
+    answer as the teacher was asked to, whatever prompt format (chat template) the student is shown."""
+    fmt, instruction = answer_format_of(rows), answer_format_of(rows, "instruction")
+    if task.answer_format == "auto" and fmt:
+        task.answer_format = fmt
+        if task.instruction == "auto" and instruction is not None:
+            task.instruction = instruction or "none"
 
 
 def packed_batches(examples: list[Example], indices: list[int], max_len: int, packing: bool,

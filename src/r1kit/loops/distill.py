@@ -38,7 +38,6 @@ from r1kit.prompting import make_prompter
 from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.sampler import SamplingParams, sample
 from r1kit.sft import (
-    answer_format_of,
     cosine_lr,
     encode_rows,
     epoch_order,
@@ -47,8 +46,10 @@ from r1kit.sft import (
     optimizer_step,
     packed_batches,
     read_rows,
+    teacher_answer_contract,
 )
 from r1kit.tasks import get_task
+from r1kit.tasks.formats import PromptConfig
 
 METHODS = ("logit", "on-policy")
 
@@ -84,6 +85,7 @@ class DistillConfig:
     final_eval: bool = True
     eval: EvalConfig = field(default_factory=EvalConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning of the student
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # format options over the task spec's
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -137,7 +139,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
                 stop_after: int | None = None) -> dict:
     """Distil as configured; returns a summary (steps, seconds, eval). `stop_after`: see run_rl."""
     out = Path(cfg.out)
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, **cfg.prompt.overrides())
     ckpt = checkpoint_to_resume(out, resume)
     teacher, teacher_tok = load_model(cfg.teacher)
     teacher.requires_grad_(False)
@@ -147,8 +149,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
     examples, pool = [], []
     if cfg.method == "logit":
         rows = read_rows(cfg.data)
-        if task.answer_format == "auto" and answer_format_of(rows):  # the teacher's answer format, as SFT does
-            task.answer_format = answer_format_of(rows)
+        teacher_answer_contract(task, rows)  # the teacher's answer format and instruction, as SFT does
         prompter = make_prompter(task, tokenizer)
         examples = encode_rows(tokenizer, rows, cfg.max_len, prompter)
         per_epoch = -(-len(examples) // cfg.batch_size)

@@ -16,7 +16,7 @@ import json
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from r1kit.prompting import make_prompter
 from r1kit.runlog import progress_bar, write_json
 from r1kit.sampler import SamplingParams, sample
 from r1kit.tasks import get_task
+from r1kit.tasks.formats import PromptConfig
 
 
 @dataclass
@@ -45,6 +46,7 @@ class GenerateConfig:
     chunk: int = 64  # questions per written chunk (the unit of resume)
     batch_size: int = 256  # completions sampled together
     seed: int = 0
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # format options over the task spec's
 
     def __post_init__(self) -> None:
         if min(self.n, self.k, self.chunk, self.batch_size, self.max_new_tokens) < 1 or self.max_per_prompt < 0:
@@ -61,7 +63,10 @@ def progress_path(out: str | Path) -> Path:
 
 def _identity(cfg: GenerateConfig) -> dict:
     """The settings a resumed run must share with the run it continues (everything but the file name)."""
-    return {k: v for k, v in to_dict(cfg).items() if k != "out"}  # batch_size too: batches shape the samples
+    ident = {k: v for k, v in to_dict(cfg).items() if k != "out"}  # batch_size too: batches shape the samples
+    if not cfg.prompt.overrides():
+        del ident["prompt"]  # no format options: the same identity as before they existed (old files resume)
+    return ident
 
 
 def _chunk_seed(seed: int, chunk: int) -> int:
@@ -114,7 +119,7 @@ def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = 
 
     `stop_after_chunks` ends the work after that many chunks (as if killed), for tests of --resume.
     """
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, **cfg.prompt.overrides())
     out = Path(cfg.out)
     state = _resume_state(cfg, resume)
     if state.get("finished"):

@@ -28,7 +28,6 @@ from r1kit.modeling import count_params
 from r1kit.prompting import make_prompter
 from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.sft import (
-    answer_format_of,
     cosine_lr,
     encode_rows,
     epoch_order,
@@ -39,9 +38,11 @@ from r1kit.sft import (
     read_rows,
     sft_token_loss,
     task_of,
+    teacher_answer_contract,
     teacher_of,
 )
 from r1kit.tasks import get_task
+from r1kit.tasks.formats import PromptConfig
 
 
 @dataclass
@@ -70,6 +71,7 @@ class SFTConfig:
     final_eval: bool = True  # evaluate the final model on the task's held-out split
     eval: EvalConfig = field(default_factory=EvalConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # the student's format options over the task's
 
     def __post_init__(self) -> None:
         if min(self.epochs, self.batch_size, self.max_len, self.max_tokens, self.checkpoint_every) < 1:
@@ -91,9 +93,8 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
     task_spec = cfg.task or task_of(rows)
     task, prompter = None, None
     if task_spec:  # prompts in the student's own format; answers in the teacher's (unless the task names one)
-        task = get_task(task_spec)
-        if task.answer_format == "auto" and answer_format_of(rows):
-            task.answer_format = answer_format_of(rows)
+        task = get_task(task_spec, **cfg.prompt.overrides())
+        teacher_answer_contract(task, rows)
         prompter = make_prompter(task, tokenizer)
     examples = encode_rows(tokenizer, rows, cfg.max_len, prompter)
     per_epoch = -(-len(examples) // cfg.batch_size)
