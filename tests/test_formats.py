@@ -131,6 +131,20 @@ def test_jsonl_scores(jsonl_task, gold, fmt, completion, correct):
     assert score.formatted is read_answer(fmt, completion)[1]
 
 
+
+@pytest.mark.parametrize("same", [
+    ["\\boxed{5}", "\\boxed{\\text{5}}", "\\boxed{5\\text{ cm}}", "\\boxed{ 5 }"],
+    ["\\boxed{0.5}", "\\boxed{\\frac{1}{2}}", "\\boxed{\\text{0.5}}"],
+    ["\\boxed{banana}", "\\boxed{ banana }", "\\boxed{\\text{banana}}"],
+])
+def test_equal_answers_get_one_majority_vote_key(jsonl_task, same):
+    """cons@k counts votes by Score.answer: answers math-verify reads as the same value share one key."""
+    jsonl_task.answer_format = "boxed"
+    keys = {jsonl_task.score(Problem("q", "question", "5"), c).answer for c in same}
+    assert len(keys) == 1, keys
+    other = jsonl_task.score(Problem("q", "question", "5"), "\\boxed{\\text{6}}").answer
+    assert other not in keys
+
 # ---- prompting: the formats resolved against a tokenizer --------------------------------------------------------
 
 CHATML = (  # SmolLM2-Instruct's shape

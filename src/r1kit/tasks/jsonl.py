@@ -285,8 +285,15 @@ def normalise(text: str, parsed: tuple) -> str:
     import sympy
 
     value = parsed[0] if parsed else None
+    if isinstance(value, sympy.Symbol):  # `\\text{5}` is read as a symbol named 5: vote with the number 5
+        try:
+            value = sympy.Rational(value.name)
+        except (TypeError, ValueError):
+            pass
     if value is None or isinstance(value, str) or getattr(value, "free_symbols", True):
-        return " ".join(text.split())
+        text = " ".join(text.split())
+        wrapped = re.fullmatch(r"\\(?:text|textbf|mathrm)\{([^{}]*)\}", text)  # \text{banana} votes with banana
+        return wrapped.group(1).strip() if wrapped else text
     if isinstance(value, sympy.Float):
         value = sympy.nsimplify(value, rational=True)
     return str(value)
