@@ -211,3 +211,22 @@ def test_chromium_renders_the_report(pipeline, tmp_path):
     assert _png_size(shot) == (1200, 2000)
     # a page of charts and tables compresses far worse than an empty one
     assert shot.stat().st_size > 5 * (tmp_path / "blank.png").stat().st_size
+
+
+def test_model_card_states_the_formats_it_was_measured_with():
+    from r1kit.modelcard import model_card
+
+    formats = {"prompt_format": "chat", "answer_format": "boxed", "system": "",
+               "instruction": "Put your final answer within \\boxed{}.", "prefill": ""}
+    result = {"formats": formats, "settings": {"n": 2, "k": 1, "temperature": 0.6, "top_p": 0.95,
+                                               "max_new_tokens": 8, "split": "test", "seed": 0},
+              "metrics": {"pass@1": 0.5, "pass@1_ci95": 0.1, "format_rate": 1.0}}
+    text = model_card(title="t", eval_result=result, cost_summary=None, lineage={"stage": "rl", "task": "arithmetic"})
+    assert "chat template with the instruction \"Put your final answer within \\boxed{}.\"" in text
+    assert "the final answer in the last `\\boxed{}`" in text and "<answer>" not in text
+    assert ("r1kit eval --model PATH --task arithmetic --prompt-format chat --answer-format boxed "
+            "--instruction 'Put your final answer within \\boxed{}.'`") in text
+    raw = dict(formats, prompt_format="r1-zero-compact", answer_format="think-answer", instruction="")
+    text = model_card(title="t", eval_result=dict(result, formats=raw), cost_summary=None, lineage={})
+    assert "the `r1-zero-compact` template, it answers with reasoning inside `<think> </think>`" in text
+    assert "recorded in the run's run.json" in model_card(title="t", eval_result=None, cost_summary=None, lineage={})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -141,11 +142,43 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows])
 
 
+_ANSWERS = {
+    "think-answer": "reasoning inside `<think> </think>`, then the answer inside `<answer> </answer>` (R1-Zero)",
+    "think-boxed": "reasoning that ends with `</think>`, then the final answer in `\\boxed{}` (R1)",
+    "boxed": "the final answer in the last `\\boxed{}`",
+    "gsm8k": "the final answer on a last line `#### N` (GSM8K)",
+}
+
+
+def _format_sentence(formats: Mapping) -> str:
+    """How the model was prompted and how it answers, from an eval result's resolved formats."""
+    if not formats:  # not evaluated: the formats are in the run's run.json
+        return "Its prompt and answer formats are recorded in the run's run.json."
+    fmt = formats.get("answer_format")
+    prompt = formats.get("prompt_format")
+    shown = {"chat": "its tokenizer's chat template", None: "the task's raw template"}.get(
+        prompt, f"the `{prompt}` template" if prompt and "{question}" not in prompt else "a literal template")
+    instruction = f' with the instruction "{formats["instruction"]}"' if formats.get("instruction") else ""
+    return f"Prompted with {shown}{instruction}, it answers with {_ANSWERS.get(fmt, fmt)}."
+
+
+def _format_flags(formats: Mapping) -> str:
+    """The `r1kit eval` flags that reproduce the formats the card's numbers were measured with."""
+    flags = ""
+    for key, flag in (("prompt_format", "--prompt-format"), ("answer_format", "--answer-format"),
+                      ("system", "--system"), ("instruction", "--instruction")):
+        value = formats.get(key)
+        if value:
+            flags += f" {flag} {shlex.quote(value)}"
+    return flags
+
+
 def model_card(
     *, title: str, eval_result: Mapping | None, cost_summary: Mapping | None, lineage: Mapping[str, Any]
 ) -> str:
     """The card's Markdown text (see `write_model_card`)."""
     task = lineage.get("task", "")
+    formats = (eval_result or {}).get("formats") or {}
     parts = [
         "---",
         "library_name: transformers",
@@ -155,8 +188,7 @@ def model_card(
         "",
         f"# {title}",
         "",
-        f"Trained with r1kit ({lineage.get('stage', '?')} stage) on the `{task}` task. It answers in the R1-Zero "
-        "format: reasoning inside `<think> </think>`, then the answer inside `<answer> </answer>`.",
+        f"Trained with r1kit ({lineage.get('stage', '?')} stage) on the `{task}` task. {_format_sentence(formats)}",
         "",
         "## Evaluation",
         "",
@@ -192,7 +224,8 @@ def model_card(
         'tokenizer = AutoTokenizer.from_pretrained("PATH")',
         "```",
         "",
-        "Evaluate it as the paper does: `r1kit eval --model PATH --task " + (task or "TASK") + "`.",
+        "Evaluate it as the paper does: `r1kit eval --model PATH --task " + (task or "TASK") + _format_flags(formats)
+        + "`.",
         "",
     ]
     return "\n".join(parts)
