@@ -296,3 +296,18 @@ def test_a_mini_batch_without_loss_tokens_takes_no_step(model, pad):
     assert stats["grad_norm"] == 0.0
     for b, p in zip(before, model.parameters()):
         assert torch.equal(b, p)
+
+
+@pytest.mark.parametrize("tokens", [1, 9, 16])
+def test_micro_batches_give_the_same_update_as_one_pass(model, pad, tokens):
+    """algo.micro_batch_tokens only trades memory for passes: the accumulated gradient, the step and the logged
+    statistics are those of one forward/backward over the whole rollout (1 token: one row per pass)."""
+    rollout = _rollout(pad, [1.0, -1.0, 0.5, -0.5])
+    whole = copy.deepcopy(model)
+    stats_whole = train_on_rollout(whole, torch.optim.SGD(whole.parameters(), lr=1.0), rollout, _settings())
+    stats = train_on_rollout(model, torch.optim.SGD(model.parameters(), lr=1.0), rollout,
+                             _settings(micro_batch_tokens=tokens))
+    for a, b in zip(whole.parameters(), model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for key in ("loss", "grad_norm", "entropy", "clip_fraction"):
+        assert stats[key] == pytest.approx(stats_whole[key], rel=1e-5, abs=1e-7)

@@ -408,6 +408,7 @@ def test_explicit_settings_beat_the_variant():
         (dict(rollout=RolloutConfig(group_size=1)), "group_size"),
         (dict(rollout=RolloutConfig(prompts_per_step=2), algo=AlgoConfig(mini_batches=4)), "mini_batches"),
         (dict(algo=AlgoConfig(mu=0)), "mu"),
+        (dict(algo=AlgoConfig(micro_batch_tokens=0)), "micro_batch_tokens"),
         (dict(algo=AlgoConfig(beta=-1.0)), "beta"),
         (dict(optim=OptimConfig(schedule="step")), "schedule"),
         (dict(model=""), "model"),

@@ -53,6 +53,8 @@ class AlgoConfig:
     mu: int = 1  # inner epochs over each rollout
     mini_batches: int = 1  # optimiser steps per epoch: the rollout is split into this many parts
     mask_truncated: bool = False  # truncated completions carry no loss (DAPO's overlong filtering)
+    micro_batch_tokens: int = 8192  # padded tokens per forward/backward pass (gradients accumulate); lower it to
+    # cut activation memory (a 135M model with a 49K vocabulary holds ~2 GB per 1,000 tokens)
 
 
 @dataclass
@@ -134,6 +136,7 @@ class RLConfig:
              "rollout: max_new_tokens >= 1, temperature > 0 and 0 < top_p <= 1"),
             (a.beta >= 0 and 0 <= a.eps_low < 1 and a.eps_high >= 0, "algo: beta >= 0 and 0 <= eps_low < 1"),
             (a.mu >= 1 and a.mini_batches >= 1, "algo.mu and algo.mini_batches must be at least 1"),
+            (a.micro_batch_tokens >= 1, "algo.micro_batch_tokens must be at least 1"),
             (r.prompts_per_step // world >= a.mini_batches,
              "algo.mini_batches must not exceed the prompts per step on each rank"),
             (self.optim.lr > 0 and self.optim.grad_clip >= 0, "optim.lr must be positive"),

@@ -184,10 +184,11 @@ def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger):
             old[i, : len(lp)] = torch.tensor(lp)
         rollout.old_logprobs = old
     settings = UpdateSettings(cfg.rollout.temperature, a.loss_aggregation, a.beta, a.eps_low, a.eps_high, a.mu,
-                              a.mini_batches, cfg.rollout.max_new_tokens, cfg.optim.grad_clip)
+                              a.mini_batches, cfg.rollout.max_new_tokens, cfg.optim.grad_clip,
+                              micro_batch_tokens=a.micro_batch_tokens)
     with ledger.phase("training") if ledger else nullcontext() as ph:
         if a.beta > 0 and n:
-            rollout.ref_logprobs = rollout_logprobs(ref, rollout, cfg.rollout.temperature)
+            rollout.ref_logprobs = rollout_logprobs(ref, rollout, cfg.rollout.temperature, a.micro_batch_tokens)
         elif a.beta > 0:
             rollout.ref_logprobs = torch.zeros_like(rollout.completion_mask)
         stats = train_on_rollout(policy, optimizer, rollout, settings)
