@@ -164,3 +164,12 @@ def test_load_broken_dirs(saved, tmp_path):
     for path in (bad_json, no_weights):
         with pytest.raises(UserError, match="cannot load"):
             load_model(path)
+
+
+def test_saved_model_directory_has_a_normal_mode(saved):
+    """Not mkdtemp's 0700: other users (a serving process, a shared cluster) can read the model."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert saved.stat().st_mode & 0o777 == 0o777 & ~umask
