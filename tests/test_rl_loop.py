@@ -226,6 +226,20 @@ def test_resumed_metrics_keep_every_step(run_a, run_b):
     assert [r["step"] for r in _metrics(run_b[0])] == [r["step"] for r in _metrics(run_a[0])]
 
 
+def test_samples_file_shows_each_steps_completions_and_survives_a_resume(run_a, run_b):
+    """samples.jsonl: per logged step, one group's question, answer and completions as text with their rewards;
+    a resumed run rewrites the lost steps' lines instead of repeating them."""
+    def lines(run_dir):
+        return [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
+
+    a = lines(run_a[0])
+    assert [r["step"] for r in a] == [1, 2, 3, 4]
+    for r in a:
+        assert r["question"] and r["answer"] and 1 <= len(r["samples"]) <= 4
+        assert all(isinstance(x["completion"], str) and isinstance(x["reward"], float) for x in r["samples"])
+    assert lines(run_b[0]) == a
+
+
 def test_kill_mid_step_then_resume_ends_with_the_same_weights(tmp_path, make_cfg, run_a):
     out = tmp_path / "C"
     calls, real_train = [], rl._train

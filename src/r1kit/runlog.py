@@ -31,9 +31,10 @@ def write_json(path: str | os.PathLike, data) -> None:
 class MetricsLog:
     """Appends one JSON line per step to `metrics.jsonl` and mirrors scalar values to TensorBoard (`tb/`)."""
 
-    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True,
+                 name: str = "metrics.jsonl"):
         self.enabled = enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / name
         self._tb = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -237,6 +237,21 @@ def _flops_spent(out: Path) -> float:
     return spent_flops(read_ledger(ledger)) if ledger.is_file() else 0.0
 
 
+SAMPLES_FILE = "samples.jsonl"  # per logged step: one group's completions, as text, with their rewards
+SAMPLES_PER_STEP = 4
+
+
+def _samples_of(kept: dict, tokenizer, G: int) -> dict:
+    """The first group of the step (this rank's): its question, reference answer and a few completions."""
+    if not kept["problems"]:
+        return {"samples": []}
+    problem = kept["problems"][0]
+    rows = range(min(G, SAMPLES_PER_STEP))
+    return {"question": problem.question, "answer": problem.answer,
+            "samples": [{"completion": tokenizer.decode(kept["toks"][i], skip_special_tokens=True),
+                         "reward": kept["rewards"][i], "finished": bool(kept["fins"][i])} for i in rows]}
+
+
 def _evaluate(policy, tokenizer, task, cfg, ledger, progress) -> dict:
     result = evaluate(policy, tokenizer, task, cfg.eval, progress=progress, ledger=ledger)
     policy.train()
@@ -273,8 +288,10 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         start, history = state["step"], state["history"]
     prompter = make_prompter(task, tokenizer)
     log = MetricsLog(out, enabled=info.main)
+    samples = MetricsLog(out, enabled=info.main, tensorboard=False, name=SAMPLES_FILE)
     if info.main:
         log.truncate_after(start)  # the line of step `start` belongs to its checkpoint
+        samples.truncate_after(start)
         write_json(out / "run.json", {"stage": "rl", "config": to_dict(cfg), "task_options": task_options(task),
                                       "formats": prompter.settings(), "world_size": info.world,
                                       "resumed_from": start or None})
@@ -326,6 +343,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         if info.main:
             if done % cfg.log_every == 0 or done == cfg.steps:
                 log.log(done, m)
+                samples.log(done, _samples_of(kept, tokenizer, G=cfg.rollout.group_size))
             for w in warnings:
                 bar.write(f"r1kit doctor: {w}")
             bar.set_postfix(reward=f"{m['reward_mean']:.2f}", acc=f"{m['accuracy']:.2f}",
