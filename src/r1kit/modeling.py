@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 import torch
@@ -207,10 +207,8 @@ def save_model(
         if not torch.isfinite(p).all():
             raise FloatingPointError(f"refusing to save {out}: parameter {name} has NaN or inf values")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700: the model directory gets a normal directory's mode
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()  # (not mkdtemp, whose 0700 the model directory would keep: this one gets the umask's mode)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -142,8 +142,8 @@ def run_pipeline(path: str | Path, out: str | Path, *, ledger_factory=None, prog
                         "the cost ledger measures: run the pipeline with a ledger")
     pipe.out.mkdir(parents=True, exist_ok=True)
     write_json(pipe.out / "pipeline.json", {"recipe": str(pipe.path), "task": pipe.task, "seed": pipe.seed,
-                                            "eval": to_dict(pipe.eval),
-                                            "prompt": pipe.prompt, "stages": [{"name": s.name, "kind": s.kind, "upstream": s.upstream}
+                                            "eval": to_dict(pipe.eval), "prompt": pipe.prompt,
+                                            "stages": [{"name": s.name, "kind": s.kind, "upstream": s.upstream}
                                                        for s in pipe.stages]})
     status, ran = {}, 0
     for stage in pipe.stages:

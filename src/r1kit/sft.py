@@ -116,9 +116,9 @@ def move_prefill(completion: str, teacher_prefill: str, student_prefill: str) ->
     return text
 
 
-def answer_format_of(rows: list[dict], key: str = "answer_format") -> str | None:
-    """The answer format the rows' teacher answered in (r1kit generate records it), if they share one; with
-    `key="instruction"`, the instruction the teacher was given."""
+def _teacher_format(rows: list[dict], key: str) -> str | None:
+    """One of the formats the rows' teacher was run with (`answer_format`, `instruction`: r1kit generate records
+    them in the provenance), if the rows share it."""
     formats = {((r.get("provenance") or {}).get("formats") or {}).get(key) for r in rows}
     return formats.pop() if len(formats) == 1 else None
 
@@ -126,7 +126,7 @@ def answer_format_of(rows: list[dict], key: str = "answer_format") -> str | None
 def teacher_answer_contract(task, rows: list[dict]) -> None:
     """Give `task` the teacher's answer format and instruction where the task leaves them `auto`: the traces
     answer as the teacher was asked to, whatever prompt format (chat template) the student is shown."""
-    fmt, instruction = answer_format_of(rows), answer_format_of(rows, "instruction")
+    fmt, instruction = _teacher_format(rows, "answer_format"), _teacher_format(rows, "instruction")
     if task.answer_format == "auto" and fmt:
         task.answer_format = fmt
         if task.instruction == "auto" and instruction is not None:
