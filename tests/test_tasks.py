@@ -245,6 +245,20 @@ def test_careful_working_of_a_problem_rebuilt_from_its_id():
     assert task.score(bare, task.solution(bare, random.Random(0))).correct
 
 
+def test_ask_what_is_keeps_the_problems_and_their_split():
+    bare = get_task("arithmetic:digits=2,ops=+")
+    asked = get_task("arithmetic:digits=2,ops=+,ask=what-is", answer_format="boxed")
+    for split in ("train", "test"):
+        a, b = bare.problems(split, 50, seed=3), asked.problems(split, 50, seed=3)
+        assert [p.id for p in a] == [p.id for p in b]
+        assert [f"What is {p.question}?" for p in a] == [p.question for p in b]
+    p = asked.problems("test", 1)[0]
+    assert asked.score(p, f"so the answer is \\boxed{{{p.answer}}}").correct
+    careful = ArithmeticTask(digits=3, ops="+", ask="what-is", **CAREFUL)
+    rebuilt = Problem(id="", question="What is 487+65?", answer="552")  # neither meta nor an id: the question
+    assert careful.score(rebuilt, careful.solution(rebuilt, random.Random(0))).correct
+
+
 def _column_carry(terms: list[int]) -> bool:
     """Does adding `terms` column by column ever carry? (The first carry comes from a column whose digits alone
     reach 10, so no carry propagation is needed.) Independent of the task's code and its step format."""
@@ -331,6 +345,7 @@ def test_corpus_mixture_shares():
         {"p_careful": 0.8, "p_sloppy": 0.3},
         {"p_careful": -0.1},
         {"p_bad_format": -0.1},
+        {"ask": "how-much"},
     ],
 )
 def test_arithmetic_knobs_are_validated(knobs):

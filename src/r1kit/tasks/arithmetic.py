@@ -33,6 +33,10 @@ from r1kit.tasks.base import (
     sample_problems,
 )
 
+# How a question is asked. Pretrained chat models answer "What is 47+5?" far better than a bare "47+5"
+# (SmolLM2-135M-Instruct: the sum is right ~20% of the time against ~12%, README).
+_ASK = {"bare": "{expr}", "what-is": "What is {expr}?"}
+
 _INT_RE = re.compile(r"^[+]?\s*(-?\d[\d, ]*)$")
 
 
@@ -108,6 +112,7 @@ class ArithmeticTask:
     answer_format: str = "auto"  # auto | think-answer | think-boxed | boxed | gsm8k
     system: str = ""  # system prompt of a chat prompt
     instruction: str = "auto"  # appended to the question: auto | r1-math | none | literal text
+    ask: str = "bare"  # how the question reads: bare ("47+5", the tiny models' corpus) | what-is ("What is 47+5?")
     test_percent: int = 10
     p_careful: float = 0.3  # corpus share of careful working
     p_sloppy: float = 0.35  # corpus share of working that may drop carries (the rest guesses)
@@ -125,6 +130,8 @@ class ArithmeticTask:
             raise UserError("arithmetic: test_percent must be in 1..99 and p_bad_format in [0, 1]")
         if not 1 <= self.digits <= 12 or not 1 <= self.mul_digits <= 6 or not 2 <= self.operands <= 5:
             raise UserError("arithmetic: digits must be 1..12, mul_digits 1..6, operands 2..5")
+        if self.ask not in _ASK:
+            raise UserError(f"arithmetic: ask={self.ask!r}; use one of {', '.join(_ASK)}")
         if not self.ops or set(self.ops) - {"+", "*"}:
             raise UserError(f"arithmetic: ops={self.ops!r}; use '+', '*' or '+*'")
         if self.p_careful + self.p_sloppy > 1 or min(self.p_careful, self.p_sloppy, self.p_bad_format) < 0:
@@ -142,10 +149,10 @@ class ArithmeticTask:
                 rng.randint(2, 10 ** rng.randint(1, self.mul_digits) - 1),
             ]
             answer = terms[0] * terms[1]
-        question = op.join(str(t) for t in terms)
+        expr = op.join(str(t) for t in terms)
         return Problem(
-            id=f"arithmetic/{question}",
-            question=question,
+            id=f"arithmetic/{expr}",  # the same problem, so the same split, however it is asked
+            question=_ASK[self.ask].format(expr=expr),
             answer=str(answer),
             meta={"op": op, "terms": terms},
         )
@@ -171,8 +178,10 @@ class ArithmeticTask:
         """Written steps solving the problem, and the value they reach (wrong if a carry was dropped)."""
         op, terms = problem.meta.get("op"), problem.meta.get("terms")
         if op is None:  # a Problem rebuilt from its id
-            op = "*" if "*" in problem.question else "+"
-            terms = [int(t) for t in problem.question.split(op)]
+            expr = (problem.id.removeprefix("arithmetic/") if problem.id.startswith("arithmetic/")
+                    else problem.question.removeprefix("What is ").removesuffix("?"))
+            op = "*" if "*" in expr else "+"
+            terms = [int(t) for t in expr.split(op)]
         if op == "+":
             return add_steps(terms, drop_carry, rng)
         a, b = terms
