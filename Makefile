@@ -46,8 +46,8 @@ SMOLLM2_GGUF := import importlib.util, os; \
 
 SMOLLM2 := runs/smollm2/SmolLM2-135M-Instruct
 
-# The SmolLM2 experiments of README/BENCHMARKS (slow: about two hours on 2 cores, the two RL runs side by side, one
-# core each): base evals on two more tasks; R1-Zero RL (recipes/smollm2-r1-zero.toml, held-out evals at steps 0,
+# The SmolLM2 experiments of README/BENCHMARKS (slow: about three hours on 2 cores, the first two RL runs side by side,
+# one core each): base evals on two more tasks; R1-Zero RL (recipes/smollm2-r1-zero.toml, held-out evals at steps 0,
 # 15, 30), full fine-tuning and LoRA; then distillation of the RL'd model into a fresh SmolLM2 beside RL alone at
 # the same FLOPs (recipes/smollm2-distill.toml).
 # Every eval: 200 held-out problems x 4 samples, T=0.6, top-p 0.95, chat template, \boxed{} answers.
@@ -64,6 +64,8 @@ smollm2: smollm2-import
 	    --resume & \
 	$(SMOLLM2_ON) 1 $(BIN)/r1kit rl --model $(SMOLLM2) --out runs/smollm2/rl-lora \
 	    --config recipes/smollm2-r1-zero.toml --lora.rank=16 --optim.lr=1e-4 --resume; wait
+	$(BIN)/r1kit rl --model $(SMOLLM2) --out runs/smollm2/rl-acc --config recipes/smollm2-r1-zero.toml \
+	    --reward.weights.format=0 --resume
 	$(BIN)/r1kit run recipes/smollm2-distill.toml --out runs/smollm2/distill
 
 smollm2-import: venv

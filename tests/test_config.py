@@ -206,3 +206,12 @@ def test_load_toml_invalid(tmp_path):
     with pytest.raises(UserError, match="invalid TOML") as e:
         load_toml(path)
     assert "bad.toml" in str(e.value)
+
+
+def test_reward_weight_overrides_become_numbers():
+    from r1kit.rl_config import RLConfig
+
+    cfg = build(RLConfig, apply_overrides({}, ["--reward.weights.format=0", "--reward.weights.accuracy=2"]))
+    assert cfg.reward.weights == {"accuracy": 2.0, "format": 0.0}
+    with pytest.raises(UserError, match=r"reward.weights.format = 'lots' is not a number"):
+        build(RLConfig, apply_overrides({}, ["--reward.weights.format=lots"]))

@@ -75,6 +75,18 @@ class RewardConfig:
     language: str = "latin"  # target script of the language-consistency reward
     overlong_buffer: int = 0  # tokens before the budget where the overlong penalty ramps in
 
+    def __post_init__(self) -> None:
+        # A --reward.weights.NAME=VALUE override arrives as a string (a dict's values have no declared type).
+        if not isinstance(self.weights, dict):
+            raise UserError(f"reward.weights must be a table of name = weight, got {self.weights!r}")
+        weights = {}
+        for name, value in self.weights.items():
+            try:
+                weights[name] = float(value)
+            except (TypeError, ValueError):
+                raise UserError(f"reward.weights.{name} = {value!r} is not a number") from None
+        self.weights = weights
+
 
 @dataclass
 class DoctorConfig:
