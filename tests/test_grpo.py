@@ -127,6 +127,7 @@ def test_skipping_zero_advantage_rows_gives_the_same_update(tiny_model, pad):
         results.append((stats, _params(model)))
     (fast, p_fast), (full, p_full) = results
     assert fast["tokens_trained"] < full["tokens_trained"]
+    assert (fast["rows_trained"], full["rows_trained"]) == (2, 4)  # metrics.jsonl's completions_trained
     assert fast["loss"] == pytest.approx(full["loss"], abs=1e-7)
     for a, b in zip(p_fast, p_full):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

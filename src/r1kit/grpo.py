@@ -130,8 +130,8 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings) -> d
         if p.requires_grad and p.grad is None:
             p.grad = torch.zeros_like(p)
     stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0}
-    tokens_trained, skipped, updates = 0, 0, 0
-    for _ in range(s.mu):
+    tokens_trained, rows_trained, skipped, updates = 0, 0, 0, 0
+    for epoch in range(s.mu):
         for mb in range(s.mini_batches):
             rows = (groups == mb).nonzero().squeeze(-1)
             mask = rollout.completion_mask[rows]  # (b, T)
@@ -147,6 +147,8 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings) -> d
             # surrogate is -min(ρA, clip(ρ)A)): it is left out of the forward/backward. Its tokens still count in
             # the denominator above, and the optimiser still steps, so the update is the same.
             trained = rows[rollout.advantages[rows] != 0] if s.beta == 0 and s.skip_zero_advantage else rows
+            if epoch == 0:
+                rows_trained += len(trained)  # completions that go through the backward (once per epoch)
             for micro, first, width in micro_batches(rollout, trained, s.micro_batch_tokens):
                 ids = rollout.input_ids[micro, first: p_len + width]  # (m, L)
                 logits = completion_logits(model, ids, rollout.attention_mask[micro, first: p_len + width], width)
@@ -185,7 +187,7 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings) -> d
     out = {k: v / n_updates for k, v in stats.items()}
     out["grad_norm"] = stats["grad_norm"] / max(updates, 1)
     out["loss"] = dist.all_reduce_sum([stats["loss"]])[0] / n_updates
-    out.update(updates=updates, skipped_updates=skipped, tokens_trained=tokens_trained)
+    out.update(updates=updates, skipped_updates=skipped, tokens_trained=tokens_trained, rows_trained=rows_trained)
     return out
 
 

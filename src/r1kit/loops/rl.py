@@ -206,7 +206,7 @@ def _step_metrics(seen, kept, stats, times, lr, t_step, info) -> dict:
     sums = [n, sum(rewards), sum(r * r for r in rewards), sum(s.correct for s in seen["scores"]),
             sum(s.formatted for s in seen["scores"]), sum(seen["lengths"]), sum(not f for f in seen["fins"]),
             seen["zero_var"], seen["groups"], times["generated"], times["rollout"], times["scoring"],
-            len(kept["toks"])]
+            stats.get("rows_trained", len(kept["toks"]))]  # rows of zero advantage skip the backward (β = 0)
     names = sorted({k for p in seen["parts"] for k in p})
     sums += [sum(p.get(k, 0.0) for p in seen["parts"]) for k in names]
     tot = dist.all_reduce_sum(sums)
