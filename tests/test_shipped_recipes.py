@@ -15,7 +15,7 @@ RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.to
 
 
 def _is_pipeline(path: Path) -> bool:
-    return "stage" in load_toml(path) or "include" in load_toml(path)
+    return bool({"stage", "include"} & load_toml(path).keys())
 
 
 def test_there_are_recipes():

@@ -199,14 +199,14 @@ def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger):
     return stats
 
 
-def _step_metrics(seen, kept, stats, times, lr, t_step, info) -> dict:
+def _step_metrics(seen, stats, times, lr, t_step, info) -> dict:
     """Reduce this step's numbers over ranks into the logged metrics."""
     n = len(seen["rewards"])
     rewards = seen["rewards"]
     sums = [n, sum(rewards), sum(r * r for r in rewards), sum(s.correct for s in seen["scores"]),
             sum(s.formatted for s in seen["scores"]), sum(seen["lengths"]), sum(not f for f in seen["fins"]),
             seen["zero_var"], seen["groups"], times["generated"], times["rollout"], times["scoring"],
-            stats.get("rows_trained", len(kept["toks"]))]  # rows of zero advantage skip the backward (β = 0)
+            stats["rows_trained"]]  # not len(kept): with β = 0 rows of zero advantage skip the backward
     names = sorted({k for p in seen["parts"] for k in p})
     sums += [sum(p.get(k, 0.0) for p in seen["parts"]) for k in names]
     tot = dist.all_reduce_sum(sums)
@@ -325,7 +325,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         t1 = time.perf_counter()
         stats = _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger)
         stats["time_training"] = time.perf_counter() - t1
-        m = _step_metrics(seen, kept, stats, times, lr, time.perf_counter() - t0, info)
+        m = _step_metrics(seen, stats, times, lr, time.perf_counter() - t0, info)
         warnings = doctor.check_step(step + 1, m)
         done = step + 1
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:

@@ -34,7 +34,7 @@ from r1kit.tasks.base import (
 )
 
 # How a question is asked. Pretrained chat models answer "What is 47+5?" far better than a bare "47+5"
-# (SmolLM2-135M-Instruct: the sum is right ~20% of the time against ~12%, README).
+# (SmolLM2-135M-Instruct: the sum right in ~20% of 96 probe samples against 13.5%).
 _ASK = {"bare": "{expr}", "what-is": "What is {expr}?"}
 
 _INT_RE = re.compile(r"^[+]?\s*(-?\d[\d, ]*)$")
@@ -178,8 +178,9 @@ class ArithmeticTask:
         """Written steps solving the problem, and the value they reach (wrong if a carry was dropped)."""
         op, terms = problem.meta.get("op"), problem.meta.get("terms")
         if op is None:  # a Problem rebuilt from its id
+            before, _, after = _ASK[self.ask].partition("{expr}")
             expr = (problem.id.removeprefix("arithmetic/") if problem.id.startswith("arithmetic/")
-                    else problem.question.removeprefix("What is ").removesuffix("?"))
+                    else problem.question.removeprefix(before).removesuffix(after))
             op = "*" if "*" in expr else "+"
             terms = [int(t) for t in expr.split(op)]
         if op == "+":
