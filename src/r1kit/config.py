@@ -140,3 +140,28 @@ class LoraConfig:
     @property
     def enabled(self) -> bool:
         return self.rank > 0
+
+
+# Device, precision and sharding: one decision per run, made at the top of a loop (r1kit/parallel/) and passed down.
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "fp32", "bf16", "bf16-pure")
+ACTIVATION_CHECKPOINTING = ("auto", "on", "off")
+
+
+@dataclasses.dataclass
+class ParallelConfig:
+    device: str = "auto"  # auto (CUDA when present, each torchrun rank its LOCAL_RANK GPU) | cpu | cuda
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (bf16 compute, fp32 master weights and
+    # gradient reduction) | bf16-pure (bf16 weights, gradients and optimiser state)
+    reshard_after_forward: bool = True  # FSDP2: free each layer's gathered weights after its forward (ZeRO-3)
+    activation_checkpointing: str = "auto"  # recompute each decoder layer in the backward; auto: on for RL on GPUs
+    logits_chunk: int = 1024  # positions per chunk of log-prob/entropy: bounds the fp32 (tokens, vocab) buffer
+
+    def __post_init__(self) -> None:
+        checks = [(self.device, DEVICES, "device"), (self.dtype, DTYPES, "dtype"),
+                  (self.activation_checkpointing, ACTIVATION_CHECKPOINTING, "activation_checkpointing")]
+        for value, allowed, name in checks:
+            if value not in allowed:
+                raise UserError(f"parallel.{name} = {value!r}: use one of {', '.join(allowed)}")
+        if self.logits_chunk < 1:
+            raise UserError("parallel.logits_chunk must be at least 1 (positions per log-prob chunk)")

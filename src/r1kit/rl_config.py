@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from r1kit.config import LoraConfig
+from r1kit.config import LoraConfig, ParallelConfig
 from r1kit.errors import UserError
 from r1kit.metrics import EvalConfig
 from r1kit.tasks.formats import PromptConfig
@@ -119,6 +119,7 @@ class RLConfig:
     doctor: DoctorConfig = field(default_factory=DoctorConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning
     prompt: PromptConfig = field(default_factory=PromptConfig)  # format options over the task spec's
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # device, precision, FSDP2 sharding
 
     def resolve(self, world: int = 1) -> RLConfig:
         """Fill variant defaults and check cross-field rules; raises UserError before step 1."""
