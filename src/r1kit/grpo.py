@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from r1kit import dist
+from r1kit.parallel import dist
 from r1kit.losses import AGGREGATIONS, clipped_surrogate, denominator_counts, entropy, kl_k3, token_logprobs
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from r1kit import dist
+from r1kit.parallel import dist
 from r1kit.checkpoint import checkpoint_to_resume, latest_checkpoint, load_state, save_checkpoint, step_of
 from r1kit.config import to_dict
 from r1kit.doctor import Doctor, DoctorStop
