@@ -671,10 +671,10 @@ def test_loop_wires_its_settings_into_the_update(tmp_path, make_cfg, early_stopp
 
     seen, real = [], rl.train_on_rollout
 
-    def spy(model, optimizer, rollout, settings):
+    def spy(model, optimizer, rollout, settings, engine):
         fresh = rollout_logprobs(model, rollout, settings.temperature)  # (N, T) before this step's update
         seen.append((settings, rollout, fresh))
-        return real(model, optimizer, rollout, settings)
+        return real(model, optimizer, rollout, settings, engine)
 
     out = tmp_path / "wired"
     cfg = make_cfg(

@@ -28,18 +28,22 @@ def checkpoint_root(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int = 2) -> Path:
-    """Write checkpoint `step` (model + `state`), point `latest` at it, prune to the newest `keep`."""
+def staging_dir(run_dir, step: int) -> Path:
+    """The (emptied) temporary directory checkpoint `step` is written into before `publish` renames it."""
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:06d}"
-    final = root / name
-    staging = root / f".{name}.staging"
+    staging = root / f".step_{step:06d}.staging"
     if staging.exists():
         shutil.rmtree(staging)
-    state = dict(state, step=step, python_rng=random.getstate(), torch_rng=torch.get_rng_state())
-    save_model(model, tokenizer, staging)  # raises on NaN/inf weights: nothing is written then
-    torch.save(state, staging / STATE_FILE)
+    staging.mkdir()
+    return staging
+
+
+def publish(run_dir, step: int, staging: Path, keep: int = 2) -> Path:
+    """Rename a complete staging directory into place, point `latest` at it, prune to the newest `keep`."""
+    root = checkpoint_root(run_dir)
+    name = f"step_{step:06d}"
+    final = root / name
     if final.exists():
         shutil.rmtree(final)
     staging.rename(final)
@@ -50,6 +54,20 @@ def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int
     for old in steps[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_state(staging: Path, step: int, model, tokenizer, state: dict, state_dict: dict | None = None) -> None:
+    """The Hugging Face model (from `state_dict` when given: a gathered sharded model) and the trainer state."""
+    state = dict(state, step=step, python_rng=random.getstate(), torch_rng=torch.get_rng_state())
+    save_model(model, tokenizer, staging, state_dict=state_dict)  # raises on NaN/inf weights: nothing is written
+    torch.save(state, staging / STATE_FILE)
+
+
+def save_checkpoint(run_dir, step: int, model, tokenizer, state: dict, keep: int = 2) -> Path:
+    """Write checkpoint `step` (model + `state`), point `latest` at it, prune to the newest `keep`."""
+    staging = staging_dir(run_dir, step)
+    write_state(staging, step, model, tokenizer, state)
+    return publish(run_dir, step, staging, keep)
 
 
 def latest_checkpoint(run_dir) -> Path | None:
@@ -77,7 +95,7 @@ def checkpoint_to_resume(run_dir, resume: bool) -> Path | None:
 
 
 def load_state(path: Path) -> dict:
-    state = torch.load(path / STATE_FILE, weights_only=False)
+    state = torch.load(path / STATE_FILE, weights_only=False, map_location="cpu")
     random.setstate(state.pop("python_rng"))
     torch.set_rng_state(state.pop("torch_rng"))
     return state

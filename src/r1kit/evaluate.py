@@ -129,9 +129,13 @@ def format_eval_table(result: dict, title: str | None = None) -> str:
 
 
 def finish_model(model, tokenizer, out, *, title: str, task_spec: str | None, eval_cfg: EvalConfig | None,
-                 upstream: list[str] = (), ledger=None, progress: bool = True) -> dict | None:
+                 upstream: list[str] = (), ledger=None, progress: bool = True,
+                 state_dict: dict | None = None) -> dict | None:
     """The end of a training stage: save OUT/model, evaluate it on the held-out split (unless `eval_cfg` is None),
-    write OUT/eval.json and the model card. Returns the evaluation result (or None)."""
+    write OUT/eval.json and the model card. Returns the evaluation result (or None).
+
+    `state_dict`: the weights to save instead of `model`'s (a sharded policy's, gathered; `model` is then its
+    inference copy, which is what gets evaluated)."""
     from pathlib import Path
 
     from r1kit.modelcard import cost_from_ledger, lineage_of, write_model_card
@@ -143,7 +147,7 @@ def finish_model(model, tokenizer, out, *, title: str, task_spec: str | None, ev
     model = merged_copy(model)  # a LoRA model is saved (and evaluated) with its adapters merged in
     model.eval()
     with ledger.phase("checkpointing") if ledger is not None else nullcontext():
-        save_model(model, tokenizer, out / "model")
+        save_model(model, tokenizer, out / "model", state_dict=state_dict)
     result = None
     if eval_cfg is not None:
         if not task_spec:

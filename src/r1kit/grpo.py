@@ -8,12 +8,15 @@ the same rollout take the same step (losses.py explains the global denominators 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
+from r1kit.logprobs import completion_logprobs
+from r1kit.losses import AGGREGATIONS, clipped_surrogate, denominator_counts, kl_k3
 from r1kit.parallel import dist
-from r1kit.losses import AGGREGATIONS, clipped_surrogate, denominator_counts, entropy, kl_k3, token_logprobs
+from r1kit.parallel.engine import Engine
+from r1kit.parallel.fsdp import grad_norm, is_sharded
 
 
 @dataclass
@@ -31,6 +34,11 @@ class Rollout:
     @property
     def completion_len(self) -> int:
         return self.completion_mask.shape[1]
+
+    def to(self, device: torch.device) -> Rollout:
+        """The same rollout with every tensor on `device` (one copy per tensor, not per row)."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Rollout(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()})
 
 
 def build_rollout(prompts: list[list[int]], completions: list[list[int]], pad_id: int,
@@ -89,14 +97,20 @@ def micro_batches(rollout: Rollout, rows: torch.Tensor, max_tokens: int):
 
 
 @torch.no_grad()
-def rollout_logprobs(model, rollout: Rollout, temperature: float, max_tokens: int = 8192) -> torch.Tensor:
+def rollout_logprobs(model, rollout: Rollout, temperature: float, max_tokens: int = 8192,
+                     engine: Engine | None = None) -> torch.Tensor:
     """log π(completion tokens) under `model` (e.g. the reference), no grad. Returns (N, T), 0 past the ends."""
+    engine = engine or Engine(torch.device("cpu"), "fp32")
+    rollout = rollout.to(engine.device)
     p_len = rollout.input_ids.shape[1] - rollout.completion_len
-    out = torch.zeros(rollout.completion_mask.shape)
-    for rows, first, width in micro_batches(rollout, torch.arange(rollout.input_ids.shape[0]), max_tokens):
+    out = torch.zeros(rollout.completion_mask.shape, device=engine.device)
+    rows_all = torch.arange(rollout.input_ids.shape[0], device=engine.device)
+    for rows, first, width in micro_batches(rollout, rows_all, max_tokens):
         ids = rollout.input_ids[rows, first: p_len + width]
-        logits = completion_logits(model, ids, rollout.attention_mask[rows, first: p_len + width], width)
-        out[rows, :width] = token_logprobs(logits, ids[:, -width:], temperature)
+        with engine.autocast():
+            logprobs, _ = completion_logprobs(model, ids, rollout.attention_mask[rows, first: p_len + width], width,
+                                              temperature, engine.logits_chunk)
+        out[rows, :width] = logprobs.float()
     return out
 
 
@@ -115,19 +129,41 @@ class UpdateSettings:
     skip_zero_advantage: bool = True  # β = 0: no forward/backward for rows whose advantage is exactly 0
 
 
-def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings) -> dict:
+def _padding_passes(n_local: int) -> int:
+    """Forward/backward passes this rank must add so that every rank makes as many (FSDP2's collectives run
+    inside each pass: a rank with fewer micro-batches would leave the others waiting)."""
+    return int(dist.all_reduce_max([float(n_local)])[0]) - n_local if dist.active() else 0
+
+
+def _padding_pass(model, engine: Engine, backward: bool) -> None:
+    """A one-token forward (and backward of zero): joins the collectives, changes no gradient."""
+    ids = torch.zeros(1, 2, dtype=torch.long, device=engine.device)
+    with engine.autocast():
+        logprobs, _ = completion_logprobs(model, ids, torch.ones_like(ids), 1, 1.0, engine.logits_chunk)
+    if backward:
+        (logprobs.sum() * 0.0).backward()
+
+
+def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings, engine: Engine | None = None) -> dict:
     """mu epochs × mini_batches optimiser steps on the rollout; returns averaged statistics.
 
     Every rank calls this with its share of the global rollout and the same number of mini-batches; the loss of
-    each mini-batch is divided by a count over the global mini-batch and gradients are summed over ranks.
+    each mini-batch is divided by a count over the global mini-batch, and FSDP2 sums the gradients over ranks
+    (parallel/fsdp.py). Several ranks need a sharded model.
     """
+    engine = engine or Engine(torch.device("cpu"), "fp32")
+    if dist.active() and not is_sharded(model):
+        raise ValueError("train_on_rollout on several ranks needs an FSDP2-sharded model (parallel.fsdp.shard)")
     numerator, count_key = AGGREGATIONS[s.loss_aggregation]
+    rollout = rollout.to(engine.device)
     n = rollout.input_ids.shape[0]
     p_len = rollout.input_ids.shape[1] - rollout.completion_len
     groups = rollout.mini_batch if rollout.mini_batch is not None else torch.arange(n) * s.mini_batches // max(n, 1)
+    groups = groups.to(engine.device)
     model.train()
-    for p in model.parameters():  # every rank all-reduces the same buffers, even with an empty share
-        if p.requires_grad and p.grad is None:
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:  # AdamW steps every parameter, also in a mini-batch whose rows all have zero advantage
+        if p.grad is None:
             p.grad = torch.zeros_like(p)
     stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0}
     tokens_trained, rows_trained, skipped, updates = 0, 0, 0, 0
@@ -142,17 +178,21 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings) -> d
                 continue
             denom = totals[count_key]
             optimizer.zero_grad(set_to_none=False)
-            local_stats = torch.zeros(4)  # kl, clipped tokens, entropy, tokens (summed over ranks below)
+            local_stats = torch.zeros(4, device=engine.device)  # kl, clipped tokens, entropy, tokens (summed below)
             # With β = 0 a row whose advantage is exactly 0 has a loss of exactly 0 and no gradient (the
             # surrogate is -min(ρA, clip(ρ)A)): it is left out of the forward/backward. Its tokens still count in
             # the denominator above, and the optimiser still steps, so the update is the same.
             trained = rows[rollout.advantages[rows] != 0] if s.beta == 0 and s.skip_zero_advantage else rows
             if epoch == 0:
                 rows_trained += len(trained)  # completions that go through the backward (once per epoch)
-            for micro, first, width in micro_batches(rollout, trained, s.micro_batch_tokens):
+            passes = list(micro_batches(rollout, trained, s.micro_batch_tokens))
+            for micro, first, width in passes:
                 ids = rollout.input_ids[micro, first: p_len + width]  # (m, L)
-                logits = completion_logits(model, ids, rollout.attention_mask[micro, first: p_len + width], width)
-                logprobs = token_logprobs(logits, ids[:, -width:], s.temperature)  # (m, W)
+                attn = rollout.attention_mask[micro, first: p_len + width]  # (m, L)
+                with engine.autocast():
+                    logprobs, ent = completion_logprobs(model, ids, attn, width, s.temperature,
+                                                        engine.logits_chunk)  # (m, W) each
+                logprobs = logprobs.float()
                 cmask = rollout.completion_mask[micro, :width]  # (m, W)
                 old = rollout.old_logprobs[micro, :width] if rollout.old_logprobs is not None else logprobs.detach()
                 per_token, clipped = clipped_surrogate(logprobs, old, rollout.advantages[micro], s.eps_low,
@@ -165,22 +205,23 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings) -> d
                 loss.backward()
                 with torch.no_grad():
                     local_stats[1] += (clipped.float() * cmask).sum()
-                    local_stats[2] += (entropy(logits.detach(), s.temperature) * cmask).sum()
+                    local_stats[2] += (ent.float() * cmask).sum()
                     local_stats[3] += cmask.sum()
                 stats["loss"] += loss.item()
-                tokens_trained += int(rollout.attention_mask[micro].sum())
-            dist.all_reduce_grads(model)
-            grad_norm = _grad_norm(model, s.grad_clip)
+                tokens_trained += int(attn.sum())
+            for _ in range(_padding_passes(len(passes))):
+                _padding_pass(model, engine, backward=True)
+            norm = _grad_norm(params, s.grad_clip)
             kl_sum, clip_sum, ent_sum, tok_sum = dist.all_reduce_sum(local_stats.tolist())
             tok_sum = max(tok_sum, 1.0)
             stats["kl"] += kl_sum / tok_sum
             stats["clip_fraction"] += clip_sum / tok_sum
             stats["entropy"] += ent_sum / tok_sum
-            if not math.isfinite(grad_norm):
+            if not math.isfinite(norm):
                 skipped += 1  # never step on NaN/inf gradients
                 optimizer.zero_grad(set_to_none=False)
                 continue
-            stats["grad_norm"] += grad_norm
+            stats["grad_norm"] += norm
             optimizer.step()
             updates += 1
     n_updates = s.mu * s.mini_batches
@@ -191,8 +232,9 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings) -> d
     return out
 
 
-def _grad_norm(model, clip: float) -> float:
-    params = [p for p in model.parameters() if p.grad is not None]
-    if clip > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, clip))
-    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))) if params else 0.0
+def _grad_norm(params: list[torch.Tensor], clip: float) -> float:
+    """The global gradient norm (over every rank's shards); clips the gradients to `clip` when clip > 0."""
+    total = grad_norm(params)
+    if clip > 0 and any(p.grad is not None for p in params):
+        torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], clip, total)
+    return float(total)

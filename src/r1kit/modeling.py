@@ -198,19 +198,32 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 
 def save_model(
-    model, tokenizer, out_dir: str | os.PathLike, extra_files: dict[str, str] | None = None
+    model, tokenizer, out_dir: str | os.PathLike, extra_files: dict[str, str] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Save as a Hugging Face directory atomically; refuses to save non-finite weights."""
+    """Save as a Hugging Face directory atomically; refuses to save non-finite weights.
+
+    `state_dict` replaces the model's own weights (a sharded model's, gathered on one rank); config.json then
+    records their dtype, so the directory loads back in it."""
     _quiet_transformers()
     out = Path(out_dir)
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
+    named = state_dict.items() if state_dict is not None else model.named_parameters()
+    for name, p in named:
+        if p.is_floating_point() and not torch.isfinite(p).all():
             raise FloatingPointError(f"refusing to save {out}: parameter {name} has NaN or inf values")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}"
     tmp.mkdir()  # (not mkdtemp, whose 0700 the model directory would keep: this one gets the umask's mode)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if state_dict is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            own = model.config.dtype
+            model.config.dtype = next(v.dtype for v in state_dict.values() if v.is_floating_point())
+            try:
+                model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+            finally:
+                model.config.dtype = own
         tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)

@@ -73,16 +73,13 @@ def choose_tokens(
     return order.gather(-1, pick).squeeze(-1)  # (B,)
 
 
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask), both (B, P), prompts aligned to the right."""
+def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both (B, P), prompts aligned to the right; built on the host, moved to `device` once."""
     width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        if p:
-            ids[i, width - len(p) :] = torch.tensor(p)
-            mask[i, width - len(p) :] = True
-    return ids, mask
+    rows = [[pad_id] * (width - len(p)) + list(p) for p in prompts]
+    ids = torch.tensor(rows, dtype=torch.long)  # (B, P)
+    mask = torch.tensor([[False] * (width - len(p)) + [True] * len(p) for p in prompts])  # (B, P)
+    return ids.to(device), mask.to(device)
 
 
 def supports_fast_path(model, max_len: int | None = None) -> bool:
@@ -124,9 +121,11 @@ class _FastDecoder:
         inv_freq = self.m.rotary_emb.inv_freq.float()  # (D/2,)
         rope_scale = float(getattr(self.m.rotary_emb, "attention_scaling", 1.0))
         dtype = self.m.embed_tokens.weight.dtype
+        device = self.m.embed_tokens.weight.device
         shape = (len(self.m.layers), batch, self.n_kv, max_len, self.head_dim)
-        self.k_cache = torch.empty(shape, dtype=dtype)  # (L, B, Hkv, S, D); a slot is written before it is read
-        self.v_cache = torch.empty(shape, dtype=dtype)
+        # (L, B, Hkv, S, D); a slot is written before it is read
+        self.k_cache = torch.empty(shape, dtype=dtype, device=device)
+        self.v_cache = torch.empty(shape, dtype=dtype, device=device)
         if fuse is None:
             fuse = sum(p.numel() for p in model.parameters()) < 1_000_000_000
         self.fused = fuse
@@ -134,7 +133,7 @@ class _FastDecoder:
         for w, layer in zip(self.layers, self.m.layers):  # Qwen3: RMSNorm over each head's queries and keys
             att = layer.self_attn
             w["qk_norm"] = (att.q_norm.weight, att.k_norm.weight) if hasattr(att, "q_norm") else None
-        freqs = torch.arange(max_len + 1, dtype=torch.float32)[:, None] * inv_freq  # (S, D/2)
+        freqs = torch.arange(max_len + 1, dtype=torch.float32, device=device)[:, None] * inv_freq  # (S, D/2)
         emb = torch.cat((freqs, freqs), -1)  # (S, D): rotary angles of every position, computed once
         self.cos_table = (emb.cos() * rope_scale).to(dtype)
         self.sin_table = (emb.sin() * rope_scale).to(dtype)
@@ -273,17 +272,18 @@ class _FastDecoder:
 def _sample_fast(model, ids, mask, params, eos, generator, want_logprobs):
     B, P, T = *ids.shape, params.max_new_tokens
     dec = _FastDecoder(model, B, P + T)
+    dev = ids.device
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P)
-    causal = torch.ones(P, P, dtype=torch.bool).tril()
-    prefill_mask = (causal[None] & mask[:, None, :]) | torch.eye(P, dtype=torch.bool)[None]  # (B, P, P)
+    causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
+    prefill_mask = (causal[None] & mask[:, None, :]) | torch.eye(P, dtype=torch.bool, device=dev)[None]  # (B, P, P)
     logits = dec.forward(ids, positions, 0, prefill_mask)
-    valid = torch.zeros(B, P + T, dtype=dec.k_cache.dtype)  # additive key bias: -inf on pads
+    valid = torch.zeros(B, P + T, dtype=dec.k_cache.dtype, device=dev)  # additive key bias: -inf on pads
     valid[:, :P].masked_fill_(~mask, float("-inf"))
     next_pos = positions[:, -1] + 1  # (B,)
-    rows = torch.arange(B)  # original row of each cache row
-    alive = torch.ones(B, dtype=torch.bool)  # cache rows still generating (finished rows linger until dropped)
+    rows = torch.arange(B, device=dev)  # original row of each cache row
+    alive = torch.ones(B, dtype=torch.bool, device=dev)  # cache rows still generating (finished ones linger)
     segments: list[tuple[torch.Tensor, list, list]] = [(rows, [], [])]  # per stretch of fixed rows: tokens, lps
-    eos_t = torch.tensor(eos, dtype=torch.long)
+    eos_t = torch.tensor(eos, dtype=torch.long, device=dev)
     for t in range(T):
         tok = choose_tokens(logits, params, generator)  # (b,)
         segments[-1][1].append(tok)
@@ -307,8 +307,8 @@ def _sample_fast(model, ids, mask, params, eos, generator, want_logprobs):
         next_pos = next_pos + 1
     # Reassemble by original row (tokens a row sampled after its EOS are cut off below).
     pad = eos[0] if eos else 0
-    tokens = torch.full((B, T), pad, dtype=torch.long)
-    logprobs = torch.zeros(B, T) if want_logprobs else None
+    tokens = torch.full((B, T), pad, dtype=torch.long, device=dev)
+    logprobs = torch.zeros(B, T, device=dev) if want_logprobs else None
     t0 = 0
     for seg_rows, toks, lps in segments:
         if toks:
@@ -318,7 +318,7 @@ def _sample_fast(model, ids, mask, params, eos, generator, want_logprobs):
         t0 += len(toks)
     is_eos = torch.isin(tokens[:, :t0], eos_t)  # (B, t0)
     finished = is_eos.any(-1)
-    lengths = torch.where(finished, is_eos.int().argmax(-1) + 1, torch.full((B,), t0)).tolist()
+    lengths = torch.where(finished, is_eos.int().argmax(-1) + 1, torch.full((B,), t0, device=dev)).tolist()
     out = [row[:k] for row, k in zip(tokens.tolist(), lengths)]
     lps = [row[:k] for row, k in zip(logprobs.tolist(), lengths)] if want_logprobs else None
     return Samples(out, finished.tolist(), lps)
@@ -343,7 +343,7 @@ def _sample_generic(model, ids, mask, params, eos, generator, want_logprobs, pad
     out: list[list[int]] = [[] for _ in range(B)]
     lps: list[list[float]] = [[] for _ in range(B)]
     finished = [False] * B
-    eos_t = torch.tensor(eos, dtype=torch.long)
+    eos_t = torch.tensor(eos, dtype=torch.long, device=ids.device)
     for t in range(params.max_new_tokens):
         tok = choose_tokens(logits, params, generator)
         if want_logprobs:
@@ -356,8 +356,8 @@ def _sample_generic(model, ids, mask, params, eos, generator, want_logprobs, pad
         finished = [f or bool(d) for f, d in zip(finished, torch.isin(tok, eos_t).tolist())]
         if all(finished) or t + 1 == params.max_new_tokens:
             break
-        tok = torch.where(torch.tensor(finished), torch.full_like(tok, pad_id), tok)
-        attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype)], -1)
+        tok = torch.where(torch.tensor(finished, device=ids.device), torch.full_like(tok, pad_id), tok)
+        attn = torch.cat([attn, attn.new_ones(B, 1)], -1)
         res = model(
             input_ids=tok[:, None],
             attention_mask=attn,
@@ -391,7 +391,11 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        ids, mask = left_pad(prompts, pad_id)
+        device = next(model.parameters()).device
+        ids, mask = left_pad(prompts, pad_id, device)
+        if generator is not None and generator.device != device:  # draw on the device that holds the logits
+            seed = int(torch.randint(2**62, (1,), generator=generator))
+            generator = torch.Generator(device=device).manual_seed(seed)
         use_fast = supports_fast_path(model, ids.shape[1] + params.max_new_tokens) if fast is None else fast
         if use_fast:
             return _sample_fast(model, ids, mask, params, eos_ids, generator, return_logprobs)

@@ -10,7 +10,11 @@ off-policy mini-batches come from the sampler (the same weights) instead of an e
 
 Randomness is derived from (seed, step, rank, round), never carried in a global generator, so `--resume` from a
 checkpoint replays the remaining steps exactly. Under `torchrun` each rank samples and scores its share of the
-questions; gradients are summed over ranks (dist.py).
+questions with its full inference copy of the policy, trains its FSDP2 shard, and gathers the new weights into
+that copy after the step (parallel/fsdp.py); checkpoints are DCP shards plus a gathered export
+(parallel/checkpoint.py). Device and precision: `parallel` (parallel/engine.py).
+
+    torchrun --nproc-per-node 8 $(which r1kit) rl --model DIR --out runs/rl --config recipe.toml
 
     r1kit rl --model runs/base-tiny --task arithmetic --out runs/rl --config recipes/tiny-r1-zero.toml
 """
@@ -26,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-from r1kit.parallel import dist
 from r1kit.checkpoint import checkpoint_to_resume, latest_checkpoint, load_state, save_checkpoint, step_of
 from r1kit.config import to_dict
 from r1kit.doctor import Doctor, DoctorStop
@@ -37,6 +40,16 @@ from r1kit.ledger import read_ledger, spent_flops
 from r1kit.lora import load_for_training, merged_copy
 from r1kit.losses import ADVANTAGES
 from r1kit.modeling import eos_ids, load_model
+from r1kit.parallel import dist
+from r1kit.parallel.checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
+from r1kit.parallel.engine import resolve_engine
+from r1kit.parallel.fsdp import (
+    copy_sharded,
+    full_state_dict,
+    inference_copy,
+    prepare_training_model,
+    sync_weights,
+)
 from r1kit.prompting import format_warnings, make_prompter
 from r1kit.rewards import combine
 from r1kit.rl_config import RLConfig
@@ -84,7 +97,7 @@ class _Stream:
         return [self.pool[int(i)] for i in torch.randint(len(self.pool), (n,), generator=g)]
 
 
-def _sample_groups(policy, tokenizer, prompter, problems, cfg, gen, want_logprobs):
+def _sample_groups(policy, tokenizer, prompter, problems, cfg, gen, want_logprobs, engine):
     """G completions per problem, scored. Returns per-completion lists."""
     r, G = cfg.rollout, cfg.rollout.group_size
     params = SamplingParams(r.temperature, r.top_p, r.max_new_tokens)
@@ -93,8 +106,9 @@ def _sample_groups(policy, tokenizer, prompter, problems, cfg, gen, want_logprob
     toks, fins, lps = [], [], []
     for s in range(0, len(rows), r.batch_size):
         chunk = rows[s: s + r.batch_size]
-        out = sample(policy, [prompts[i] for i in chunk], params, eos_ids=eos_ids(policy, tokenizer),
-                     pad_id=tokenizer.pad_token_id, generator=gen, return_logprobs=want_logprobs)
+        with engine.autocast():
+            out = sample(policy, [prompts[i] for i in chunk], params, eos_ids=eos_ids(policy, tokenizer),
+                         pad_id=tokenizer.pad_token_id, generator=gen, return_logprobs=want_logprobs)
         toks += out.tokens
         fins += out.finished
         lps += out.logprobs or []
@@ -115,8 +129,9 @@ def _score(prompter, tokenizer, reward_fn, cfg, problems, rows, toks, fins):
     return rewards, parts_all, scores
 
 
-def _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, info, ledger):
+def _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, engine, ledger):
     """Sample, score and (with dynamic sampling) refill this rank's groups. Returns the kept data + stats."""
+    info = engine.info
     G, local_n = cfg.rollout.group_size, cfg.rollout.prompts_per_step // info.world
     first = [stream[step * cfg.rollout.prompts_per_step + j]
              for j in range(cfg.rollout.prompts_per_step) if j % info.world == info.rank]
@@ -128,7 +143,8 @@ def _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, inf
         gen = torch.Generator().manual_seed(_seed(cfg.seed, step, info.rank, rnd))
         t0 = time.perf_counter()
         with ledger.phase("rollout") if ledger else nullcontext() as ph:
-            prompts, rows, toks, fins, lps = _sample_groups(policy, tokenizer, prompter, problems, cfg, gen, want_lp)
+            prompts, rows, toks, fins, lps = _sample_groups(policy, tokenizer, prompter, problems, cfg, gen, want_lp,
+                                                            engine)
             if ph is not None:
                 ph.add(prompt_tokens=sum(len(prompts[i]) for i in rows), generated_tokens=sum(map(len, toks)),
                        seq_len=max(map(len, prompts)) + cfg.rollout.max_new_tokens)
@@ -163,7 +179,7 @@ def _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, inf
     return kept, seen, {"rollout": t_roll, "scoring": t_score, "prompt_tokens": n_prompt_tok, "generated": n_gen}
 
 
-def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger):
+def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine):
     """Advantages, reference log-probs and the GRPO update on this rank's kept groups."""
     G, a = cfg.rollout.group_size, cfg.algo
     n, pad = len(kept["toks"]), tokenizer.pad_token_id
@@ -187,11 +203,10 @@ def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger):
                               a.mini_batches, cfg.rollout.max_new_tokens, cfg.optim.grad_clip,
                               micro_batch_tokens=a.micro_batch_tokens)
     with ledger.phase("training") if ledger else nullcontext() as ph:
-        if a.beta > 0 and n:
-            rollout.ref_logprobs = rollout_logprobs(ref, rollout, cfg.rollout.temperature, a.micro_batch_tokens)
-        elif a.beta > 0:
-            rollout.ref_logprobs = torch.zeros_like(rollout.completion_mask)
-        stats = train_on_rollout(policy, optimizer, rollout, settings)
+        if a.beta > 0:  # also for a placeholder row: a sharded reference's forward is a collective
+            rollout.ref_logprobs = rollout_logprobs(ref, rollout, cfg.rollout.temperature, a.micro_batch_tokens,
+                                                    engine)
+        stats = train_on_rollout(policy, optimizer, rollout, settings, engine)
         if ph is not None:
             ph.add(trained_tokens=stats["tokens_trained"],
                    forward_tokens=int(rollout.attention_mask.sum()) if a.beta > 0 and n else 0,
@@ -199,7 +214,7 @@ def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger):
     return stats
 
 
-def _step_metrics(seen, stats, times, lr, t_step, info) -> dict:
+def _step_metrics(seen, stats, times, lr, t_step, info, peak_memory_mib: float) -> dict:
     """Reduce this step's numbers over ranks into the logged metrics."""
     n = len(seen["rewards"])
     rewards = seen["rewards"]
@@ -221,10 +236,11 @@ def _step_metrics(seen, stats, times, lr, t_step, info) -> dict:
         "completions_trained": int(tot[12]),
         **{k: stats[k] for k in ("loss", "kl", "clip_fraction", "entropy", "grad_norm", "skipped_updates")},
         "lr": lr, "time_rollout": tot[10] / info.world, "time_scoring": tot[11] / info.world,
-        "time_training": stats["time_training"], "time_step": t_step,
+        "time_training": stats["time_training"], "time_weight_sync": stats["time_weight_sync"], "time_step": t_step,
         "tokens_per_s": tot[9] / max(tot[10] / info.world, 1e-9), "completions_per_s": tot[0] / max(t_step, 1e-9),
     }
     m.update({f"reward/{k}": v / count for k, v in zip(names, tot[13:])})
+    m["peak_memory_mib"] = dist.all_reduce_max([peak_memory_mib])[0]  # the fullest rank's
     return m
 
 
@@ -252,8 +268,9 @@ def _samples_of(kept: dict, tokenizer, G: int) -> dict:
                          "reward": kept["rewards"][i], "finished": bool(kept["fins"][i])} for i in rows]}
 
 
-def _evaluate(policy, tokenizer, task, cfg, ledger, progress) -> dict:
-    result = evaluate(policy, tokenizer, task, cfg.eval, progress=progress, ledger=ledger)
+def _evaluate(policy, tokenizer, task, cfg, ledger, progress, engine) -> dict:
+    with engine.autocast():
+        result = evaluate(policy, tokenizer, task, cfg.eval, progress=progress, ledger=ledger)
     policy.train()
     return result
 
@@ -266,13 +283,21 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
     """
     info = dist.init_distributed()
     cfg.resolve(info.world)
+    engine = resolve_engine(cfg.parallel, info, rl=True)
+    if engine.sharded and cfg.lora.enabled:
+        raise UserError("LoRA under torchrun (several ranks) is not supported yet: run LoRA on one process, or "
+                        "full fine-tuning on several")
     out = Path(cfg.out)
     task = get_task(cfg.task, **cfg.prompt.overrides())
     ckpt = checkpoint_to_resume(out, resume)
-    policy, tokenizer = load_for_training(lambda: load_model(cfg.model, trainable=True), ckpt, cfg.lora, cfg.seed)
+    policy, tokenizer = load_for_training(lambda: load_model(cfg.model, dtype=engine.master_dtype, trainable=True),
+                                          ckpt, cfg.lora, cfg.seed)
     ref = None
     if cfg.algo.beta > 0:  # β = 0 loads no reference model at all
         ref = copy.deepcopy(merged_copy(policy)).eval().requires_grad_(False)
+        ref = prepare_training_model(ref, engine, frozen=True)
+    sampler_model = inference_copy(policy, engine)  # the policy itself on one process
+    policy = prepare_training_model(policy, engine)
     o = cfg.optim
     optimizer = torch.optim.AdamW(policy.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
                                   weight_decay=o.weight_decay)
@@ -281,9 +306,16 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
     start, history = 0, {}
     if ckpt is not None:
         state = load_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
-        if ref is not None:
-            ref.load_state_dict(state["ref"])
+        if engine.sharded:
+            load_sharded_checkpoint(ckpt, state, policy, optimizer, ref, engine)
+            sync_weights(policy, sampler_model)
+        elif state.get("world_size", 1) != 1:
+            raise UserError(f"{ckpt} was written by {state['world_size']} ranks: resume it under torchrun with "
+                            "as many processes, or start a new run from its model directory")
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+            if ref is not None:
+                ref.load_state_dict(state["ref"])
         doctor.load(state["doctor"])
         start, history = state["step"], state["history"]
     prompter = make_prompter(task, tokenizer)
@@ -294,9 +326,10 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         samples.truncate_after(start)
         write_json(out / "run.json", {"stage": "rl", "config": to_dict(cfg), "task_options": task_options(task),
                                       "formats": prompter.settings(), "world_size": info.world,
+                                      "engine": engine.describe(),
                                       "resumed_from": start or None})
         if progress:
-            print(f"rl {task.name}: {prompter.describe()}", flush=True)
+            print(f"rl {task.name}: {prompter.describe()}; {engine.describe()}", flush=True)
         for w in format_warnings(prompter, cfg.model):
             print(f"r1kit doctor: {w}", flush=True)
     ledger = ledger_factory(out, "rl", policy.config.to_dict()) if (ledger_factory and info.main) else None
@@ -306,7 +339,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
     reward_fn = combine(cfg.reward.weights)
 
     if start == 0 and cfg.eval_every and info.main:
-        history["before"] = _evaluate(policy, tokenizer, task, cfg, ledger, progress)["metrics"]
+        history["before"] = _evaluate(sampler_model, tokenizer, task, cfg, ledger, progress, engine)["metrics"]
         log.log(0, {f"eval/{k}": v for k, v in history["before"].items() if isinstance(v, (int, float))})
     dist.barrier()
     bar = progress_bar(range(start, cfg.steps), desc="GRPO", disable=not (progress and info.main), initial=start,
@@ -320,18 +353,27 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         for g in optimizer.param_groups:
             g["lr"] = lr
         if ref is not None and cfg.algo.ref_reset_every and step > 0 and step % cfg.algo.ref_reset_every == 0:
-            ref.load_state_dict(merged_copy(policy).state_dict())
-        kept, seen, times = _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, info, ledger)
+            if engine.sharded:
+                copy_sharded(policy, ref)
+            else:
+                ref.load_state_dict(merged_copy(policy).state_dict())
+        kept, seen, times = _rollout_step(step, sampler_model, tokenizer, prompter, stream, reward_fn, cfg, engine,
+                                          ledger)
         t1 = time.perf_counter()
-        stats = _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger)
+        stats = _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine)
         stats["time_training"] = time.perf_counter() - t1
-        m = _step_metrics(seen, stats, times, lr, time.perf_counter() - t0, info)
+        t2 = time.perf_counter()
+        if engine.sharded:  # the sampler's copy gets the new weights (one all-gather per parameter)
+            with ledger.phase("weight_sync") if ledger else nullcontext():
+                sync_weights(policy, sampler_model)
+        stats["time_weight_sync"] = time.perf_counter() - t2
+        m = _step_metrics(seen, stats, times, lr, time.perf_counter() - t0, info, engine.peak_memory_mib())
         warnings = doctor.check_step(step + 1, m)
         done = step + 1
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
             stop = None
             if info.main:
-                ev = _evaluate(policy, tokenizer, task, cfg, ledger, progress=False)["metrics"]
+                ev = _evaluate(sampler_model, tokenizer, task, cfg, ledger, False, engine)["metrics"]
                 m.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
                 try:
                     warnings += doctor.check_eval(done, ev["pass@1"])
@@ -355,12 +397,15 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
             bar.write(f"compute budget reached after step {done}: {spent:.3g} FLOPs "
                       f">= max_flops {cfg.max_flops:.3g}")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or over_budget:
-            if info.main:
-                state = {"optimizer": optimizer.state_dict(), "ref": ref.state_dict() if ref is not None else None,
-                         "doctor": doctor.state(), "history": history}
-                with ledger.phase("checkpointing") if ledger else nullcontext():
+            state = {"doctor": doctor.state(), "history": history}
+            with ledger.phase("checkpointing") if ledger else nullcontext():
+                if engine.sharded:
+                    save_sharded_checkpoint(out, done, policy, sampler_model, tokenizer, optimizer, ref, state,
+                                            cfg.keep_checkpoints, engine)
+                else:
+                    state.update(optimizer=optimizer.state_dict(),
+                                 ref=ref.state_dict() if ref is not None else None)
                     save_checkpoint(out, done, policy, tokenizer, state, cfg.keep_checkpoints)
-            dist.barrier()
         if over_budget:
             break
     seconds = time.perf_counter() - t_run
@@ -369,10 +414,13 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
     finished = last_step > 0 and (last_step == cfg.steps or (budget is not None and budget["step"] == last_step))
     summary = {"run_dir": str(out), "steps": last_step if finished else cfg.steps, "seconds_this_process": seconds,
                "finished": finished, "stopped_by_budget": budget}
+    full = full_state_dict(policy) if finished and engine.sharded else None  # collective: every rank
     if finished and info.main:
-        result = finish_model(policy, tokenizer, out, title=f"{out.name}: R1-Zero RL on {task.name}",
-                              task_spec=task, eval_cfg=cfg.eval if cfg.final_eval else None,
-                              upstream=[cfg.model], ledger=ledger, progress=progress)
+        with engine.autocast():
+            result = finish_model(sampler_model if engine.sharded else policy, tokenizer, out,
+                                  title=f"{out.name}: R1-Zero RL on {task.name}", task_spec=task,
+                                  eval_cfg=cfg.eval if cfg.final_eval else None, upstream=[cfg.model],
+                                  ledger=ledger, progress=progress, state_dict=full)
         policy.train()
         summary.update(before=history.get("before"), after=result["metrics"] if result else None)
         if result is not None:

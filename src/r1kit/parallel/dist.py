@@ -1,12 +1,18 @@
 """Distributed helpers: the same code runs as one process or under `torchrun` (gloo on CPU, NCCL on GPU).
 
-Data parallelism is done by hand: each rank computes gradients of its share of a loss whose denominator counts
-the *global* batch, then gradients are summed across ranks. One process and N processes therefore take the same
-step for the same global batch (tests/test_distributed.py).
+Each rank computes gradients of its share of a loss whose denominator counts the *global* batch; FSDP2
+(parallel/fsdp.py) sums them over ranks. One process and N processes therefore take the same step for the same
+global batch (tests/test_distributed.py). The few floats of the loop's bookkeeping (counts, metrics) travel on
+gloo, CPU tensors, also on GPU machines: the process group is "cpu:gloo,cuda:nccl" there.
+
+A rank that dies makes the others fail instead of waiting forever: collectives time out after
+R1KIT_DIST_TIMEOUT_S seconds (default 1800), and on NCCL TORCH_NCCL_ASYNC_ERROR_HANDLING=3 (torch's default,
+set explicitly) tears the process down on a failed or timed-out collective, which torchrun then reports.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -31,8 +37,10 @@ def init_distributed() -> DistInfo:
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
+        timeout = datetime.timedelta(seconds=float(os.environ.get("R1KIT_DIST_TIMEOUT_S", "1800")))
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=timeout)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
@@ -52,19 +60,13 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def all_reduce_grads(model: torch.nn.Module) -> None:
-    """Sum every gradient over ranks, flattened into one buffer per call."""
+def all_reduce_max(values: list[float]) -> list[float]:
+    """Elementwise maximum of a few floats over ranks (identity on one process)."""
     if not active():
-        return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset: offset + g.numel()].view_as(g))
-        offset += g.numel()
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
 
 
 def all_gather_objects(obj) -> list:

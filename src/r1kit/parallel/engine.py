@@ -1,0 +1,110 @@
+"""The one device and precision decision of a run, made at the top of a loop and passed down as an `Engine`.
+
+- device: `auto` is CUDA when torch sees a GPU, else the CPU; under torchrun each rank takes its LOCAL_RANK GPU.
+- dtype (precision mode, as in torchtitan / FSDP2's MixedPrecisionPolicy):
+    fp32       weights, compute, gradients and optimiser state in float32 (the CPU default: exact, and most CPUs
+               run bfloat16 matmuls no faster)
+    bf16       float32 master weights, gradients reduced in float32, optimiser state float32; forward and
+               backward compute in bfloat16 (the GPU default). Sharded, FSDP2 casts each gathered layer
+               (param_dtype=bf16, reduce_dtype=fp32); on one process `torch.autocast` does the same job
+    bf16-pure  weights, gradients and optimiser state in bfloat16: half the memory, and AdamW's small updates
+               round away (use a larger lr or accept slower learning)
+- TF32 matmuls are turned on for float32 work on CUDA; attention is PyTorch's SDPA (flash / memory-efficient
+  kernels on GPUs), the transformers default.
+
+Checkpoints hold the master weights in their own dtype (float32, or bfloat16 for bf16-pure) and are loaded back
+in it, so a resumed run continues from the very same numbers.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from r1kit.config import ParallelConfig
+from r1kit.errors import UserError
+from r1kit.parallel.dist import DistInfo
+
+MASTER_DTYPES = {"fp32": torch.float32, "bf16": torch.float32, "bf16-pure": torch.bfloat16}
+COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16-pure": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Engine:
+    device: torch.device
+    precision: str  # fp32 | bf16 | bf16-pure (resolved; never "auto")
+    info: DistInfo = DistInfo()
+    reshard_after_forward: bool = True
+    activation_checkpointing: bool = False
+    logits_chunk: int = 1024
+
+    @property
+    def sharded(self) -> bool:
+        """Training models are FSDP2-sharded whenever there is more than one rank."""
+        return self.info.world > 1
+
+    @property
+    def master_dtype(self) -> torch.dtype:
+        return MASTER_DTYPES[self.precision]
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return COMPUTE_DTYPES[self.precision]
+
+    @property
+    def kind(self) -> str:
+        return self.device.type
+
+    def autocast(self):
+        """bf16 compute over float32 weights on one process (FSDP2's mixed-precision policy does it when sharded)."""
+        if self.precision == "bf16" and not self.sharded:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def generator(self, seed: int) -> torch.Generator:
+        """A generator on this device, seeded: sampling draws on the device that holds the probabilities."""
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def peak_memory_mib(self) -> float:
+        """Peak memory so far: CUDA's max_memory_allocated on a GPU, the process's peak RSS on a CPU."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        import resource
+        import sys
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+    def describe(self) -> str:
+        where = f"{self.info.world} ranks, FSDP2" if self.sharded else "1 process"
+        ac = ", activation checkpointing" if self.activation_checkpointing else ""
+        return f"{self.device.type} {self.precision} ({where}{ac})"
+
+
+def resolve_engine(cfg: ParallelConfig | None = None, info: DistInfo | None = None, *, rl: bool = False) -> Engine:
+    """Device and precision for this process; a one-line UserError when the machine cannot do what was asked.
+
+    `rl=True` turns activation checkpointing on by default on GPUs (RL micro-batches are long sequences)."""
+    cfg = cfg or ParallelConfig()
+    info = info or DistInfo()
+    has_cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not has_cuda:
+        raise UserError("--device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                        "use --device cpu, or install the CUDA build of torch")
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and has_cuda)
+    if use_cuda:
+        if info.local_rank >= torch.cuda.device_count():
+            raise UserError(f"rank {info.rank} wants GPU {info.local_rank} (LOCAL_RANK) but only "
+                            f"{torch.cuda.device_count()} are visible: lower --nproc-per-node")
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+    precision = cfg.dtype if cfg.dtype != "auto" else ("bf16" if use_cuda else "fp32")
+    checkpointing = cfg.activation_checkpointing == "on" or (
+        cfg.activation_checkpointing == "auto" and rl and use_cuda)
+    return Engine(device, precision, info, cfg.reshard_after_forward, checkpointing, cfg.logits_chunk)

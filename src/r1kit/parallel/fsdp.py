@@ -1,0 +1,134 @@
+"""How a training model is placed and sharded: the one place that decides it (as torchtitan's parallelize.py).
+
+- One process: the model moves to the engine's device in its master dtype; nothing is wrapped.
+- N processes (torchrun): PyTorch's FSDP2, `fully_shard`, over an explicit 1-D device mesh ("cpu" on gloo,
+  "cuda" on NCCL): one group per decoder layer (the classes the model lists in `_no_split_modules`, as
+  accelerate does), then the root, which holds the embedding, the final norm and the lm_head — a tied embedding
+  and lm_head are one parameter in one group (accelerate#4171 shows the failure when they are split). Gradients
+  are reduce-scattered as sums (divide factor 1): r1kit's losses already divide by counts over the *global*
+  batch, so one process and N processes take the same step. Mixed precision (bf16) is FSDP2's
+  MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32).
+- Activation checkpointing: each decoder layer is recomputed in the backward (transformers' non-reentrant
+  gradient checkpointing, applied before sharding).
+- Rollouts never all-gather per decoded token (pytorch#123962): each rank keeps a plain, full *inference copy*
+  of the policy in the compute dtype, and after every optimiser step `sync_weights` gathers the new weights into
+  it in place, one parameter at a time (the ledger's "weight_sync" phase). The sampler and the evaluator only
+  ever see that plain model.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from r1kit.parallel.engine import Engine
+
+
+def is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The repeated blocks of a transformers model: modules whose class is in `_no_split_modules`."""
+    names = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (no _no_split_modules)")
+    return layers
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute every decoder layer in the backward instead of keeping its activations."""
+    model.config.use_cache = False
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def shard(model, engine: Engine):
+    """fully_shard each decoder layer, then the root, over a 1-D mesh of all ranks. Returns the model."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(engine.device.type, (engine.info.world,))
+    mp = None
+    if engine.precision == "bf16":
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    kwargs = {"mesh": mesh, "reshard_after_forward": engine.reshard_after_forward}
+    if mp is not None:
+        kwargs["mp_policy"] = mp
+    for layer in decoder_layers(model):
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    model.set_gradient_divide_factor(1.0)  # sums, not means: the losses divide by global counts already
+    return model
+
+
+def prepare_training_model(model, engine: Engine, *, frozen: bool = False):
+    """Master dtype, device, activation checkpointing (trained models) and, with several ranks, FSDP2."""
+    model = model.to(device=engine.device, dtype=engine.master_dtype)
+    if engine.activation_checkpointing and not frozen:
+        enable_activation_checkpointing(model)
+    if engine.sharded:
+        shard(model, engine)
+    return model
+
+
+def inference_copy(model, engine: Engine):
+    """The model the sampler runs: the policy itself on one process; a plain full copy in the compute dtype, made
+    before sharding, on every rank of a sharded run (kept current by `sync_weights`)."""
+    if not engine.sharded:
+        return model
+    twin = copy.deepcopy(model).to(device=engine.device, dtype=engine.compute_dtype)
+    if getattr(twin, "is_gradient_checkpointing", False):
+        twin.gradient_checkpointing_disable()
+    return twin.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def sync_weights(sharded, twin) -> None:
+    """Gather the sharded model's parameters into the plain copy, in place, in one order on every rank."""
+    if twin is sharded:
+        return
+    from torch.distributed.tensor import DTensor
+
+    target = dict(twin.named_parameters())
+    for name, p in sharded.named_parameters():
+        full = p.full_tensor() if isinstance(p, DTensor) else p  # an all-gather over the ranks
+        target[name].copy_(full)
+
+
+@torch.no_grad()
+def copy_sharded(src, dst) -> None:
+    """dst's parameters := src's, shard by shard (the same layout on every rank): e.g. a reference reset."""
+    from torch.distributed.tensor import DTensor
+
+    for p_dst, p_src in zip(dst.parameters(), src.parameters(), strict=True):
+        if isinstance(p_dst, DTensor):
+            p_dst.to_local().copy_(p_src.to_local())
+        else:
+            p_dst.copy_(p_src)
+
+
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    """Every weight in full, on the CPU, on rank 0 only (the other ranks get {}): an export gathered one
+    tensor at a time, never the whole model on every rank. On one process: the model's own state dict."""
+    if not is_sharded(model):
+        return {k: v.detach() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of these parameters' gradients (over every shard), as a plain tensor."""
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total = torch.nn.utils.get_total_norm(grads)
+    return total.full_tensor() if isinstance(total, DTensor) else total
