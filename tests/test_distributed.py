@@ -1,5 +1,6 @@
-"""Data parallelism (dist.py + grpo.py): two gloo processes, each holding half of a global rollout, take the same
-update as one process holding all of it, for every loss aggregation and with several mini-batches and epochs.
+"""Data parallelism through FSDP2 (parallel/fsdp.py + grpo.py): two and four gloo processes, each holding its share
+of a global rollout and a shard of the model, take the same update as one process holding all of it, for every
+loss aggregation and with several mini-batches and epochs.
 
 The rollout is built from token-id lists (no tokenizer) and a model from a seed, so every process builds the
 same ones. Each rank packs its own rows with `build_rollout`, as the RL loop does (so its padding differs from the
@@ -76,15 +77,24 @@ def _rows_of(rank: int, world: int) -> list[int]:
 
 
 def _run_cases(rank: int, world: int) -> list[dict]:
-    """Every case from the same initial model on this rank's rows; returns the parameters and statistics."""
+    """Every case from the same initial model on this rank's rows; returns the (full) parameters and statistics."""
+    from torch.distributed.tensor import DTensor
+
     from r1kit.grpo import UpdateSettings, build_rollout, train_on_rollout
     from r1kit.modeling import new_model
+    from r1kit.parallel.dist import DistInfo
+    from r1kit.parallel.engine import Engine
+    from r1kit.parallel.fsdp import shard
+
+    engine = Engine(torch.device("cpu"), "fp32", DistInfo(rank, world, rank))
 
     prompts, completions, advantages, old, ref = _global_rollout_data()
     rows = _rows_of(rank, world)
     results = []
     for aggregation, mu, mini_batches in CASES:
         model = new_model(MODEL, _Tok(), seed=0)
+        if world > 1:
+            shard(model, engine)
         rollout = build_rollout(
             [prompts[i] for i in rows], [completions[i] for i in rows], PAD, advantages[rows]
         )
@@ -105,8 +115,9 @@ def _run_cases(rank: int, world: int) -> list[dict]:
             grad_clip=1.0,
         )
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        stats = train_on_rollout(model, optimizer, rollout, settings)
-        params = {k: v.detach().clone() for k, v in model.named_parameters()}
+        stats = train_on_rollout(model, optimizer, rollout, settings, engine)
+        params = {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone()
+                  for k, v in model.named_parameters()}
         results.append({"params": params, "stats": stats})
     return results
 
@@ -141,33 +152,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory, torch_threads):
-    """(one process, rank 0, rank 1) results. Rank 1 runs in a spawned process, rank 0 in this one (importing
-    transformers costs seconds per process; the single-process reference is computed while rank 1 imports).
-    The process group is gone again when the fixture returns."""
+def _sharded_results(world: int, out) -> list[list[dict]]:
+    """Every rank's results, ranks 1.. in spawned processes and rank 0 in this one (importing transformers costs
+    seconds per process). The process group is gone again when it returns."""
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
-    out = tmp_path_factory.mktemp("dist")
     port = _free_port()
-    child = mp.get_context("spawn").Process(target=_worker, args=(1, 2, port, str(out)))
-    child.start()
+    ctx = mp.get_context("spawn")
+    children = [ctx.Process(target=_worker, args=(r, world, port, str(out))) for r in range(1, world)]
+    for child in children:
+        child.start()
     try:
-        single = _run_cases(0, 1)
-        _join(0, 2, port)
+        _join(0, world, port)
         try:
-            rank0 = _run_cases(0, 2)
+            rank0 = _run_cases(0, world)
         finally:
             dist.destroy_process_group()
-        child.join(timeout=120)
-        assert child.exitcode == 0, f"rank 1 failed with exit code {child.exitcode}"
+        for r, child in enumerate(children, 1):
+            child.join(timeout=180)
+            assert child.exitcode == 0, f"rank {r} failed with exit code {child.exitcode}"
     finally:
-        if child.is_alive():
-            child.terminate()
-            child.join()
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+                child.join()
     assert not dist.is_initialized()
-    return single, rank0, torch.load(out / "rank1.pt", weights_only=False)
+    return [rank0] + [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(1, world)]
+
+
+@pytest.fixture(scope="module")
+def single(torch_threads):
+    return _run_cases(0, 1)
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=["2-ranks", "4-ranks"])
+def ranks(request, tmp_path_factory, torch_threads):
+    return _sharded_results(request.param, tmp_path_factory.mktemp(f"dist{request.param}"))
+
+
+@pytest.fixture(scope="module")
+def results(single, ranks):
+    """(one process, rank 0, rank 1, ...) results."""
+    return (single, *ranks)
 
 
 def test_the_rollout_exercises_clipping_and_both_mini_batches(results):
@@ -180,18 +207,19 @@ def test_the_rollout_exercises_clipping_and_both_mini_batches(results):
 
 
 @pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{a}-mu{m}-mb{b}" for a, m, b in CASES])
-def test_two_processes_take_the_same_step_as_one(case, results):
-    single, rank0, rank1 = (r[case] for r in results)
+def test_n_processes_take_the_same_step_as_one(case, results):
+    single, rank0, *others = (r[case] for r in results)
     for name, expected in single["params"].items():
-        # both ranks hold identical weights (the summed gradient is the same on each) ...
-        assert torch.equal(rank0["params"][name], rank1["params"][name]), name
+        for other in others:  # every rank gathers identical weights (one reduce-scattered update) ...
+            assert torch.equal(rank0["params"][name], other["params"][name]), name
         # ... equal to the single process's within float tolerance
         torch.testing.assert_close(rank0["params"][name], expected, atol=1e-6, rtol=1e-5, msg=name)
-    moved = sum(float((single["params"][k] - rank0["params"][k]).abs().max()) for k in single["params"])
+    moved = max(float((single["params"][k] - rank0["params"][k]).abs().max()) for k in single["params"])
     assert moved < 1e-5
     for key in ("loss", "kl", "clip_fraction", "entropy", "grad_norm"):
         assert rank0["stats"][key] == pytest.approx(single["stats"][key], rel=1e-4, abs=1e-6), key
-        assert rank1["stats"][key] == pytest.approx(rank0["stats"][key], rel=1e-9, abs=1e-9), key
+        for other in others:
+            assert other["stats"][key] == pytest.approx(rank0["stats"][key], rel=1e-9, abs=1e-9), key
 
 
 def test_the_update_is_not_trivial(results):
@@ -215,11 +243,17 @@ def test_every_rank_issues_the_same_collectives(monkeypatch, torch_threads, afte
     from r1kit.grpo import UpdateSettings, build_rollout, train_on_rollout
     from r1kit.modeling import new_model
 
+    from r1kit import grpo
+
     calls: list = []
     monkeypatch.setattr(dist, "active", lambda: True)
-    def fake_all_reduce(t, *args, **kwargs):
-        calls.append((t.numel(), t.dtype))
-        if t.dtype == torch.float64:  # the count sums: the other rank holds at least one sequence and token
+    monkeypatch.setattr(grpo, "is_sharded", lambda model: True)  # FSDP2's own collectives run in each pass
+
+    def fake_all_reduce(t, op=tdist.ReduceOp.SUM, **kwargs):
+        calls.append((t.numel(), t.dtype, str(op)))
+        if op == tdist.ReduceOp.MAX:  # micro-batches per rank: the other rank has 2 in every mini-batch
+            t.fill_(2)
+        elif t.dtype == torch.float64:  # the count sums: the other rank holds at least one sequence and token
             t.add_(1)
 
     monkeypatch.setattr(tdist, "all_reduce", fake_all_reduce)
@@ -227,6 +261,8 @@ def test_every_rank_issues_the_same_collectives(monkeypatch, torch_threads, afte
     def collectives(mini_batch: list[int], advantages: list[float]) -> list:
         calls.clear()
         model = new_model(MODEL, _Tok(), seed=0)
+        forward = model.forward
+        model.forward = lambda *a, **k: (calls.append("forward"), forward(*a, **k))[1]  # FSDP2 gathers in each
         rollout = build_rollout([[5, 6], [7, 8]], [[9, 10], [11]], PAD, torch.tensor(advantages))
         rollout.mini_batch = torch.tensor(mini_batch)
         settings = UpdateSettings(1.0, "token_mean", 0.0, 0.2, 0.2, 1, 2, 8, 1.0)

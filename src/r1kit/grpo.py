@@ -105,7 +105,11 @@ def rollout_logprobs(model, rollout: Rollout, temperature: float, max_tokens: in
     p_len = rollout.input_ids.shape[1] - rollout.completion_len
     out = torch.zeros(rollout.completion_mask.shape, device=engine.device)
     rows_all = torch.arange(rollout.input_ids.shape[0], device=engine.device)
-    for rows, first, width in micro_batches(rollout, rows_all, max_tokens):
+    passes = list(micro_batches(rollout, rows_all, max_tokens))
+    padding = _padding_passes(len(passes))  # a sharded model's forward is a collective: as many on every rank
+    for _ in range(padding):
+        _padding_pass(model, engine, backward=False)
+    for rows, first, width in passes:
         ids = rollout.input_ids[rows, first: p_len + width]
         with engine.autocast():
             logprobs, _ = completion_logprobs(model, ids, rollout.attention_mask[rows, first: p_len + width], width,
@@ -186,6 +190,7 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings, engi
             if epoch == 0:
                 rows_trained += len(trained)  # completions that go through the backward (once per epoch)
             passes = list(micro_batches(rollout, trained, s.micro_batch_tokens))
+            padding = _padding_passes(len(passes))  # agreed before any pass: each pass runs FSDP2 collectives
             for micro, first, width in passes:
                 ids = rollout.input_ids[micro, first: p_len + width]  # (m, L)
                 attn = rollout.attention_mask[micro, first: p_len + width]  # (m, L)
@@ -209,7 +214,7 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings, engi
                     local_stats[3] += cmask.sum()
                 stats["loss"] += loss.item()
                 tokens_trained += int(attn.sum())
-            for _ in range(_padding_passes(len(passes))):
+            for _ in range(padding):
                 _padding_pass(model, engine, backward=True)
             norm = _grad_norm(params, s.grad_clip)
             kl_sum, clip_sum, ent_sum, tok_sum = dist.all_reduce_sum(local_stats.tolist())

@@ -63,7 +63,11 @@ def shard(model, engine: Engine):
     for layer in decoder_layers(model):
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
-    model.set_gradient_divide_factor(1.0)  # sums, not means: the losses divide by global counts already
+    from torch.distributed.fsdp import FSDPModule
+
+    for group in (m for m in model.modules() if isinstance(m, FSDPModule)):  # each group has its own setting
+        group.set_gradient_divide_factor(1.0)  # sums, not means: the losses divide by global counts already
+        group.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
     return model
 
 
