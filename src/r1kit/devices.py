@@ -8,7 +8,9 @@ Layer 1: imports torch lazily inside functions, so importing this module stays c
   of several square matmuls on all threads, cached in ~/.cache/r1kit/cpu_peak.json keyed by CPU model, thread
   count and dtype. MFU on a CPU is therefore against an achieved, not a theoretical, peak (it reads high).
 - Energy comes from NVML's cumulative counter (nvmlDeviceGetTotalEnergyConsumption, mJ) when pynvml is
-  installed; otherwise the ledger estimates it as board power x time. pynvml is optional.
+  installed; otherwise the ledger estimates it as board power x time. pynvml is optional. Under torchrun the
+  ledger is kept by rank 0, which reads its node's GPUs and scales by the number of nodes.
+- The device count is what the job uses: one GPU per rank (world size), or CPU threads x ranks.
 """
 
 from __future__ import annotations
@@ -34,12 +36,16 @@ def gpu_kind(name: str) -> str:
 
 
 def detect_device() -> tuple[str, int]:
-    """(kind, count): CUDA GPUs by kind, else ("cpu", threads torch uses)."""
+    """(kind, count) of what this job runs on: its GPUs by kind, one per rank, when the process has put work on
+    CUDA (the loop's engine initialises it; `--device cpu` on a GPU machine bills the CPU), else ("cpu", the
+    threads torch uses x ranks). Ranks come from torch.distributed when it is initialised."""
     import torch
+    import torch.distributed as tdist
 
-    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
-        return gpu_kind(torch.cuda.get_device_name(0)), torch.cuda.device_count()
-    return "cpu", torch.get_num_threads()
+    world = tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return gpu_kind(torch.cuda.get_device_name(torch.cuda.current_device())), world
+    return "cpu", torch.get_num_threads() * world
 
 
 def cpu_model() -> str:
@@ -157,6 +163,26 @@ class NvmlEnergy:
             return None
 
 
+def job_energy_meter(ranks: int):
+    """Joules of the job's GPUs from NVML, read on the rank that keeps the ledger: the GPUs of this node that
+    the job's ranks here use (all visible ones under torchrun, the one in use on a single process), times the
+    number of nodes (ranks / LOCAL_WORLD_SIZE: the nodes do the same work). None without NVML."""
+    import torch
+
+    visible = [p.strip() for p in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if p.strip()]
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    current = torch.cuda.current_device()
+    if local == 1:  # this process's GPU only, as NVML numbers it
+        indices = [int(visible[current])] if visible and all(v.isdigit() for v in visible) else [current]
+    else:
+        indices = None  # NvmlEnergy's default: the visible GPUs of this node
+    nvml = NvmlEnergy(indices=indices)
+    if not nvml.available:
+        return None
+    nodes = max(1, ranks // max(local, 1))
+    return lambda: None if (j := nvml.read_j()) is None else j * nodes
+
+
 def ledger_for(
     run_dir: str | Path,
     stage: str,
@@ -169,16 +195,17 @@ def ledger_for(
 
     dtype is the compute dtype MFU is measured against: default bf16 on GPUs, fp32 on the CPU.
     """
+    import torch
+
     kind, count = detect_device()
     if kind == "cpu":
         dtype = dtype or "fp32"
-        peak = cpu_peak_flops(cache_dir, dtype) / count  # per thread, as the CPU is counted per thread
+        peak = cpu_peak_flops(cache_dir, dtype) / torch.get_num_threads()  # per thread: a CPU counts threads
         meter = None
     else:
         dtype = dtype or "bf16"
         peak = peak_flops(kind, dtype)
-        nvml = NvmlEnergy(indices=None)
-        meter = nvml.read_j if nvml.available else None
+        meter = job_energy_meter(count)
     return Ledger(
         Path(run_dir) / LEDGER_FILE,
         stage,

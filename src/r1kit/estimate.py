@@ -284,9 +284,14 @@ def estimate_from_config(
     calibrate_steps: int = 3,
     expected_completion_len: float | None = None,
     ledger_factory: Callable | None = None,
+    prompt_len: float | None = None,
 ) -> dict:
     """The whole recipe: read the model's config, calibrate with `run` (e.g. run_rl) unless calibrate_steps is
-    0 or no run is given, and estimate for `device_kind` x `device_count` (default: this machine)."""
+    0 or no run is given, and estimate for `device_kind` x `device_count` (default: this machine).
+
+    `prompt_len` (mean prompt tokens) replaces the calibration's or, without one, the measurement under the
+    model's tokenizer: with it and `expected_completion_len` a bare config.json is enough (a model too large to
+    have here, e.g. recipes/models/deepseek-v3-active-37b)."""
     if not cfg.model:
         raise UserError("the estimate needs the policy's model directory (--model DIR)")
     model_config = load_model_config(cfg.model)
@@ -299,8 +304,8 @@ def estimate_from_config(
 
             device_kind, count = detect_device()
         device_count = device_count or count
-    prompt_len = None if calibration else measure_prompt_len(cfg.model, cfg.task, seed=cfg.seed,
-                                                               overrides=cfg.prompt.overrides())
+    if prompt_len is None and not calibration:
+        prompt_len = measure_prompt_len(cfg.model, cfg.task, seed=cfg.seed, overrides=cfg.prompt.overrides())
     return estimate_rl(
         cfg,
         model_config,

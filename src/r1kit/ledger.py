@@ -46,6 +46,17 @@ DEVICE_PEAKS: dict[str, dict[str, float]] = {
     "B200": {"fp32": 75e12, "tf32": 1.1e15, "bf16": 2.25e15, "fp16": 2.25e15, "fp8": 4.5e15},
 }
 
+# Memory per device (HBM, bytes), for `r1kit.memplan`: the datasheet's "GB" read as 1e9 bytes, the SXM boards of
+# DEVICE_PEAKS (A100 also comes with 40 GB, H100 NVL with 94 GB). The GPUs report somewhat more (an H100 "80 GB"
+# shows 81,559 MiB in nvidia-smi, 85.5e9 bytes), so a plan against this table errs on the safe side.
+DEVICE_MEMORY_BYTES: dict[str, float] = {
+    "A100": 80e9,
+    "H100": 80e9,
+    "H800": 80e9,
+    "H200": 141e9,
+    "B200": 192e9,
+}
+
 # Board power (max TDP, W) per device, for energy when NVML is not available.
 DEVICE_POWER_W: dict[str, float] = {
     "A100": 400.0,

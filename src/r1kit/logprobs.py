@@ -80,4 +80,4 @@ def completion_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, width: int
     with _head_computes(model, lambda head, h: _head_logprobs(head, h, targets, temperature, chunk)):
         out = model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=width + 1)
     both = out.logits[:, :-1]  # (B, W, 2)
-    return both[..., 0], both[..., 1]
+    return both[..., 0], both[..., 1].detach()

@@ -68,6 +68,9 @@ class PackedBatch:
     position_ids: torch.Tensor  # (B, T) restart at 0 for each example
     segments: torch.Tensor  # (B, T)
 
+    def to(self, device) -> PackedBatch:
+        return PackedBatch(*(t.to(device) for t in (self.input_ids, self.labels, self.position_ids, self.segments)))
+
     def target_mask(self) -> torch.Tensor:
         """(B, T-1) True where position t predicts a loss-carrying token t+1 of the *same* example."""
         same = self.segments[:, 1:] == self.segments[:, :-1]
@@ -88,12 +91,13 @@ class PackedBatch:
         """
         seg = self.segments
         t = seg.shape[1]
-        causal = torch.ones(t, t, dtype=torch.bool).tril()  # (T, T)
+        causal = torch.ones(t, t, dtype=torch.bool, device=seg.device).tril()  # (T, T)
         same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)  # (B, T, T)
-        allowed = (same & causal) | torch.eye(t, dtype=torch.bool)  # (B, T, T)
+        allowed = (same & causal) | torch.eye(t, dtype=torch.bool, device=seg.device)  # (B, T, T)
         allowed = allowed[:, None]  # (B, 1, T, T)
         if implementation == "eager":
-            return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+            zeros = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
+            return zeros.masked_fill(~allowed, torch.finfo(dtype).min)
         return allowed
 
 

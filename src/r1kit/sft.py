@@ -18,6 +18,7 @@ from r1kit.errors import UserError
 from r1kit.losses import nll_per_token
 from r1kit.modeling import SIZES, load_model, load_tokenizer, new_model
 from r1kit.packing import Example, PackedBatch, collate, encode_example, pack, packed_logits
+from r1kit.parallel.engine import Engine
 from r1kit.tasks.base import Problem
 
 
@@ -153,18 +154,22 @@ def packed_batches(examples: list[Example], indices: list[int], max_len: int, pa
 
 
 def optimizer_step(model, optimizer, batches: list[PackedBatch], loss_fn: Callable[[object, PackedBatch],
-                   torch.Tensor], grad_clip: float) -> dict:
+                   torch.Tensor], grad_clip: float, engine: Engine | None = None) -> dict:
     """One update: Σ per-token loss over completion tokens / their total count, accumulated over `batches`.
 
     `loss_fn(model, batch)` returns per-token losses (B, T-1): position t's loss for predicting token t+1.
-    A non-finite loss or gradient skips the update (the weights stay finite).
+    A non-finite loss or gradient skips the update (the weights stay finite). Batches move to the engine's device
+    (one copy per tensor) and run under its autocast.
     """
+    engine = engine or Engine(torch.device("cpu"), "fp32")
     total = sum(b.loss_tokens for b in batches)
     optimizer.zero_grad(set_to_none=True)
     loss_sum = 0.0
     for b in batches:
+        b = b.to(engine.device)
         mask = b.target_mask().float()  # (B, T-1)
-        per_token = loss_fn(model, b)  # (B, T-1)
+        with engine.autocast():
+            per_token = loss_fn(model, b).float()  # (B, T-1)
         loss = (per_token * mask).sum() / max(total, 1)
         loss.backward()
         loss_sum += float(loss.detach())

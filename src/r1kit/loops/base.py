@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from r1kit.checkpoint import checkpoint_root, latest_checkpoint, load_state, save_checkpoint, step_of
-from r1kit.config import to_dict
+from r1kit.config import ParallelConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.evaluate import EvalConfig, evaluate, format_eval_table
 from r1kit.modelcard import cost_from_ledger, lineage_of, write_model_card
@@ -33,6 +33,7 @@ from r1kit.modeling import (
     save_model,
     train_tokenizer,
 )
+from r1kit.parallel.engine import resolve_engine
 from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.sft import cosine_lr, make_optimizer
 from r1kit.tasks import get_task, task_options
@@ -57,6 +58,7 @@ class BaseConfig:
     eval_every: int = 0  # steps between quick held-out checks (100 problems, k=2); 0: only the final eval
     checkpoint_every: int = 200  # steps between checkpoints (OUT/checkpoints, removed once the model is saved)
     final_eval: bool = True  # evaluate the model on the held-out split at the end
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # device and precision (one process)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
@@ -110,7 +112,9 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None, res
         tokenizer = train_tokenizer(texts, vocab_size=SIZES[cfg.size]["vocab_size"])
     eos = tokenizer.eos_token_id
     docs = [ids + [eos] for ids in tokenizer(texts).input_ids]
+    engine = resolve_engine(cfg.parallel)
     model = load_model(ckpt, trainable=True)[0] if ckpt is not None else new_model(cfg.size, tokenizer, seed=cfg.seed)
+    model = model.to(device=engine.device, dtype=engine.master_dtype)
     n_params = count_params(model)
     ledger = ledger_factory(out, "base", model.config.to_dict()) if ledger_factory else None
     model.train()
@@ -134,9 +138,10 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None, res
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(len(docs), (cfg.batch_size,), generator=gen).tolist()
-        ids, mask, labels = _batch([docs[i] for i in idx], tokenizer.pad_token_id)
+        ids, mask, labels = (t.to(engine.device) for t in _batch([docs[i] for i in idx], tokenizer.pad_token_id))
         with ledger.phase("training") if ledger else nullcontext() as phase:
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            with engine.autocast():
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"base: loss became {loss.item()} at step {step}; lower the lr")
             opt.zero_grad(set_to_none=True)
@@ -161,7 +166,8 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None, res
             bar.set_postfix(loss=f"{loss_ema:.3f}", refresh=False)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             quick = EvalConfig(split=cfg.eval.split, n=100, k=2, max_new_tokens=cfg.eval.max_new_tokens)
-            m = evaluate(model, tokenizer, task, quick, progress=False)["metrics"]
+            with engine.autocast():
+                m = evaluate(model, tokenizer, task, quick, progress=False)["metrics"]
             model.train()
             log.log(step, {"eval/pass@1": m["pass@1"], "eval/format_rate": m["format_rate"]})
             bar.write(f"step {step + 1}: held-out pass@1 {m['pass@1']:.3f} (100 problems x 2)")
@@ -175,7 +181,8 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None, res
     with ledger.phase("checkpointing") if ledger else nullcontext():
         save_model(model, tokenizer, out)
     shutil.rmtree(checkpoint_root(out), ignore_errors=True)  # the model is complete: the checkpoints are spent
-    result = evaluate(model, tokenizer, task, cfg.eval, progress=progress, ledger=ledger) if cfg.final_eval else None
+    with engine.autocast():
+        result = evaluate(model, tokenizer, task, cfg.eval, progress=progress, ledger=ledger) if cfg.final_eval else None
     summary = {
         "model": str(out),
         "params": n_params,

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from r1kit.checkpoint import checkpoint_to_resume, latest_checkpoint, load_state, save_checkpoint, step_of
-from r1kit.config import to_dict
+from r1kit.config import ParallelConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.evaluate import finish_model, format_eval_table
 from r1kit.ledger import flops_per_token
@@ -34,6 +34,7 @@ from r1kit.losses import DISTILL_LOSSES
 from r1kit.metrics import EvalConfig
 from r1kit.modeling import count_params, eos_ids, load_model
 from r1kit.packing import Example, PackedBatch, packed_logits
+from r1kit.parallel.engine import resolve_engine
 from r1kit.prompting import make_prompter
 from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.sampler import SamplingParams, sample
@@ -86,6 +87,7 @@ class DistillConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning of the student
     prompt: PromptConfig = field(default_factory=PromptConfig)  # format options over the task spec's
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # device and precision (one process)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -141,10 +143,12 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
     out = Path(cfg.out)
     task = get_task(cfg.task, **cfg.prompt.overrides())
     ckpt = checkpoint_to_resume(out, resume)
-    teacher, teacher_tok = load_model(cfg.teacher)
-    teacher.requires_grad_(False)
+    engine = resolve_engine(cfg.parallel)
+    teacher, teacher_tok = load_model(cfg.teacher, dtype=engine.compute_dtype)
+    teacher = teacher.to(engine.device).requires_grad_(False)
     student, tokenizer = load_for_training(
         lambda: make_student(cfg.student, cfg.student_size, cfg.teacher, cfg.seed), ckpt, cfg.lora, cfg.seed)
+    student = student.to(device=engine.device, dtype=engine.master_dtype)
     check_shared_tokenizer(teacher_tok, tokenizer)
     examples, pool = [], []
     if cfg.method == "logit":
@@ -189,7 +193,8 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
             batch_examples, idx = examples, order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
         else:
             with ledger.phase("rollout") if ledger else nullcontext() as ph:
-                batch_examples, n_gen = _on_policy_examples(student, tokenizer, prompter, pool, step, cfg)
+                with engine.autocast():
+                    batch_examples, n_gen = _on_policy_examples(student, tokenizer, prompter, pool, step, cfg)
                 if ph is not None:
                     ph.add(prompt_tokens=sum(e.n_prompt for e in batch_examples), generated_tokens=n_gen,
                            seq_len=max((len(e.ids) for e in batch_examples), default=1))
@@ -197,7 +202,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
             metrics["completion_len_mean"] = n_gen / max(cfg.batch_size, 1)
         with ledger.phase("training") if ledger else nullcontext() as ph:
             batches = packed_batches(batch_examples, idx, cfg.max_len, True, tokenizer.pad_token_id, cfg.max_tokens)
-            stats = optimizer_step(student, optimizer, batches, loss_fn, cfg.grad_clip)
+            stats = optimizer_step(student, optimizer, batches, loss_fn, cfg.grad_clip, engine)
             if ph is not None:  # the teacher's forward pass over the same tokens counts too
                 ph.add(trained_tokens=stats["tokens"], seq_len=stats["seq_len"],
                        flops=_step_flops(student, teacher, stats))
@@ -216,9 +221,10 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
                "teacher_params": count_params(teacher), "seconds_this_process": time.perf_counter() - t0,
                "finished": finished}
     if finished:
-        result = finish_model(student, tokenizer, out, title=f"{out.name}: {cfg.method} distillation",
-                              task_spec=task, eval_cfg=cfg.eval if cfg.final_eval else None,
-                              upstream=[cfg.student], ledger=ledger, progress=progress)
+        with engine.autocast():
+            result = finish_model(student, tokenizer, out, title=f"{out.name}: {cfg.method} distillation",
+                                  task_spec=task, eval_cfg=cfg.eval if cfg.final_eval else None,
+                                  upstream=[cfg.student], ledger=ledger, progress=progress)
         if result is not None:
             summary["eval"] = result
         write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})

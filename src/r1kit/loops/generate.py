@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-from r1kit.config import to_dict
+from r1kit.config import ParallelConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.modeling import eos_ids, load_model
+from r1kit.parallel.engine import resolve_engine
 from r1kit.prompting import make_prompter
 from r1kit.runlog import progress_bar, write_json
 from r1kit.sampler import SamplingParams, sample
@@ -47,6 +48,7 @@ class GenerateConfig:
     batch_size: int = 256  # completions sampled together
     seed: int = 0
     prompt: PromptConfig = field(default_factory=PromptConfig)  # format options over the task spec's
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # device and precision (one process)
 
     def __post_init__(self) -> None:
         if min(self.n, self.k, self.chunk, self.batch_size, self.max_new_tokens) < 1 or self.max_per_prompt < 0:
@@ -127,7 +129,9 @@ def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = 
     problems = task.problems("train", cfg.n, seed=cfg.seed)
     if not problems:
         raise UserError(f"task {task.name!r} has no train problems to generate from")
-    model, tokenizer = load_model(cfg.model)
+    engine = resolve_engine(cfg.parallel)
+    model, tokenizer = load_model(cfg.model, dtype=engine.compute_dtype)
+    model = model.to(engine.device)
     prompter = make_prompter(task, tokenizer)
     if progress:
         print(f"generate {task.name}: {prompter.describe()}", flush=True)

@@ -97,8 +97,12 @@ class _Stream:
         return [self.pool[int(i)] for i in torch.randint(len(self.pool), (n,), generator=g)]
 
 
-def _sample_groups(policy, tokenizer, prompter, problems, cfg, gen, want_logprobs, engine):
-    """G completions per problem, scored. Returns per-completion lists."""
+def _sample_groups(policy, tokenizer, prompter, problems, keys, step, rnd, cfg, want_logprobs, engine):
+    """G completions per problem. Returns per-completion lists.
+
+    Each sampling batch draws from a generator seeded by (seed, step, key of its first problem, round), where a
+    problem's key is its index in the step's global list: with batches of whole groups, a question gets the same
+    completions whichever rank samples it, so one process and N processes take the same step."""
     r, G = cfg.rollout, cfg.rollout.group_size
     params = SamplingParams(r.temperature, r.top_p, r.max_new_tokens)
     prompts = prompter.encode(problems)
@@ -106,6 +110,7 @@ def _sample_groups(policy, tokenizer, prompter, problems, cfg, gen, want_logprob
     toks, fins, lps = [], [], []
     for s in range(0, len(rows), r.batch_size):
         chunk = rows[s: s + r.batch_size]
+        gen = torch.Generator().manual_seed(_seed(cfg.seed, step, keys[chunk[0]], rnd))
         with engine.autocast():
             out = sample(policy, [prompts[i] for i in chunk], params, eos_ids=eos_ids(policy, tokenizer),
                          pad_id=tokenizer.pad_token_id, generator=gen, return_logprobs=want_logprobs)
@@ -133,18 +138,18 @@ def _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, eng
     """Sample, score and (with dynamic sampling) refill this rank's groups. Returns the kept data + stats."""
     info = engine.info
     G, local_n = cfg.rollout.group_size, cfg.rollout.prompts_per_step // info.world
-    first = [stream[step * cfg.rollout.prompts_per_step + j]
-             for j in range(cfg.rollout.prompts_per_step) if j % info.world == info.rank]
+    P = cfg.rollout.prompts_per_step
+    keys = [j for j in range(P) if j % info.world == info.rank]  # this rank's share of the step's questions
+    first = [stream[step * P + j] for j in keys]
     want_lp = cfg.algo.mu * cfg.algo.mini_batches > 1
     kept = {"prompts": [], "toks": [], "fins": [], "lps": [], "rewards": [], "problems": []}
     seen = {"rewards": [], "parts": [], "scores": [], "lengths": [], "fins": [], "zero_var": 0, "groups": 0}
     problems, t_roll, t_score, n_prompt_tok, n_gen = first, 0.0, 0.0, 0, 0
     for rnd in range(cfg.rollout.max_refill_rounds + 1):
-        gen = torch.Generator().manual_seed(_seed(cfg.seed, step, info.rank, rnd))
         t0 = time.perf_counter()
         with ledger.phase("rollout") if ledger else nullcontext() as ph:
-            prompts, rows, toks, fins, lps = _sample_groups(policy, tokenizer, prompter, problems, cfg, gen, want_lp,
-                                                            engine)
+            prompts, rows, toks, fins, lps = _sample_groups(policy, tokenizer, prompter, problems, keys, step, rnd,
+                                                            cfg, want_lp, engine)
             if ph is not None:
                 ph.add(prompt_tokens=sum(len(prompts[i]) for i in rows), generated_tokens=sum(map(len, toks)),
                        seq_len=max(map(len, prompts)) + cfg.rollout.max_new_tokens)
@@ -176,6 +181,7 @@ def _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, eng
         if not cfg.rollout.dynamic_sampling or missing <= 0:
             break
         problems = stream.extra(missing, step, info.rank, rnd + 1)
+        keys = [info.rank + P * i for i in range(missing)]  # refills are drawn per rank: keyed by it
     return kept, seen, {"rollout": t_roll, "scoring": t_score, "prompt_tokens": n_prompt_tok, "generated": n_gen}
 
 

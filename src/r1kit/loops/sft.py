@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1kit.checkpoint import checkpoint_to_resume, latest_checkpoint, load_state, save_checkpoint, step_of
-from r1kit.config import to_dict
+from r1kit.config import ParallelConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.evaluate import finish_model, format_eval_table
 from r1kit.lora import LoraConfig, load_for_training
 from r1kit.metrics import EvalConfig
 from r1kit.modeling import count_params
+from r1kit.parallel.engine import resolve_engine
 from r1kit.prompting import make_prompter
 from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.sft import (
@@ -72,6 +73,7 @@ class SFTConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning
     prompt: PromptConfig = field(default_factory=PromptConfig)  # the student's format options over the task's
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # device and precision (one process)
 
     def __post_init__(self) -> None:
         if min(self.epochs, self.batch_size, self.max_len, self.max_tokens, self.checkpoint_every) < 1:
@@ -90,6 +92,8 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
     ckpt = checkpoint_to_resume(out, resume)
     model, tokenizer = load_for_training(
         lambda: make_student(cfg.model, cfg.student_size, cfg.tokenizer or teacher_of(rows), cfg.seed), ckpt, cfg.lora, cfg.seed)
+    engine = resolve_engine(cfg.parallel)
+    model = model.to(device=engine.device, dtype=engine.master_dtype)
     task_spec = cfg.task or task_of(rows)
     task, prompter = None, None
     if task_spec:  # prompts in the student's own format; answers in the teacher's (unless the task names one)
@@ -129,7 +133,7 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
         with ledger.phase("training") if ledger else nullcontext() as ph:
             batches = packed_batches(examples, idx, cfg.max_len, cfg.packing, tokenizer.pad_token_id,
                                      cfg.max_tokens)
-            stats = optimizer_step(model, optimizer, batches, sft_token_loss, cfg.grad_clip)
+            stats = optimizer_step(model, optimizer, batches, sft_token_loss, cfg.grad_clip, engine)
             if ph is not None:
                 ph.add(trained_tokens=stats["tokens"], seq_len=stats["seq_len"])
         done = step + 1
@@ -148,9 +152,10 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
     if not finished:
         log.close()
         return summary
-    result = finish_model(model, tokenizer, out, title=f"{out.name}: SFT on {Path(cfg.data).name}",
-                          task_spec=task or task_spec, eval_cfg=cfg.eval if cfg.final_eval else None,
-                          upstream=[cfg.model], ledger=ledger, progress=progress)
+    with engine.autocast():
+        result = finish_model(model, tokenizer, out, title=f"{out.name}: SFT on {Path(cfg.data).name}",
+                              task_spec=task or task_spec, eval_cfg=cfg.eval if cfg.final_eval else None,
+                              upstream=[cfg.model], ledger=ledger, progress=progress)
     if result is not None:
         summary["eval"] = result
     write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})

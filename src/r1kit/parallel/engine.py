@@ -71,16 +71,38 @@ class Engine:
         """Peak memory so far: CUDA's max_memory_allocated on a GPU, the process's peak RSS on a CPU."""
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
-        import resource
-        import sys
-
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-        return rss / (2**20 if sys.platform == "darwin" else 2**10)
+        return peak_rss_mib()
 
     def describe(self) -> str:
         where = f"{self.info.world} ranks, FSDP2" if self.sharded else "1 process"
         ac = ", activation checkpointing" if self.activation_checkpointing else ""
         return f"{self.device.type} {self.precision} ({where}{ac})"
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB: VmHWM (Linux; `reset_peak_rss` restarts it), else ru_maxrss.
+
+    ru_maxrss alone misleads in a child process: Linux carries the parent's high-water mark across fork + exec."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def reset_peak_rss() -> None:
+    """Restart the peak-RSS counter at the current RSS (Linux >= 4.0; elsewhere a no-op)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def resolve_engine(cfg: ParallelConfig | None = None, info: DistInfo | None = None, *, rl: bool = False) -> Engine:

@@ -124,7 +124,10 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
         return {k: v.detach() for k, v in model.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # a tied lm_head is the embedding: one tensor, saved once (as save_pretrained does for a plain model)
+    own = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    return {k: v for k, v in full.items() if k in own}
 
 
 def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
