@@ -170,9 +170,9 @@ def job_energy_meter(ranks: int):
     import torch
 
     visible = [p.strip() for p in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if p.strip()]
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    current = torch.cuda.current_device()
-    if local == 1:  # this process's GPU only, as NVML numbers it
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(ranks)))
+    if ranks == 1:  # one process: its own GPU only, as NVML numbers it
+        current = torch.cuda.current_device() if torch.cuda.is_initialized() else 0
         indices = [int(visible[current])] if visible and all(v.isdigit() for v in visible) else [current]
     else:
         indices = None  # NvmlEnergy's default: the visible GPUs of this node

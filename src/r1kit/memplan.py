@@ -263,5 +263,6 @@ def check_memory(plan: MemoryPlan) -> str | None:
         return None
     knobs = "lower algo.micro_batch_tokens / rollout.batch_size, "
     knobs += "" if plan.checkpointing else "turn on parallel.activation_checkpointing, "
-    return (f"the memory plan needs {plan.total / GIB:.1f} GiB per GPU of {plan.capacity / GIB:.1f}: {knobs}"
+    unit = "GPU" if plan.device != "cpu" else "rank of this machine's RAM"
+    return (f"the memory plan needs {plan.total / GIB:.1f} GiB per {unit} of {plan.capacity / GIB:.1f}: {knobs}"
             "or add GPUs")

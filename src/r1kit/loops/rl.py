@@ -250,6 +250,26 @@ def _step_metrics(seen, stats, times, lr, t_step, info, peak_memory_mib: float) 
     return m
 
 
+def _memory_warning(model_config: dict, cfg, engine, prompt_len: int) -> str | None:
+    """The memory plan (memplan.py) of this run on this device; a warning when it does not fit."""
+    import dataclasses
+
+    from r1kit.devices import gpu_kind
+    from r1kit.ledger import DEVICE_MEMORY_BYTES
+    from r1kit.memplan import check_memory, memory_plan
+
+    resolved = copy.deepcopy(cfg)  # the plan of what this engine does, not of "auto"
+    resolved.parallel = dataclasses.replace(cfg.parallel, dtype=engine.precision,
+                                            activation_checkpointing="on" if engine.activation_checkpointing else "off")
+    gpu = None
+    if engine.kind == "cuda":  # an unknown GPU is planned as a datacenter one, against its real capacity
+        kind = gpu_kind(torch.cuda.get_device_name(engine.device))
+        gpu = kind if kind in DEVICE_MEMORY_BYTES else "H100"
+    plan = memory_plan(model_config, resolved, engine.info.world, gpu, capacity_bytes=engine.memory_capacity_bytes(),
+                       prompt_len=prompt_len)
+    return check_memory(plan)
+
+
 BUDGET_FILE = "budget_reached.json"
 
 
@@ -343,6 +363,15 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         raise UserError("max_flops (a compute budget) is measured by the cost ledger: run with a ledger")
     stream = _Stream(task.problems("train", cfg.train_problems, seed=cfg.seed), cfg.seed)
     reward_fn = combine(cfg.reward.weights)
+    warning = None
+    if info.main and start == 0:  # will it fit? (before step 1; the plan of `r1kit plan`)
+        longest = max(map(len, prompter.encode(stream.pool[:64])), default=1)
+        warning = _memory_warning(policy.config.to_dict(), cfg, engine, longest)
+    warning = dist.broadcast_object(warning)
+    if warning and cfg.doctor.strict:
+        raise UserError(f"r1kit doctor (--strict): {warning}")
+    if warning and info.main:
+        print(f"r1kit doctor: {warning}", flush=True)
 
     if start == 0 and cfg.eval_every and info.main:
         history["before"] = _evaluate(sampler_model, tokenizer, task, cfg, ledger, progress, engine)["metrics"]

@@ -6,8 +6,9 @@ global batch (tests/test_distributed.py). The few floats of the loop's bookkeepi
 gloo, CPU tensors, also on GPU machines: the process group is "cpu:gloo,cuda:nccl" there.
 
 A rank that dies makes the others fail instead of waiting forever: collectives time out after
-R1KIT_DIST_TIMEOUT_S seconds (default 1800), and on NCCL TORCH_NCCL_ASYNC_ERROR_HANDLING=3 (torch's default,
-set explicitly) tears the process down on a failed or timed-out collective, which torchrun then reports.
+R1KIT_DIST_TIMEOUT_S seconds (default 1800), and on NCCL TORCH_NCCL_ASYNC_ERROR_HANDLING (torchrun sets 1, r1kit
+3 when launched otherwise; both tear the process down) turns a failed or timed-out collective into an exit,
+which torchrun then reports as the job's failure.
 """
 
 from __future__ import annotations

@@ -73,6 +73,18 @@ class Engine:
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         return peak_rss_mib()
 
+    def memory_capacity_bytes(self) -> float | None:
+        """Memory one rank may use: its GPU's total memory, or the machine's RAM shared by the ranks."""
+        if self.device.type == "cuda":
+            return float(torch.cuda.get_device_properties(self.device).total_memory)
+        try:
+            for line in open("/proc/meminfo"):
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024 / self.info.world
+        except OSError:
+            pass
+        return None
+
     def describe(self) -> str:
         where = f"{self.info.world} ranks, FSDP2" if self.sharded else "1 process"
         ac = ", activation checkpointing" if self.activation_checkpointing else ""

@@ -45,7 +45,10 @@ def decoder_layers(model) -> list[torch.nn.Module]:
 def enable_activation_checkpointing(model) -> None:
     """Recompute every decoder layer in the backward instead of keeping its activations."""
     model.config.use_cache = False
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (the old name is deprecated)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def shard(model, engine: Engine):
@@ -87,8 +90,8 @@ def inference_copy(model, engine: Engine):
     if not engine.sharded:
         return model
     twin = copy.deepcopy(model).to(device=engine.device, dtype=engine.compute_dtype)
-    if getattr(twin, "is_gradient_checkpointing", False):
-        twin.gradient_checkpointing_disable()
+    if getattr(twin, "is_activation_checkpointing", False):  # a copy made after checkpointing was turned on
+        twin.activation_checkpointing_disable()
     return twin.eval().requires_grad_(False)
 
 
