@@ -373,8 +373,9 @@ def check(out_json: Path, work: Path, smoke: bool, budget_s: float, parts: set[s
               "--train_problems=512", "--eval_every=0", "--final_eval=false", f"--checkpoint_every={t['steps']}",
               "--keep_checkpoints=1", *dev]
 
-        def read_timing(run_dir=run_dir, model_dir=model_dir, shape=shape):
+        def read_timing(run_dir=run_dir, model_dir=model_dir, shape=shape, rl=rl):
             out = summarize_timing(run_dir)
+            out["memory_plan"] = plan_against(model_dir, rl, out.get("device_kind"), out.get("peak_memory_mib"))
             out.update(params=shape_params(shape), prompts=t["prompts"], group=t["group"],
                        max_new_tokens=t["max_new_tokens"])
             built = model_dir / "built.json"
@@ -390,6 +391,28 @@ def check(out_json: Path, work: Path, smoke: bool, budget_s: float, parts: set[s
     result["ok"] = all(p.get("ok") for p in result["parts"].values()) and bool(result["parts"])
     _write(out_json, result)
     return result
+
+
+def plan_against(model_dir: Path, rl_command: list[str], device_kind: str | None,
+                 measured_mib: float | None, prompt_len: int = 64) -> dict:
+    """`r1kit plan`'s total for the run `rl_command` made, beside its measured peak (max_memory_allocated on a
+    GPU; on a CPU the peak RSS, which also holds the runtime the plan allows for separately)."""
+    import types
+
+    from r1kit.cli import rl_config_from
+    from r1kit.ledger import DEVICE_MEMORY_BYTES
+    from r1kit.memplan import memory_plan
+
+    overrides = [a for a in rl_command if a.startswith("--") and "=" in a]
+    flags = types.SimpleNamespace(config=None, model=str(model_dir), task="arithmetic", out="unused",
+                                  strict=False, device=None, dtype=None)
+    cfg = rl_config_from(flags, overrides)
+    gpu = device_kind if device_kind in DEVICE_MEMORY_BYTES else None
+    plan = memory_plan(json.loads((model_dir / "config.json").read_text()), cfg, 1, gpu, prompt_len=prompt_len)
+    planned_mib = plan.total / 2**20
+    return {"planned_mib": round(planned_mib, 1), "measured_mib": measured_mib, "device": plan.device,
+            "measured_over_planned": round(measured_mib / planned_mib, 3) if measured_mib else None,
+            "fits": plan.fits}
 
 
 def _write(path: Path, data: dict) -> None:
@@ -433,7 +456,8 @@ def format_summary(result: dict) -> str:
                      f"{_num((ph.get('rollout') or {}).get('generated_tokens_per_s'), '{:,.0f}')} tokens/s, MFU "
                      f"rollout {_pct((ph.get('rollout') or {}).get('mfu'))} training "
                      f"{_pct((ph.get('training') or {}).get('mfu'))}, "
-                     f"peak {_num(r.get('peak_memory_mib'), '{:,.0f}')} MiB")
+                     f"peak {_num(r.get('peak_memory_mib'), '{:,.0f}')} MiB (planned "
+                     f"{_num((r.get('memory_plan') or {}).get('planned_mib'), '{:,.0f}')} MiB)")
         lines.append(line)
     return "\n".join(lines)
 

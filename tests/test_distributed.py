@@ -215,6 +215,7 @@ def test_n_processes_take_the_same_step_as_one(case, results):
         # ... equal to the single process's within float tolerance
         torch.testing.assert_close(rank0["params"][name], expected, atol=1e-6, rtol=1e-5, msg=name)
     moved = max(float((single["params"][k] - rank0["params"][k]).abs().max()) for k in single["params"])
+    print(f"{CASES[case]}, {1 + len(others)} ranks vs 1: max |dw| {moved:.3g}")
     assert moved < 1e-5
     for key in ("loss", "kl", "clip_fraction", "entropy", "grad_norm"):
         assert rank0["stats"][key] == pytest.approx(single["stats"][key], rel=1e-4, abs=1e-6), key

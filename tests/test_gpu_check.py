@@ -134,5 +134,7 @@ def test_cpu_smoke_timing_part(tmp_path):
     assert r["built"]["model_vocab"] > r["built"]["tokenizer_vocab"]  # ids the tokenizer lacks decode to nothing
     assert r["params"] == r["built"]["params"] == gpu_check.shape_params("qwen2-smoke")
     assert r["completion_len_mean"] > 0 and r["phases"]["rollout"]["mfu"] > 0 and r["phases"]["training"]["mfu"] > 0
+    plan = r["memory_plan"]  # the plan beside the measured peak (here the RSS, which also holds the runtime)
+    assert plan["device"] == "cpu" and plan["planned_mib"] > 0 and plan["measured_mib"] > 0
     assert not (tmp_path / "work" / "model-qwen2-smoke").exists()  # the models are removed after timing
     assert json.loads(out.read_text())["ok"] == result["ok"]

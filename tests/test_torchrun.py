@@ -125,6 +125,7 @@ def _assert_same_weights(a: Path, b: Path) -> None:
     assert set(wa) == set(wb)
     for name in wa:
         torch.testing.assert_close(wb[name], wa[name], atol=2e-5, rtol=1e-4, msg=name)
+    print(f"{b.name} vs {a.name}: max |dw| {max(float((wa[k] - wb[k]).abs().max()) for k in wa):.3g}")
 
 
 def test_two_processes_run_the_same_rl_as_one(single, two_ranks):
@@ -132,7 +133,9 @@ def test_two_processes_run_the_same_rl_as_one(single, two_ranks):
 
     _assert_same_weights(single, two_ranks)
     trained, start = _weights(single), load_file(single.parent / "base" / "model.safetensors")
-    assert max(float((trained[k] - start[k]).abs().max()) for k in start) > 1e-3  # a real update, not the start
+    moved = max(float((trained[k] - start[k]).abs().max()) for k in start)
+    print(f"the 1-process run moved the weights by max |dw| {moved:.3g}")
+    assert moved > 1e-3  # a real update, not the start
     rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (single, two_ranks)]
     for a, b in zip(*rows, strict=True):
         assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-9)  # the same completions were sampled
