@@ -67,6 +67,15 @@ def test_chunked_equals_the_full_logits(chunk, torch_threads):
     assert model.get_output_embeddings().forward.__func__ is type(model.get_output_embeddings()).forward
 
 
+def test_other_architectures_and_adapted_heads_take_the_plain_path(torch_threads):
+    model = _model()
+    model.config.model_type = "falcon_h1"  # multiplies its logits after the head: not on the allow-list
+    assert not chunkable(model)
+    model = _model()
+    model.lm_head = torch.nn.Sequential(model.lm_head)  # e.g. a LoRA layer around the head
+    assert not chunkable(model)
+
+
 def test_a_post_processed_head_takes_the_plain_path(torch_threads):
     model = _model()
     model.config.final_logit_softcapping = 30.0  # as Gemma-2 does after its lm_head

@@ -52,7 +52,8 @@ def setup(tmp_path_factory, tokenizer, tiny_config):
 
 def _args(root: Path, out: Path) -> list[str]:
     return ["rl", "--model", str(root / "base"), "--task", "arithmetic", "--out", str(out), f"--steps={STEPS}",
-            "--device", "cpu", "--train_problems=64", "--checkpoint_every=1", "--final_eval=false",
+            "--device", "cpu", "--train_problems=64", "--checkpoint_every=1", "--eval_every=2", "--eval.n=6",
+            "--eval.k=2", "--eval.max_new_tokens=6", "--eval.batch_size=4",
             "--rollout.prompts_per_step=4", "--rollout.group_size=2", "--rollout.batch_size=2",
             "--rollout.max_new_tokens=8", "--algo.beta=0.01", "--algo.mini_batches=2", "--optim.lr=1e-3",
             "--reward.weights.r1kit_torchrun_rewards:spread=1"]
@@ -136,12 +137,22 @@ def test_two_processes_run_the_same_rl_as_one(single, two_ranks):
     moved = max(float((trained[k] - start[k]).abs().max()) for k in start)
     print(f"the 1-process run moved the weights by max |dw| {moved:.3g}")
     assert moved > 1e-3  # a real update, not the start
-    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (single, two_ranks)]
+    rows_of = (single, two_ranks)
+    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+            for d in rows_of]
     for a, b in zip(*rows, strict=True):
         assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-9)  # the same completions were sampled
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-6)
     run = json.loads((two_ranks / "run.json").read_text())
     assert run["world_size"] == 2 and "FSDP2" in run["engine"]
+    ledgers = [[json.loads(line) for line in (d / "ledger.jsonl").read_text().splitlines()] for d in rows_of]
+    for phase, key in (("rollout", "generated_tokens"), ("rollout", "prompt_tokens"), ("training", "trained_tokens")):
+        single_n, ranks_n = (sum(r.get(key) or 0 for r in ledger if r["phase"] == phase) for ledger in ledgers)
+        assert single_n == ranks_n > 0, (phase, key)  # the ledger bills every rank's tokens, not rank 0's
+    assert ledgers[1][0]["device_count"] == 2 and any(r["phase"] == "weight_sync" for r in ledgers[1])
+    # the held-out evaluations were sharded over the ranks: every problem and sample, once
+    final = json.loads((two_ranks / "eval.json").read_text())["metrics"]
+    assert final["samples"] == 12 and final["ranks"] == 2
 
 
 def test_two_nodes_run_the_same_rl_as_one(setup, single):

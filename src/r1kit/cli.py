@@ -229,8 +229,13 @@ def cmd_rl(args, overrides: list[str]) -> int:
         est = estimate_from_config(cfg, run_rl, calibrate_steps=3, ledger_factory=_ledger)
         print(format_estimate(est))
         write_estimate(cfg.out, est)
-    summary = run_rl(cfg, resume=args.resume, ledger_factory=_ledger)
-    if summary.get("eval"):
+    from r1kit.parallel.dist import shutdown
+
+    try:
+        summary = run_rl(cfg, resume=args.resume, ledger_factory=_ledger)
+    finally:
+        shutdown()  # leave the process group cleanly (NCCL warns, or hangs, at exit otherwise)
+    if summary.get("eval") and int(os.environ.get("RANK", "0")) == 0:
         if summary.get("before"):
             b = summary["before"]
             print(f"before RL: held-out pass@1 {100 * b['pass@1']:.1f}% (n={b['problems']} x k={cfg.eval.k})")
@@ -417,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = [e for e in extra if not (e.startswith("--") and "=" in e)]  # --key=value or --section.key=value
     if args.command not in TAKES_OVERRIDES and extra or bad:
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "rl":
+        print(f"r1kit: error: `r1kit {args.command}` runs on one process; under torchrun only `r1kit rl` runs "
+              "(sharded over the ranks): launch this command without torchrun", file=sys.stderr)
+        return 2
     try:
         if args.command in TAKES_OVERRIDES:
             return TAKES_OVERRIDES[args.command](args, extra)

@@ -174,8 +174,10 @@ def job_energy_meter(ranks: int):
     if ranks == 1:  # one process: its own GPU only, as NVML numbers it
         current = torch.cuda.current_device() if torch.cuda.is_initialized() else 0
         indices = [int(visible[current])] if visible and all(v.isdigit() for v in visible) else [current]
+    elif visible and all(v.isdigit() for v in visible):  # torchrun: rank i uses visible GPU i, i < local
+        indices = [int(v) for v in visible[:local]]
     else:
-        indices = None  # NvmlEnergy's default: the visible GPUs of this node
+        indices = list(range(local))
     nvml = NvmlEnergy(indices=indices)
     if not nvml.available:
         return None

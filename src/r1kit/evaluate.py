@@ -17,15 +17,21 @@ from r1kit.errors import UserError
 from r1kit.lora import merged_copy
 from r1kit.metrics import EvalConfig, majority, summarize
 from r1kit.modeling import eos_ids
+from r1kit.parallel import dist
 from r1kit.prompting import make_prompter
 from r1kit.runlog import progress_bar
 from r1kit.sampler import SamplingParams, sample
 
 
 def evaluate(
-    model, tokenizer, task, cfg: EvalConfig, *, progress: bool = True, ledger=None, keep_samples: int = 8
+    model, tokenizer, task, cfg: EvalConfig, *, progress: bool = True, ledger=None, keep_samples: int = 8,
+    shard: bool = False,
 ) -> dict:
-    """Evaluate `model` on `cfg.n` problems of `task`'s split; returns the metrics and a few sample completions."""
+    """Evaluate `model` on `cfg.n` problems of `task`'s split; returns the metrics and a few sample completions.
+
+    `shard=True` under torchrun: every rank calls it, samples every world-th batch with its own generator, and
+    every rank gets the whole result (one process samples them all, with one generator, as before)."""
+    rank, world = (dist.rank(), dist.world()) if shard and dist.active() else (0, 1)
     problems = task.problems(cfg.split, cfg.n, seed=cfg.seed)
     if not problems:
         raise UserError(f"task {task.name!r} has no {cfg.split} problems to evaluate on")
@@ -37,7 +43,7 @@ def evaluate(
     # Sort by prompt length so batches pad little; the order of results is restored by index.
     jobs.sort(key=lambda ij: len(prompt_ids[ij[0]]))
     params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed if world == 1 else cfg.seed * 1_000_003 + rank)
     stops = eos_ids(model, tokenizer)
     results: dict[tuple[int, int], tuple] = {}
     t0 = time.perf_counter()
@@ -53,8 +59,10 @@ def evaluate(
             leave=False,
         ) as bar,
     ):
-        for start in range(0, len(jobs), cfg.batch_size):
+        for b, start in enumerate(range(0, len(jobs), cfg.batch_size)):
             chunk = jobs[start : start + cfg.batch_size]
+            if b % world != rank:  # another rank's batch
+                continue
             batch = [prompt_ids[i] for i, _ in chunk]
             out = sample(model, batch, params, eos_ids=stops, pad_id=tokenizer.pad_token_id, generator=gen)
             for (i, j), toks, fin in zip(chunk, out.tokens, out.finished):
@@ -62,7 +70,10 @@ def evaluate(
                 results[(i, j)] = (prompter.score(problems[i], text), len(toks), fin, text)
             n_prompt += sum(len(b) for b in batch)
             n_gen += out.num_tokens
-            bar.update(len(chunk))
+            bar.update(len(chunk) * world)
+        if world > 1:  # every rank's samples, on every rank
+            results = {k: v for part in dist.all_gather_objects(results) for k, v in part.items()}
+            n_prompt, n_gen = (int(x) for x in dist.all_reduce_sum([n_prompt, n_gen]))
         if ph is not None:
             ph.add(
                 prompt_tokens=n_prompt,
@@ -92,6 +103,8 @@ def evaluate(
             )
     total = len(problems) * cfg.k
     metrics = summarize(correct, cons, cfg.k)
+    if world > 1:
+        metrics["ranks"] = world
     metrics.update(
         {
             "format_rate": formatted / total,
@@ -130,12 +143,12 @@ def format_eval_table(result: dict, title: str | None = None) -> str:
 
 def finish_model(model, tokenizer, out, *, title: str, task_spec: str | None, eval_cfg: EvalConfig | None,
                  upstream: list[str] = (), ledger=None, progress: bool = True,
-                 state_dict: dict | None = None) -> dict | None:
+                 state_dict: dict | None = None, result: dict | None = None) -> dict | None:
     """The end of a training stage: save OUT/model, evaluate it on the held-out split (unless `eval_cfg` is None),
     write OUT/eval.json and the model card. Returns the evaluation result (or None).
 
     `state_dict`: the weights to save instead of `model`'s (a sharded policy's, gathered; `model` is then its
-    inference copy, which is what gets evaluated)."""
+    inference copy). `result`: an evaluation already made (by every rank of a sharded run), written as is."""
     from pathlib import Path
 
     from r1kit.modelcard import cost_from_ledger, lineage_of, write_model_card
@@ -148,8 +161,9 @@ def finish_model(model, tokenizer, out, *, title: str, task_spec: str | None, ev
     model.eval()
     with ledger.phase("checkpointing") if ledger is not None else nullcontext():
         save_model(model, tokenizer, out / "model", state_dict=state_dict)
-    result = None
-    if eval_cfg is not None:
+    if result is not None:
+        write_json(out / "eval.json", result)
+    elif eval_cfg is not None:
         if not task_spec:
             raise UserError(f"{out}: no task to evaluate on: give --task")
         result = evaluate(model, tokenizer, get_task(task_spec), eval_cfg, progress=progress, ledger=ledger)

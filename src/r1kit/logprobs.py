@@ -8,8 +8,8 @@ then about chunk x vocab x 4 B x a few, whatever the sequence length (tests/test
 
     log π(y_t) = z_{y_t}/T - logsumexp(z/T)        H_t = logsumexp(z/T) - Σ_v softmax(z/T)_v · z_v/T
 
-Models whose forward post-processes the head's output (Gemma-2's soft-capping, Cohere's logit scale, Granite's
-logit scaling) take the plain path: the model's logits, then the same formulas.
+Other models (any whose forward might post-process the head's output, or whose head is LoRA-adapted) take the
+plain path: the model's logits, then the same formulas.
 """
 
 from __future__ import annotations
@@ -22,14 +22,21 @@ from torch.utils.checkpoint import checkpoint
 
 from r1kit.losses import entropy, token_logprobs
 
+# Architectures whose causal-LM forward returns its lm_head's output untouched (read in transformers' code;
+# tests/test_logprobs.py and test_architectures.py run them): an allow-list, because a forward that scales its
+# logits (Falcon-H1's lm_head_multiplier, Gemma-2's soft-capping, Cohere's logit_scale) would go unnoticed.
+CHUNKED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # config fields that change the logits after the lm_head, and the value at which they do nothing
 _HEAD_POSTPROCESSING = {"final_logit_softcapping": None, "logit_scale": None, "logits_scaling": 1.0}
 
 
 def chunkable(model) -> bool:
-    """Whether the model's logits are exactly its lm_head's output (nothing applied after it)."""
+    """Whether the model's logits are exactly a plain linear head's output (nothing applied after it; not a
+    LoRA-adapted head, whose adapter the chunks would miss)."""
     cfg = model.config
-    return all(getattr(cfg, k, neutral) in (neutral, None) for k, neutral in _HEAD_POSTPROCESSING.items())
+    head = model.get_output_embeddings()
+    return (getattr(cfg, "model_type", None) in CHUNKED_MODEL_TYPES and type(head) is torch.nn.Linear
+            and all(getattr(cfg, k, neutral) in (neutral, None) for k, neutral in _HEAD_POSTPROCESSING.items()))
 
 
 def _chunk(h: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor, temperature: float):

@@ -348,11 +348,13 @@ def _sample_generic(model, ids, mask, params, eos, generator, want_logprobs, pad
         tok = choose_tokens(logits, params, generator)
         if want_logprobs:
             lp = (logits / (params.temperature or 1.0)).log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)
+        tok_list = tok.tolist()  # one device-to-host copy per step, not one per row
+        lp_list = lp.tolist() if want_logprobs else None
         for r in range(B):
             if not finished[r]:
-                out[r].append(int(tok[r]))
+                out[r].append(tok_list[r])
                 if want_logprobs:
-                    lps[r].append(float(lp[r]))
+                    lps[r].append(lp_list[r])
         finished = [f or bool(d) for f, d in zip(finished, torch.isin(tok, eos_t).tolist())]
         if all(finished) or t + 1 == params.max_new_tokens:
             break

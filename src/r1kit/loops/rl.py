@@ -101,8 +101,10 @@ def _sample_groups(policy, tokenizer, prompter, problems, keys, step, rnd, cfg, 
     """G completions per problem. Returns per-completion lists.
 
     Each sampling batch draws from a generator seeded by (seed, step, key of its first problem, round), where a
-    problem's key is its index in the step's global list: with batches of whole groups, a question gets the same
-    completions whichever rank samples it, so one process and N processes take the same step."""
+    problem's key is its index in the step's global list. With one group per batch (rollout.batch_size =
+    group_size) a question gets the same completions whichever rank samples it, so one process and N processes
+    take the same step (tests/test_torchrun.py); with larger batches the rows of a batch share one random stream,
+    and the runs agree in distribution only."""
     r, G = cfg.rollout, cfg.rollout.group_size
     params = SamplingParams(r.temperature, r.top_p, r.max_new_tokens)
     prompts = prompter.encode(problems)
@@ -142,7 +144,7 @@ def _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, eng
     keys = [j for j in range(P) if j % info.world == info.rank]  # this rank's share of the step's questions
     first = [stream[step * P + j] for j in keys]
     want_lp = cfg.algo.mu * cfg.algo.mini_batches > 1
-    kept = {"prompts": [], "toks": [], "fins": [], "lps": [], "rewards": [], "problems": []}
+    kept = {"prompts": [], "toks": [], "fins": [], "lps": [], "rewards": [], "problems": [], "keys": []}
     seen = {"rewards": [], "parts": [], "scores": [], "lengths": [], "fins": [], "zero_var": 0, "groups": 0}
     problems, t_roll, t_score, n_prompt_tok, n_gen = first, 0.0, 0.0, 0, 0
     for rnd in range(cfg.rollout.max_refill_rounds + 1):
@@ -150,9 +152,12 @@ def _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, eng
         with ledger.phase("rollout") if ledger else nullcontext() as ph:
             prompts, rows, toks, fins, lps = _sample_groups(policy, tokenizer, prompter, problems, keys, step, rnd,
                                                             cfg, want_lp, engine)
+            # the ledger (rank 0's) bills every rank's tokens: all ranks are in this round (see `missing` below)
+            n_p, n_g = dist.all_reduce_sum([sum(len(prompts[i]) for i in rows), sum(map(len, toks))])
+            longest = dist.all_reduce_max([max(map(len, prompts), default=0)])[0]
             if ph is not None:
-                ph.add(prompt_tokens=sum(len(prompts[i]) for i in rows), generated_tokens=sum(map(len, toks)),
-                       seq_len=max(map(len, prompts)) + cfg.rollout.max_new_tokens)
+                ph.add(prompt_tokens=int(n_p), generated_tokens=int(n_g),
+                       seq_len=int(longest) + cfg.rollout.max_new_tokens)
         t1 = time.perf_counter()
         with ledger.phase("scoring") if ledger else nullcontext():
             rewards, parts, scores = _score(prompter, tokenizer, reward_fn, cfg, problems, rows, toks, fins)
@@ -172,16 +177,18 @@ def _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, eng
             if (flat and cfg.rollout.dynamic_sampling) or len(kept["problems"]) >= local_n:
                 continue
             kept["problems"].append(problems[g])
+            kept["keys"].append(keys[g])
             kept["prompts"] += [prompts[g]] * G
             kept["toks"] += toks[sl]
             kept["fins"] += fins[sl]
             kept["lps"] += lps[sl] if lps else []
             kept["rewards"] += rewards[sl]
         missing = local_n - len(kept["problems"])
-        if not cfg.rollout.dynamic_sampling or missing <= 0:
+        # every rank takes part in as many rounds as the rank that refills longest (an empty one if it is done)
+        if not cfg.rollout.dynamic_sampling or dist.all_reduce_max([missing])[0] <= 0:
             break
-        problems = stream.extra(missing, step, info.rank, rnd + 1)
-        keys = [info.rank + P * i for i in range(missing)]  # refills are drawn per rank: keyed by it
+        problems = stream.extra(missing, step, info.rank, rnd + 1) if missing > 0 else []
+        keys = [info.rank + P * i for i in range(max(missing, 0))]  # refills are drawn per rank: keyed by it
     return kept, seen, {"rollout": t_roll, "scoring": t_score, "prompt_tokens": n_prompt_tok, "generated": n_gen}
 
 
@@ -197,8 +204,12 @@ def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine):
         advantages = ADVANTAGES[a.advantage_scale](rewards, G)
         loss_rows = kept["fins"] if a.mask_truncated else None
     rollout = build_rollout(prompts, toks, pad, advantages, loss_rows)
-    groups = n // G
-    rollout.mini_batch = torch.tensor([(i // G) * a.mini_batches // max(groups, 1) for i in range(max(n, 1))])
+    P, keys = cfg.rollout.prompts_per_step, kept["keys"]
+    if keys and max(keys) < P:  # a group's mini-batch follows its global question index, as on one process
+        rollout.mini_batch = torch.tensor([keys[i // G] * a.mini_batches // P for i in range(n)])
+    else:  # refilled groups (dynamic sampling) or a placeholder: this rank's order
+        groups = n // G
+        rollout.mini_batch = torch.tensor([(i // G) * a.mini_batches // max(groups, 1) for i in range(max(n, 1))])
     if kept["lps"]:
         t_len = rollout.completion_len
         old = torch.zeros(n, t_len)
@@ -213,10 +224,11 @@ def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine):
             rollout.ref_logprobs = rollout_logprobs(ref, rollout, cfg.rollout.temperature, a.micro_batch_tokens,
                                                     engine)
         stats = train_on_rollout(policy, optimizer, rollout, settings, engine)
+        ref_tokens = int(rollout.attention_mask.sum()) if a.beta > 0 and n else 0
+        trained, forward = dist.all_reduce_sum([stats["tokens_trained"], ref_tokens])  # every rank's
+        width = dist.all_reduce_max([rollout.input_ids.shape[1]])[0]
         if ph is not None:
-            ph.add(trained_tokens=stats["tokens_trained"],
-                   forward_tokens=int(rollout.attention_mask.sum()) if a.beta > 0 and n else 0,
-                   seq_len=rollout.input_ids.shape[1])
+            ph.add(trained_tokens=int(trained), forward_tokens=int(forward), seq_len=int(width))
     return stats
 
 
@@ -250,6 +262,26 @@ def _step_metrics(seen, stats, times, lr, t_step, info, peak_memory_mib: float) 
     return m
 
 
+def _check_memory(cfg, task, engine) -> None:
+    """The run doctor's memory check before anything is loaded: warns, or refuses with --strict (every rank)."""
+    from r1kit.estimate import load_model_config
+    from r1kit.modeling import load_tokenizer
+
+    warning = None
+    if engine.info.main:
+        prompter = make_prompter(task, load_tokenizer(cfg.model))
+        longest = max(map(len, prompter.encode(task.problems("train", 64, seed=cfg.seed))), default=1)
+        try:
+            warning = _memory_warning(load_model_config(cfg.model), cfg, engine, longest)
+        except UserError:  # a config the plan cannot read (GPT-2's n_embd, ...): no plan, no check
+            warning = None
+    warning = dist.broadcast_object(warning)
+    if warning and cfg.doctor.strict:
+        raise UserError(f"r1kit doctor (--strict): {warning}")
+    if warning and engine.info.main:
+        print(f"r1kit doctor: {warning}", flush=True)
+
+
 def _memory_warning(model_config: dict, cfg, engine, prompt_len: int) -> str | None:
     """The memory plan (memplan.py) of this run on this device; a warning when it does not fit."""
     import dataclasses
@@ -258,9 +290,9 @@ def _memory_warning(model_config: dict, cfg, engine, prompt_len: int) -> str | N
     from r1kit.ledger import DEVICE_MEMORY_BYTES
     from r1kit.memplan import check_memory, memory_plan
 
-    resolved = copy.deepcopy(cfg)  # the plan of what this engine does, not of "auto"
-    resolved.parallel = dataclasses.replace(cfg.parallel, dtype=engine.precision,
-                                            activation_checkpointing="on" if engine.activation_checkpointing else "off")
+    resolved = dataclasses.replace(cfg, parallel=dataclasses.replace(  # the plan of what this engine does
+        cfg.parallel, dtype=engine.precision,
+        activation_checkpointing="on" if engine.activation_checkpointing else "off"))
     gpu = None
     if engine.kind == "cuda":  # an unknown GPU is planned as a datacenter one, against its real capacity
         kind = gpu_kind(torch.cuda.get_device_name(engine.device))
@@ -295,8 +327,10 @@ def _samples_of(kept: dict, tokenizer, G: int) -> dict:
 
 
 def _evaluate(policy, tokenizer, task, cfg, ledger, progress, engine) -> dict:
+    """The held-out evaluation; under torchrun every rank samples its share (no rank waits on a long one)."""
     with engine.autocast():
-        result = evaluate(policy, tokenizer, task, cfg.eval, progress=progress, ledger=ledger)
+        result = evaluate(policy, tokenizer, task, cfg.eval, progress=progress and engine.info.main, ledger=ledger,
+                          shard=True)
     policy.train()
     return result
 
@@ -307,7 +341,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
 
     `stop_after` ends the process's work after that many steps (as if killed), for tests of --resume.
     """
-    info = dist.init_distributed()
+    info = dist.init_distributed(cfg.parallel.device)
     cfg.resolve(info.world)
     engine = resolve_engine(cfg.parallel, info, rl=True)
     if engine.sharded and cfg.lora.enabled:
@@ -316,13 +350,15 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
     out = Path(cfg.out)
     task = get_task(cfg.task, **cfg.prompt.overrides())
     ckpt = checkpoint_to_resume(out, resume)
+    if ckpt is None:  # will it fit? Before any weight is loaded (the plan needs only config.json and prompts)
+        _check_memory(cfg, task, engine)
     policy, tokenizer = load_for_training(lambda: load_model(cfg.model, dtype=engine.master_dtype, trainable=True),
                                           ckpt, cfg.lora, cfg.seed)
     ref = None
     if cfg.algo.beta > 0:  # β = 0 loads no reference model at all
         ref = copy.deepcopy(merged_copy(policy)).eval().requires_grad_(False)
         ref = prepare_training_model(ref, engine, frozen=True)
-    sampler_model = inference_copy(policy, engine)  # the policy itself on one process
+    sampler_model = inference_copy(policy, engine)  # the policy itself on one process in fp32 and bf16-pure
     policy = prepare_training_model(policy, engine)
     o = cfg.optim
     optimizer = torch.optim.AdamW(policy.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
@@ -334,7 +370,6 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         state = load_state(ckpt)
         if engine.sharded:
             load_sharded_checkpoint(ckpt, state, policy, optimizer, ref, engine)
-            sync_weights(policy, sampler_model)
         elif state.get("world_size", 1) != 1:
             raise UserError(f"{ckpt} was written by {state['world_size']} ranks: resume it under torchrun with "
                             "as many processes, or start a new run from its model directory")
@@ -343,6 +378,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
             if ref is not None:
                 ref.load_state_dict(state["ref"])
         doctor.load(state["doctor"])
+        sync_weights(policy, sampler_model)
         start, history = state["step"], state["history"]
     prompter = make_prompter(task, tokenizer)
     log = MetricsLog(out, enabled=info.main)
@@ -363,25 +399,18 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         raise UserError("max_flops (a compute budget) is measured by the cost ledger: run with a ledger")
     stream = _Stream(task.problems("train", cfg.train_problems, seed=cfg.seed), cfg.seed)
     reward_fn = combine(cfg.reward.weights)
-    warning = None
-    if info.main and start == 0:  # will it fit? (before step 1; the plan of `r1kit plan`)
-        longest = max(map(len, prompter.encode(stream.pool[:64])), default=1)
-        warning = _memory_warning(policy.config.to_dict(), cfg, engine, longest)
-    warning = dist.broadcast_object(warning)
-    if warning and cfg.doctor.strict:
-        raise UserError(f"r1kit doctor (--strict): {warning}")
-    if warning and info.main:
-        print(f"r1kit doctor: {warning}", flush=True)
 
-    if start == 0 and cfg.eval_every and info.main:
+    if start == 0 and cfg.eval_every:  # every rank evaluates its share
         history["before"] = _evaluate(sampler_model, tokenizer, task, cfg, ledger, progress, engine)["metrics"]
-        log.log(0, {f"eval/{k}": v for k, v in history["before"].items() if isinstance(v, (int, float))})
+        if info.main:
+            log.log(0, {f"eval/{k}": v for k, v in history["before"].items() if isinstance(v, (int, float))})
     dist.barrier()
     bar = progress_bar(range(start, cfg.steps), desc="GRPO", disable=not (progress and info.main), initial=start,
                total=cfg.steps)
     t_run = time.perf_counter()
     for step in bar:
-        if (stop_after is not None and step >= start + stop_after) or (out / BUDGET_FILE).is_file():
+        if (stop_after is not None and step >= start + stop_after) or dist.broadcast_object(
+                (out / BUDGET_FILE).is_file()):  # rank 0's view: a shared file system may lag on the others
             break
         t0 = time.perf_counter()
         lr = learning_rate(step, cfg)
@@ -398,7 +427,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         stats = _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine)
         stats["time_training"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        if engine.sharded:  # the sampler's copy gets the new weights (one all-gather per parameter)
+        if sampler_model is not policy:  # the sampler's copy gets the new weights (sharded: an all-gather each)
             with ledger.phase("weight_sync") if ledger else nullcontext():
                 sync_weights(policy, sampler_model)
         stats["time_weight_sync"] = time.perf_counter() - t2
@@ -407,8 +436,8 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         done = step + 1
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
             stop = None
+            ev = _evaluate(sampler_model, tokenizer, task, cfg, ledger, False, engine)["metrics"]  # every rank
             if info.main:
-                ev = _evaluate(sampler_model, tokenizer, task, cfg, ledger, False, engine)["metrics"]
                 m.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
                 try:
                     warnings += doctor.check_eval(done, ev["pass@1"])
@@ -444,18 +473,25 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         if over_budget:
             break
     seconds = time.perf_counter() - t_run
-    last_step = step_of(latest_checkpoint(out))
-    budget = json.loads((out / BUDGET_FILE).read_text()) if (out / BUDGET_FILE).is_file() else None
+    last_step, budget = dist.broadcast_object((  # rank 0's view of the files decides for every rank
+        step_of(latest_checkpoint(out)),
+        json.loads((out / BUDGET_FILE).read_text()) if (out / BUDGET_FILE).is_file() else None))
     finished = last_step > 0 and (last_step == cfg.steps or (budget is not None and budget["step"] == last_step))
     summary = {"run_dir": str(out), "steps": last_step if finished else cfg.steps, "seconds_this_process": seconds,
                "finished": finished, "stopped_by_budget": budget}
-    full = full_state_dict(policy) if finished and engine.sharded else None  # collective: every rank
+    sharded_end = finished and engine.sharded
+    full = full_state_dict(policy) if sharded_end else None  # collective: every rank
+    final = None
+    if sharded_end and cfg.final_eval:  # every rank evaluates its share of the held-out set
+        final = evaluate(sampler_model, tokenizer, task, cfg.eval, progress=progress and info.main, ledger=ledger,
+                         shard=True)
     if finished and info.main:
         with engine.autocast():
             result = finish_model(sampler_model if engine.sharded else policy, tokenizer, out,
                                   title=f"{out.name}: R1-Zero RL on {task.name}", task_spec=task,
-                                  eval_cfg=cfg.eval if cfg.final_eval else None, upstream=[cfg.model],
-                                  ledger=ledger, progress=progress, state_dict=full)
+                                  eval_cfg=cfg.eval if cfg.final_eval and not engine.sharded else None,
+                                  upstream=[cfg.model], ledger=ledger, progress=progress, state_dict=full,
+                                  result=final)
         policy.train()
         summary.update(before=history.get("before"), after=result["metrics"] if result else None)
         if result is not None:

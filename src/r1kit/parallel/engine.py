@@ -80,7 +80,7 @@ class Engine:
         try:
             for line in open("/proc/meminfo"):
                 if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024 / self.info.world
+                    return int(line.split()[1]) * 1024 / self.info.local_world
         except OSError:
             pass
         return None

@@ -12,8 +12,14 @@
   gradient checkpointing, applied before sharding).
 - Rollouts never all-gather per decoded token (pytorch#123962): each rank keeps a plain, full *inference copy*
   of the policy in the compute dtype, and after every optimiser step `sync_weights` gathers the new weights into
-  it in place, one parameter at a time (the ledger's "weight_sync" phase). The sampler and the evaluator only
-  ever see that plain model.
+  it in place, one parameter at a time, cast to the compute dtype before the gather (the ledger's "weight_sync"
+  phase). The sampler and the evaluator only ever see that plain model. One process in bf16 keeps such a copy
+  too (bf16 weights and KV cache for the sampler instead of float32 ones cast at every decoded token). The copy
+  costs 2 bytes per parameter on every rank: a 70B policy needs a sharded sampler (vLLM, issue 11), not this.
+- The root group (embedding, final norm, lm_head) stays gathered between forward and backward (FSDP2's default
+  for a root); `reshard_after_forward` applies to the decoder layers.
+- A sharded model is only cast on the host: `fully_shard` moves each group's shard to the device as it goes,
+  so no rank ever holds the whole model on its GPU.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     layers = [m for m in model.modules() if type(m).__name__ in names]
     if not layers:
         raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (no _no_split_modules)")
-    return layers
+    return layers[::-1]  # children before their parents (fully_shard needs the inner groups first)
 
 
 def enable_activation_checkpointing(model) -> None:
@@ -54,7 +60,7 @@ def enable_activation_checkpointing(model) -> None:
 def shard(model, engine: Engine):
     """fully_shard each decoder layer, then the root, over a 1-D mesh of all ranks. Returns the model."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(engine.device.type, (engine.info.world,))
     mp = None
@@ -65,9 +71,7 @@ def shard(model, engine: Engine):
         kwargs["mp_policy"] = mp
     for layer in decoder_layers(model):
         fully_shard(layer, **kwargs)
-    fully_shard(model, **kwargs)
-    from torch.distributed.fsdp import FSDPModule
-
+    fully_shard(model, **{**kwargs, "reshard_after_forward": False})  # the root is needed again at once
     for group in (m for m in model.modules() if isinstance(m, FSDPModule)):  # each group has its own setting
         group.set_gradient_divide_factor(1.0)  # sums, not means: the losses divide by global counts already
         group.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
@@ -76,7 +80,10 @@ def shard(model, engine: Engine):
 
 def prepare_training_model(model, engine: Engine, *, frozen: bool = False):
     """Master dtype, device, activation checkpointing (trained models) and, with several ranks, FSDP2."""
-    model = model.to(device=engine.device, dtype=engine.master_dtype)
+    if engine.sharded:  # fully_shard moves each shard to the mesh's device itself
+        model = model.to(dtype=engine.master_dtype)
+    else:
+        model = model.to(device=engine.device, dtype=engine.master_dtype)
     if engine.activation_checkpointing and not frozen:
         enable_activation_checkpointing(model)
     if engine.sharded:
@@ -85,9 +92,9 @@ def prepare_training_model(model, engine: Engine, *, frozen: bool = False):
 
 
 def inference_copy(model, engine: Engine):
-    """The model the sampler runs: the policy itself on one process; a plain full copy in the compute dtype, made
-    before sharding, on every rank of a sharded run (kept current by `sync_weights`)."""
-    if not engine.sharded:
+    """The model the sampler runs: a plain full copy in the compute dtype, made before sharding, on every rank of
+    a sharded run and on one process in bf16 (kept current by `sync_weights`); else the policy itself."""
+    if not engine.sharded and engine.compute_dtype == engine.master_dtype:
         return model
     twin = copy.deepcopy(model).to(device=engine.device, dtype=engine.compute_dtype)
     if getattr(twin, "is_activation_checkpointing", False):  # a copy made after checkpointing was turned on
@@ -104,8 +111,8 @@ def sync_weights(sharded, twin) -> None:
 
     target = dict(twin.named_parameters())
     for name, p in sharded.named_parameters():
-        full = p.full_tensor() if isinstance(p, DTensor) else p  # an all-gather over the ranks
-        target[name].copy_(full)
+        p = p.detach().to(target[name].dtype)  # cast the shard first: half the bytes to gather in bf16
+        target[name].copy_(p.full_tensor() if isinstance(p, DTensor) else p)  # an all-gather over the ranks
 
 
 @torch.no_grad()
