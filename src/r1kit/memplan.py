@@ -6,7 +6,8 @@ bytes per value m (master weights), g (gradients), o (AdamW's two moments), c (c
 keeps a plain inference copy for the sampler (parallel/fsdp.py). Per device, in bytes:
 
     always          parameters (N + A)·m/W, gradients T·g/W, AdamW T·o/W, reference model N·m/W when β > 0,
-                    inference copy N·c (several ranks), runtime (CUDA context, NCCL/cuBLAS, allocator slack)
+                    inference copy N·c (several ranks, or one process in bf16), runtime (CUDA context,
+                    NCCL/cuBLAS, allocator slack)
     training        gathered weights: (root + 3 layers)·c with reshard_after_forward (FSDP2 keeps the root, i.e.
                     embeddings, head and final norm, gathered; the current and the prefetched decoder layer; one
                     layer's unsharded gradients), N·c without it, N·c on one process in bf16 (autocast caches
@@ -24,7 +25,7 @@ The total is `always` plus the largest other phase: phases follow one another an
 cache is gone before training starts). t = tokens per micro-batch (whole rows of P + max_new_tokens up to
 algo.micro_batch_tokens, at most a mini-batch's), B = rows per sampling batch (rollout.batch_size, at most one rank's completions),
 chunk = min(parallel.logits_chunk, a micro-batch's completion positions), s = the sampler's bytes (c from the
-inference copy, m when one process samples from the policy itself), d, q = heads·head_dim, kv =
+inference copy, m when one process in one dtype samples from the policy itself), d, q = heads·head_dim, kv =
 kv_heads·head_dim, ff, L, V from the config.
 
 What a layer keeps for its backward (HF Llama/Qwen2 with SDPA, no dropout), per token: the normed input of q/k/v
@@ -169,7 +170,8 @@ def memory_plan(model_config: Mapping[str, Any], cfg: RLConfig, world: int = 1, 
     on = f"LoRA, {_count(adapters)} adapter parameters" if adapters else "full fine-tuning"
 
     sharded = world > 1  # FSDP2 (parallel/fsdp.py); one process trains the plain model
-    sampler_c = c if sharded else p.master  # the sampler runs the inference copy, or the policy itself
+    copy = sharded or c != p.master  # parallel/fsdp.inference_copy: several ranks, or one process in bf16
+    sampler_c = c if copy else p.master  # the sampler runs the inference copy, or the policy itself
     rows = [
         Row("parameters", (n + adapters) * p.master / world,
             f"{_count(n)} x {p.master} B / {world}{' + adapters' if adapters else ''}", "always"),
@@ -179,9 +181,9 @@ def memory_plan(model_config: Mapping[str, Any], cfg: RLConfig, world: int = 1, 
         Row("reference model", n * p.master / world if a.beta > 0 else 0.0,
             f"beta > 0: frozen, {_count(n)} x {p.master} B / {world}" if a.beta > 0 else "beta = 0: none loaded",
             "always"),
-        Row("inference copy", n * c if sharded else 0.0,
-            f"the sampler's plain full copy, {c} B" if sharded else "one process: the sampler runs the policy",
-            "always"),
+        Row("inference copy", n * c if copy else 0.0,
+            f"the sampler's plain full copy, {c} B" if copy else "one process, one dtype: the sampler runs the "
+            "policy", "always"),
     ]
     if sharded and par.reshard_after_forward:
         gathered, note = (outer + 3 * per_layer) * c, "FSDP2: root (embeddings, head) + 2 layers + 1 layer's grads"

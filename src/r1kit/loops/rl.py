@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from r1kit.checkpoint import checkpoint_to_resume, latest_checkpoint, load_state, save_checkpoint, step_of
+from r1kit.checkpoint import checkpoint_to_resume, latest_checkpoint, step_of
 from r1kit.config import to_dict
 from r1kit.doctor import Doctor, DoctorStop
 from r1kit.errors import UserError
@@ -41,7 +41,7 @@ from r1kit.lora import load_for_training, merged_copy
 from r1kit.losses import ADVANTAGES
 from r1kit.modeling import eos_ids, load_model
 from r1kit.parallel import dist
-from r1kit.parallel.checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
+from r1kit.parallel.checkpoint import load_training_checkpoint, save_training_checkpoint
 from r1kit.parallel.engine import resolve_engine
 from r1kit.parallel.fsdp import (
     copy_sharded,
@@ -50,6 +50,7 @@ from r1kit.parallel.fsdp import (
     prepare_training_model,
     sync_weights,
 )
+from r1kit.preflight import check_memory_before_launch
 from r1kit.prompting import format_warnings, make_prompter
 from r1kit.rewards import combine
 from r1kit.rl_config import RLConfig
@@ -262,46 +263,6 @@ def _step_metrics(seen, stats, times, lr, t_step, info, peak_memory_mib: float) 
     return m
 
 
-def _check_memory(cfg, task, engine) -> None:
-    """The run doctor's memory check before anything is loaded: warns, or refuses with --strict (every rank)."""
-    from r1kit.estimate import load_model_config
-    from r1kit.modeling import load_tokenizer
-
-    warning = None
-    if engine.info.main:
-        prompter = make_prompter(task, load_tokenizer(cfg.model))
-        longest = max(map(len, prompter.encode(task.problems("train", 64, seed=cfg.seed))), default=1)
-        try:
-            warning = _memory_warning(load_model_config(cfg.model), cfg, engine, longest)
-        except UserError:  # a config the plan cannot read (GPT-2's n_embd, ...): no plan, no check
-            warning = None
-    warning = dist.broadcast_object(warning)
-    if warning and cfg.doctor.strict:
-        raise UserError(f"r1kit doctor (--strict): {warning}")
-    if warning and engine.info.main:
-        print(f"r1kit doctor: {warning}", flush=True)
-
-
-def _memory_warning(model_config: dict, cfg, engine, prompt_len: int) -> str | None:
-    """The memory plan (memplan.py) of this run on this device; a warning when it does not fit."""
-    import dataclasses
-
-    from r1kit.devices import gpu_kind
-    from r1kit.ledger import DEVICE_MEMORY_BYTES
-    from r1kit.memplan import check_memory, memory_plan
-
-    resolved = dataclasses.replace(cfg, parallel=dataclasses.replace(  # the plan of what this engine does
-        cfg.parallel, dtype=engine.precision,
-        activation_checkpointing="on" if engine.activation_checkpointing else "off"))
-    gpu = None
-    if engine.kind == "cuda":  # an unknown GPU is planned as a datacenter one, against its real capacity
-        kind = gpu_kind(torch.cuda.get_device_name(engine.device))
-        gpu = kind if kind in DEVICE_MEMORY_BYTES else "H100"
-    plan = memory_plan(model_config, resolved, engine.info.world, gpu, capacity_bytes=engine.memory_capacity_bytes(),
-                       prompt_len=prompt_len)
-    return check_memory(plan)
-
-
 BUDGET_FILE = "budget_reached.json"
 
 
@@ -351,7 +312,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
     task = get_task(cfg.task, **cfg.prompt.overrides())
     ckpt = checkpoint_to_resume(out, resume)
     if ckpt is None:  # will it fit? Before any weight is loaded (the plan needs only config.json and prompts)
-        _check_memory(cfg, task, engine)
+        check_memory_before_launch(cfg, task, engine)
     policy, tokenizer = load_for_training(lambda: load_model(cfg.model, dtype=engine.master_dtype, trainable=True),
                                           ckpt, cfg.lora, cfg.seed)
     ref = None
@@ -367,16 +328,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
                     cfg.doctor.patience, cfg.doctor.hacking_drop)
     start, history = 0, {}
     if ckpt is not None:
-        state = load_state(ckpt)
-        if engine.sharded:
-            load_sharded_checkpoint(ckpt, state, policy, optimizer, ref, engine)
-        elif state.get("world_size", 1) != 1:
-            raise UserError(f"{ckpt} was written by {state['world_size']} ranks: resume it under torchrun with "
-                            "as many processes, or start a new run from its model directory")
-        else:
-            optimizer.load_state_dict(state["optimizer"])
-            if ref is not None:
-                ref.load_state_dict(state["ref"])
+        state = load_training_checkpoint(ckpt, policy, optimizer, ref, engine)
         doctor.load(state["doctor"])
         sync_weights(policy, sampler_model)
         start, history = state["step"], state["history"]
@@ -461,15 +413,9 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
             bar.write(f"compute budget reached after step {done}: {spent:.3g} FLOPs "
                       f">= max_flops {cfg.max_flops:.3g}")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or over_budget:
-            state = {"doctor": doctor.state(), "history": history}
             with ledger.phase("checkpointing") if ledger else nullcontext():
-                if engine.sharded:
-                    save_sharded_checkpoint(out, done, policy, sampler_model, tokenizer, optimizer, ref, state,
-                                            cfg.keep_checkpoints, engine)
-                else:
-                    state.update(optimizer=optimizer.state_dict(),
-                                 ref=ref.state_dict() if ref is not None else None)
-                    save_checkpoint(out, done, policy, tokenizer, state, cfg.keep_checkpoints)
+                save_training_checkpoint(out, done, policy, sampler_model, tokenizer, optimizer, ref,
+                                         {"doctor": doctor.state(), "history": history}, cfg.keep_checkpoints, engine)
         if over_budget:
             break
     seconds = time.perf_counter() - t_run

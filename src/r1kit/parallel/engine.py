@@ -63,10 +63,6 @@ class Engine:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def generator(self, seed: int) -> torch.Generator:
-        """A generator on this device, seeded: sampling draws on the device that holds the probabilities."""
-        return torch.Generator(device=self.device).manual_seed(seed)
-
     def peak_memory_mib(self) -> float:
         """Peak memory so far: CUDA's max_memory_allocated on a GPU, the process's peak RSS on a CPU."""
         if self.device.type == "cuda":
@@ -84,6 +80,10 @@ class Engine:
         except OSError:
             pass
         return None
+
+    def device_name(self) -> str:
+        """The GPU's name as CUDA reports it ("NVIDIA H100 80GB HBM3"), or "cpu"."""
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
 
     def describe(self) -> str:
         where = f"{self.info.world} ranks, FSDP2" if self.sharded else "1 process"
