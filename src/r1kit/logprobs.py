@@ -81,10 +81,12 @@ def completion_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, width: int
     positions = (attn.cumsum(-1) - 1).clamp(min=0)  # (B, L)
     targets = ids[:, -width:]  # (B, W)
     if not chunkable(model):
-        out = model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=width + 1)
+        out = model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=width + 1,
+                    use_cache=False)
         logits = out.logits[:, :-1]  # (B, W, V): position j predicts token j+1
         return token_logprobs(logits, targets, temperature), entropy(logits.detach(), temperature)
     with _head_computes(model, lambda head, h: _head_logprobs(head, h, targets, temperature, chunk)):
-        out = model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=width + 1)
+        out = model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=width + 1,
+                    use_cache=False)
     both = out.logits[:, :-1]  # (B, W, 2)
     return both[..., 0], both[..., 1].detach()

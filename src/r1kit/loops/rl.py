@@ -365,6 +365,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
                 (out / BUDGET_FILE).is_file()):  # rank 0's view: a shared file system may lag on the others
             break
         t0 = time.perf_counter()
+        engine.reset_peak_memory()  # peak_memory_mib is this step's
         lr = learning_rate(step, cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr

@@ -69,6 +69,13 @@ class Engine:
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         return peak_rss_mib()
 
+    def reset_peak_memory(self) -> None:
+        """Start a new peak (e.g. per step, so the metric is the step's, not the loading's)."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            reset_peak_rss()
+
     def memory_capacity_bytes(self) -> float | None:
         """Memory one rank may use: its GPU's total memory, or the machine's RAM shared by the ranks."""
         if self.device.type == "cuda":

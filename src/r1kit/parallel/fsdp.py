@@ -50,7 +50,6 @@ def decoder_layers(model) -> list[torch.nn.Module]:
 
 def enable_activation_checkpointing(model) -> None:
     """Recompute every decoder layer in the backward instead of keeping its activations."""
-    model.config.use_cache = False
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (the old name is deprecated)
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
