@@ -150,8 +150,8 @@ class RLConfig:
             (a.beta >= 0 and 0 <= a.eps_low < 1 and a.eps_high >= 0, "algo: beta >= 0 and 0 <= eps_low < 1"),
             (a.mu >= 1 and a.mini_batches >= 1, "algo.mu and algo.mini_batches must be at least 1"),
             (a.micro_batch_tokens >= 1, "algo.micro_batch_tokens must be at least 1"),
-            (r.prompts_per_step // world >= a.mini_batches,
-             "algo.mini_batches must not exceed the prompts per step on each rank"),
+            (r.prompts_per_step >= a.mini_batches,  # a rank may hold groups of only some mini-batches
+             "algo.mini_batches must not exceed rollout.prompts_per_step (each mini-batch holds whole groups)"),
             (self.optim.lr > 0 and self.optim.grad_clip >= 0, "optim.lr must be positive"),
             (bool(self.reward.weights), "reward.weights must name at least one reward"),
             (self.checkpoint_every >= 1 and self.keep_checkpoints >= 1, "checkpoint_every/keep_checkpoints >= 1"),

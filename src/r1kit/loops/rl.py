@@ -208,9 +208,10 @@ def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine):
     P, keys = cfg.rollout.prompts_per_step, kept["keys"]
     if keys and max(keys) < P:  # a group's mini-batch follows its global question index, as on one process
         rollout.mini_batch = torch.tensor([keys[i // G] * a.mini_batches // P for i in range(n)])
-    else:  # refilled groups (dynamic sampling) or a placeholder: this rank's order
-        groups = n // G
-        rollout.mini_batch = torch.tensor([(i // G) * a.mini_batches // max(groups, 1) for i in range(max(n, 1))])
+    else:  # refilled groups (dynamic sampling) or a placeholder: the g-th kept group sits at g * world + rank
+        world, rank, groups = engine.info.world, engine.info.rank, max(n // G, 1)
+        rollout.mini_batch = torch.tensor([((i // G) * world + rank) * a.mini_batches // (groups * world)
+                                           for i in range(max(n, 1))])
     if kept["lps"]:
         t_len = rollout.completion_len
         old = torch.zeros(n, t_len)
