@@ -137,3 +137,14 @@ def test_the_doctor_checks_the_memory_plan_before_step_1(tiny_config, tokenizer,
     assert not (tmp_path / "strict" / "checkpoints").exists()
     assert run_rl(config("warned", False), progress=False)["finished"]
     assert "r1kit doctor: the memory plan needs" in capsys.readouterr().out
+
+
+def test_placing_a_model_in_bf16_keeps_its_rotary_frequencies_in_float32(tiny_config, tokenizer):
+    from r1kit.modeling import new_model
+
+    model = new_model(tiny_config, tokenizer, seed=0)
+    exact = model.model.rotary_emb.inv_freq.clone()
+    placed = Engine(torch.device("cpu"), "bf16-pure").place(model)
+    assert all(p.dtype == torch.bfloat16 for p in placed.parameters())
+    assert placed.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert torch.equal(placed.model.rotary_emb.inv_freq, exact)  # Module.to(bf16) would have rounded it

@@ -114,7 +114,7 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None, res
     docs = [ids + [eos] for ids in tokenizer(texts).input_ids]
     engine = resolve_engine(cfg.parallel)
     model = load_model(ckpt, trainable=True)[0] if ckpt is not None else new_model(cfg.size, tokenizer, seed=cfg.seed)
-    model = model.to(device=engine.device, dtype=engine.master_dtype)
+    model = engine.place(model)
     n_params = count_params(model)
     ledger = ledger_factory(out, "base", model.config.to_dict()) if ledger_factory else None
     model.train()

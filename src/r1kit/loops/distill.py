@@ -148,7 +148,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
     teacher = teacher.to(engine.device).requires_grad_(False)
     student, tokenizer = load_for_training(
         lambda: make_student(cfg.student, cfg.student_size, cfg.teacher, cfg.seed), ckpt, cfg.lora, cfg.seed)
-    student = student.to(device=engine.device, dtype=engine.master_dtype)
+    student = engine.place(student)
     check_shared_tokenizer(teacher_tok, tokenizer)
     examples, pool = [], []
     if cfg.method == "logit":

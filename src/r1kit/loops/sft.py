@@ -93,7 +93,7 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
     model, tokenizer = load_for_training(
         lambda: make_student(cfg.model, cfg.student_size, cfg.tokenizer or teacher_of(rows), cfg.seed), ckpt, cfg.lora, cfg.seed)
     engine = resolve_engine(cfg.parallel)
-    model = model.to(device=engine.device, dtype=engine.master_dtype)
+    model = engine.place(model)
     task_spec = cfg.task or task_of(rows)
     task, prompter = None, None
     if task_spec:  # prompts in the student's own format; answers in the teacher's (unless the task names one)

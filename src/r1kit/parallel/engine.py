@@ -57,6 +57,20 @@ class Engine:
     def kind(self) -> str:
         return self.device.type
 
+    def place(self, model, dtype: torch.dtype | None = None):
+        """`model` on this device, its parameters in `dtype` (default: the master dtype). Floating buffers keep
+        their own dtype: `Module.to(bf16)` would round the rotary `inv_freq` to bfloat16 (a 0.4% error in every
+        frequency: whole radians off at position 1,000), which from_pretrained(dtype=bf16) itself never does."""
+        dtype = dtype or self.master_dtype
+        kept = {name: (buf.dtype, buf) for name, buf in model.named_buffers() if buf.is_floating_point()}
+        model = model.to(device=self.device, dtype=dtype)
+        for name, (own, buf) in kept.items():
+            owner, _, attr = name.rpartition(".")
+            module = model.get_submodule(owner)
+            if module._buffers[attr].dtype != own:
+                module._buffers[attr] = buf.to(device=self.device)  # the untouched original, moved
+        return model
+
     def autocast(self):
         """bf16 compute over float32 weights on one process (FSDP2's mixed-precision policy does it when sharded)."""
         if self.precision == "bf16" and not self.sharded:

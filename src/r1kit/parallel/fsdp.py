@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 
@@ -80,9 +81,9 @@ def shard(model, engine: Engine):
 def prepare_training_model(model, engine: Engine, *, frozen: bool = False):
     """Master dtype, device, activation checkpointing (trained models) and, with several ranks, FSDP2."""
     if engine.sharded:  # fully_shard moves each shard to the mesh's device itself
-        model = model.to(dtype=engine.master_dtype)
+        model = dataclasses.replace(engine, device=torch.device("cpu")).place(model)
     else:
-        model = model.to(device=engine.device, dtype=engine.master_dtype)
+        model = engine.place(model)
     if engine.activation_checkpointing and not frozen:
         enable_activation_checkpointing(model)
     if engine.sharded:
@@ -95,7 +96,7 @@ def inference_copy(model, engine: Engine):
     a sharded run and on one process in bf16 (kept current by `sync_weights`); else the policy itself."""
     if not engine.sharded and engine.compute_dtype == engine.master_dtype:
         return model
-    twin = copy.deepcopy(model).to(device=engine.device, dtype=engine.compute_dtype)
+    twin = engine.place(copy.deepcopy(model), engine.compute_dtype)
     if getattr(twin, "is_activation_checkpointing", False):  # a copy made after checkpointing was turned on
         twin.activation_checkpointing_disable()
     return twin.eval().requires_grad_(False)
