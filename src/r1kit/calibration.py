@@ -149,17 +149,22 @@ class ContentionProbe:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            n = self.sample()
-            if n is not None:
-                self.samples.append(n)
+            self._take()
+
+    def _take(self) -> None:
+        n = self.sample()
+        if n is not None:
+            self.samples.append(n)
 
     def __enter__(self) -> ContentionProbe:
+        self._take()  # one sample at each end: a calibration shorter than `interval` is still probed
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self._take()
 
     @property
     def mean_other(self) -> float | None:

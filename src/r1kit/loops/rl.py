@@ -47,6 +47,7 @@ from r1kit.parallel.fsdp import (
     copy_sharded,
     full_state_dict,
     inference_copy,
+    load_sharded,
     prepare_training_model,
     sync_weights,
 )
@@ -314,14 +315,17 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
     ckpt = checkpoint_to_resume(out, resume)
     if ckpt is None:  # will it fit? Before any weight is loaded (the plan needs only config.json and prompts)
         check_memory_before_launch(cfg, task, engine)
-    policy, tokenizer = load_for_training(lambda: load_model(cfg.model, dtype=engine.master_dtype, trainable=True),
-                                          ckpt, cfg.lora, cfg.seed)
-    ref = None
-    if cfg.algo.beta > 0:  # β = 0 loads no reference model at all
-        ref = copy.deepcopy(merged_copy(policy)).eval().requires_grad_(False)
-        ref = prepare_training_model(ref, engine, frozen=True)
-    sampler_model = inference_copy(policy, engine)  # the policy itself on one process in fp32 and bf16-pure
-    policy = prepare_training_model(policy, engine)
+    if engine.sharded:  # rank 0 reads the weights; every rank holds its shards and one inference copy
+        policy, sampler_model, ref, tokenizer = load_sharded(ckpt or cfg.model, engine, cfg.algo.beta > 0)
+    else:
+        policy, tokenizer = load_for_training(
+            lambda: load_model(cfg.model, dtype=engine.master_dtype, trainable=True), ckpt, cfg.lora, cfg.seed)
+        ref = None
+        if cfg.algo.beta > 0:  # β = 0 loads no reference model at all
+            ref = copy.deepcopy(merged_copy(policy)).eval().requires_grad_(False)
+            ref = prepare_training_model(ref, engine, frozen=True)
+        sampler_model = inference_copy(policy, engine)  # the policy itself in fp32 and bf16-pure
+        policy = prepare_training_model(policy, engine)
     o = cfg.optim
     optimizer = torch.optim.AdamW(policy.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
                                   weight_decay=o.weight_decay)

@@ -149,3 +149,77 @@ def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
         return torch.zeros(())
     total = torch.nn.utils.get_total_norm(grads)
     return total.full_tensor() if isinstance(total, DTensor) else total
+
+
+# ---- Loading a sharded run without a whole model on every rank -------------------------------------------------
+
+
+def _empty(config, dtype: torch.dtype):
+    """The model of `config` with its parameters on the meta device (no memory, no initialisation)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def _materialise(model, engine: Engine, buffers: dict, generation_config) -> None:
+    """Allocate a meta model's tensors on the device (contents undefined) and put rank 0's buffers (the rotary
+    tables: float32, not in the state dict) and generation settings (its EOS ids) in place."""
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    model.to_empty(device=engine.device)
+    if tied and model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+        model.tie_weights()  # to_empty gave a plain model's tied lm_head a tensor of its own: one again
+    for name, buf in buffers.items():
+        owner, _, attr = name.rpartition(".")
+        model.get_submodule(owner)._buffers[attr] = buf.to(engine.device)
+    model.generation_config = generation_config
+
+
+def load_sharded(source, engine: Engine, with_reference: bool):
+    """(policy, inference copy, reference or None, tokenizer) of a sharded run, from a model directory.
+
+    Only rank 0 reads the weights (onto its CPU, in the master dtype); every rank builds the models on the meta
+    device, shards them, allocates its shards on its device, and receives its part of the weights from rank 0
+    (`set_model_state_dict(..., broadcast_from_rank0=True)`). The inference copy gets the weights by
+    `sync_weights` and the reference by `copy_sharded`, so no rank ever holds more than its shards plus one copy
+    in the compute dtype.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from transformers import AutoConfig
+
+    from r1kit.modeling import load_model, load_tokenizer
+    from r1kit.parallel import dist
+
+    full, buffers, generation = {}, None, None
+    if engine.info.main:
+        model, tokenizer = load_model(source, dtype=engine.master_dtype, trainable=True)
+        full = model.state_dict()
+        buffers = {n: b for n, b in model.named_buffers() if n not in full}
+        generation = model.generation_config
+        del model
+    else:
+        tokenizer = load_tokenizer(source)
+    buffers, generation = dist.broadcast_object((buffers, generation))
+    config = AutoConfig.from_pretrained(source)
+
+    policy = _empty(config, engine.master_dtype)
+    if engine.activation_checkpointing:
+        enable_activation_checkpointing(policy)
+    shard(policy, engine)
+    _materialise(policy, engine, buffers, generation)
+    set_model_state_dict(policy, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del full
+    policy.train()
+
+    twin = _empty(config, engine.compute_dtype)
+    _materialise(twin, engine, buffers, generation)
+    sync_weights(policy, twin)
+    twin.eval().requires_grad_(False)
+
+    reference = None
+    if with_reference:
+        reference = shard(_empty(config, engine.master_dtype), engine)
+        _materialise(reference, engine, buffers, generation)
+        copy_sharded(policy, reference)
+        reference.eval().requires_grad_(False)
+    return policy, twin, reference, tokenizer
