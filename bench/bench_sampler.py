@@ -33,7 +33,7 @@ import transformers  # noqa: E402
 
 from r1kit.devices import cpu_model
 from r1kit.modeling import eos_ids, load_model, new_model, train_tokenizer  # noqa: E402
-from r1kit.sampler import SamplingParams, left_pad, sample, supports_fast_path  # noqa: E402
+from r1kit.rollout.sampler import SamplingParams, left_pad, sample, supports_fast_path  # noqa: E402
 from r1kit.tasks import get_task  # noqa: E402
 
 TEMPERATURE, TOP_P = 0.6, 0.95

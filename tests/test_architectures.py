@@ -35,7 +35,7 @@ from r1kit.metrics import EvalConfig
 from r1kit.modeling import eos_ids, load_model, save_model
 from r1kit.packing import Example, collate, packed_logits
 from r1kit.rl_config import AlgoConfig, OptimConfig, RewardConfig, RLConfig, RolloutConfig
-from r1kit.sampler import SamplingParams, left_pad, sample, supports_fast_path
+from r1kit.rollout.sampler import SamplingParams, left_pad, sample, supports_fast_path
 from r1kit.tasks import get_task
 from r1kit.tasks.arithmetic import ArithmeticTask
 

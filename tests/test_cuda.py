@@ -22,7 +22,7 @@ from r1kit.loops.rl import run_rl
 from r1kit.modeling import eos_ids, save_model
 from r1kit.prompting import make_prompter
 from r1kit.rl_config import RLConfig
-from r1kit.sampler import SamplingParams, sample
+from r1kit.rollout.sampler import SamplingParams, sample
 from r1kit.tasks import get_task
 
 pytestmark = pytest.mark.cuda

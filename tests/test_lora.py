@@ -14,7 +14,7 @@ from r1kit.loops.sft import SFTConfig, run_sft
 from r1kit.lora import LoraConfig, apply_lora, effective_weight, merged_copy, trainable_parameters
 from r1kit.modeling import load_model, new_model, save_model
 from r1kit.rl_config import RLConfig
-from r1kit.sampler import SamplingParams, sample
+from r1kit.rollout.sampler import SamplingParams, sample
 
 peft = pytest.importorskip("peft")
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import copy
 import pytest
 import torch
 
-from r1kit import sampler
-from r1kit.sampler import Samples, SamplingParams, choose_tokens, left_pad, sample, supports_fast_path
+from r1kit.rollout import sampler
+from r1kit.rollout.sampler import Samples, SamplingParams, choose_tokens, left_pad, sample, supports_fast_path
 
 NEVER = [-1]  # an EOS id no model emits: every row runs to max_new_tokens and none is dropped
 

@@ -19,8 +19,8 @@ from r1kit.metrics import EvalConfig, majority, summarize
 from r1kit.modeling import eos_ids
 from r1kit.parallel import dist
 from r1kit.prompting import make_prompter
+from r1kit.rollout.sampler import SamplingParams, sample
 from r1kit.runlog import progress_bar
-from r1kit.sampler import SamplingParams, sample
 
 
 def evaluate(

@@ -36,8 +36,8 @@ from r1kit.modeling import count_params, eos_ids, load_model
 from r1kit.packing import Example, PackedBatch, packed_logits
 from r1kit.parallel.engine import resolve_engine
 from r1kit.prompting import make_prompter
+from r1kit.rollout.sampler import SamplingParams, sample
 from r1kit.runlog import MetricsLog, progress_bar, write_json
-from r1kit.sampler import SamplingParams, sample
 from r1kit.sft import (
     cosine_lr,
     encode_rows,

@@ -26,8 +26,8 @@ from r1kit.errors import UserError
 from r1kit.modeling import eos_ids, load_model
 from r1kit.parallel.engine import resolve_engine
 from r1kit.prompting import make_prompter
+from r1kit.rollout.sampler import SamplingParams, sample
 from r1kit.runlog import progress_bar, write_json
-from r1kit.sampler import SamplingParams, sample
 from r1kit.tasks import get_task
 from r1kit.tasks.formats import PromptConfig
 

@@ -55,8 +55,8 @@ from r1kit.preflight import check_memory_before_launch
 from r1kit.prompting import format_warnings, make_prompter
 from r1kit.rewards import combine
 from r1kit.rl_config import RLConfig
+from r1kit.rollout.sampler import SamplingParams, sample
 from r1kit.runlog import MetricsLog, progress_bar, write_json
-from r1kit.sampler import SamplingParams, sample
 from r1kit.tasks import get_task, task_options
 
 

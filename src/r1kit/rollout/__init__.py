@@ -1,0 +1,1 @@
+"""Rollout engines: r1kit's own KV-cache sampler (sampler.py) and the vLLM backend (vllm.py), one interface."""
