@@ -7,6 +7,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The sampler's compiled decoding step costs seconds to build per shape: tests run it eagerly, except the tests
+# of the compiled path, which ask for it (`compile=True`).
+os.environ.setdefault("R1KIT_COMPILE", "0")
 
 # Small enough to build in a second on two cores; GQA (4 heads, 2 KV heads) so the fast path's grouping is used.
 TINY_CONFIG = {

@@ -93,6 +93,8 @@ def test_sampling_params_are_validated(kw):
 # -- both decoding paths on a tiny model ----------------------------------------------------------------
 
 PATHS = [pytest.param(True, id="fast"), pytest.param(False, id="generic")]
+# the fast path with its decoding step compiled (a graph per batch bucket and cache length: a few seconds each)
+WITH_COMPILED = [*PATHS, pytest.param("compiled", id="compiled")]
 TEXTS = [
     "User: 12+7. Reason",
     "User: 345*6. Reason in <think> </think>, answer",
@@ -129,7 +131,8 @@ def _run(model, tokenizer, prompts, fast, eos=NEVER, seed=None, **params):
         eos_ids=eos,
         pad_id=tokenizer.pad_token_id,
         generator=gen,
-        fast=fast,
+        fast=bool(fast),
+        compile=fast == "compiled",
         return_logprobs=True,
     )
 
@@ -146,14 +149,22 @@ def test_fast_path_is_chosen_for_llama(tiny_model):
     assert supports_fast_path(tiny_model)
 
 
-@pytest.mark.parametrize("fast", PATHS)
-def test_next_token_logits_match_the_models_forward(busy_model, tokenizer, prompts, fast, monkeypatch):
+# A chat template's system prompt: every prompt starts with the same tokens, which the fast path prefills once.
+SYSTEM = "System: you are a careful calculator who writes every step. "
+
+
+@pytest.mark.parametrize("shared", [pytest.param(False, id="distinct"), pytest.param(True, id="prefix+groups")])
+@pytest.mark.parametrize("fast", WITH_COMPILED)
+def test_next_token_logits_match_the_models_forward(busy_model, tokenizer, prompts, fast, shared, monkeypatch):
     seen: list[torch.Tensor] = []
 
     def spy(logits, params, generator):
         seen.append(logits.clone())
         return choose_tokens(logits, params, generator)
 
+    if shared:  # a common prefix of >= MIN_SHARED_PREFIX tokens, and repeated prompts (GRPO groups)
+        prompts = [tokenizer(SYSTEM + t).input_ids for t in TEXTS for _ in range(2)][:-1]
+        assert sampler._common_prefix([tuple(p) for p in prompts]) >= sampler.MIN_SHARED_PREFIX
     monkeypatch.setattr(sampler, "choose_tokens", spy)
     out = _run(busy_model, tokenizer, prompts, fast, temperature=0.0, max_new_tokens=5)
     assert len(seen) == 5
@@ -163,7 +174,8 @@ def test_next_token_logits_match_the_models_forward(busy_model, tokenizer, promp
         full_ids = torch.cat([ids, generated[:, :t]], -1)  # (B, P + t)
         full_mask = torch.cat([mask, torch.ones_like(generated[:, :t], dtype=torch.bool)], -1)
         expected = _reference_logits(busy_model, full_ids, full_mask)  # (B, V)
-        torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0, msg=f"step {t}")
+        # rows past len(prompts) are fillers (a compiled step has at least two rows)
+        torch.testing.assert_close(logits[: len(prompts)], expected, atol=1e-4, rtol=0, msg=f"step {t}")
 
 
 def test_fast_and_generic_paths_agree_greedily(busy_model, tokenizer, prompts):
@@ -192,7 +204,7 @@ def test_greedy_is_deterministic(busy_model, tokenizer, prompts, fast):
     assert a.tokens == b.tokens
 
 
-@pytest.mark.parametrize("fast", PATHS)
+@pytest.mark.parametrize("fast", WITH_COMPILED)
 def test_same_seed_same_output(busy_model, tokenizer, prompts, fast):
     kw = {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 10}
     a = _run(busy_model, tokenizer, prompts, fast, seed=0, **kw)
@@ -225,7 +237,7 @@ def _pick_stop(tokens: list[list[int]]) -> tuple[int, int, int]:
     raise AssertionError(f"no row has a token of its own in {tokens}")
 
 
-@pytest.mark.parametrize("fast", PATHS)
+@pytest.mark.parametrize("fast", WITH_COMPILED)
 def test_eos_stops_its_row_only(busy_model, tokenizer, prompts, fast):
     free = _run(busy_model, tokenizer, prompts, fast, temperature=0.0, max_new_tokens=12)
     row, step, stop = _pick_stop(free.tokens)
@@ -248,7 +260,7 @@ def test_all_rows_stopping_ends_the_batch(busy_model, tokenizer, prompts, fast):
     assert all(out.finished)
 
 
-@pytest.mark.parametrize("fast", PATHS)
+@pytest.mark.parametrize("fast", WITH_COMPILED)
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 def test_logprobs_match_the_models_forward(busy_model, tokenizer, prompts, fast, temperature):
     out = _run(
@@ -271,6 +283,18 @@ def test_logprobs_match_the_models_forward(busy_model, tokenizer, prompts, fast,
         at = torch.arange(len(prompt) - 1, len(prompt) + len(toks) - 1)
         expected = (logits[at] / temperature).log_softmax(-1).gather(-1, torch.tensor(toks)[:, None])[:, 0]
         torch.testing.assert_close(torch.tensor(lps), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("fast", WITH_COMPILED)
+def test_identical_prompts_sample_like_single_ones(busy_model, tokenizer, prompts, fast):
+    """A group of identical prompts is prefilled once: each row still samples its own completion, and greedy rows
+    equal what the prompt alone gives."""
+    group = [prompts[1]] * 6 + [prompts[3]] * 2
+    greedy = _run(busy_model, tokenizer, group, fast, temperature=0.0, max_new_tokens=8)
+    alone = _run(busy_model, tokenizer, [prompts[1], prompts[3]], fast, temperature=0.0, max_new_tokens=8)
+    assert greedy.tokens == [alone.tokens[0]] * 6 + [alone.tokens[1]] * 2
+    hot = _run(busy_model, tokenizer, group, fast, seed=0, temperature=1.0, max_new_tokens=8)
+    assert len({tuple(t) for t in hot.tokens[:6]}) > 1  # the group's rows draw different completions
 
 
 def test_logprobs_are_optional_and_mode_is_restored(busy_model, tokenizer, prompts):

@@ -2,30 +2,40 @@
 
 Two paths, one contract:
 
-- a fast path for Llama-family decoders (Llama, Mistral, Qwen2, Qwen3: RMSNorm, rotary, GQA, SwiGLU; Qwen3's
-  per-head q/k norms). It runs the model's own weights through a plain functional forward with a preallocated KV
-  cache, and drops finished rows from the batch as it goes. It skips the per-step work of `generate` (cache
-  objects, mask building, logits processors, stopping criteria), which dominates on small models. It attends to
-  the whole sequence, so a model with a sliding window takes it only when the window covers prompt + completion;
+- a fast path for Llama-family decoders (Llama, Mistral, Qwen2, Qwen3), in rollout/fast.py: a functional forward
+  over the model's weights with a preallocated KV cache, one compiled decoding step (dynamic rows), shared prompts
+  prefilled once, finished rows dropped. It attends to the whole sequence, so a model with a sliding window takes
+  it only when the window covers prompt + completion;
 - the generic path for any other causal LM (GPT-2, Gemma, Phi-3, OLMo-2, ...): the model's own forward with its
   own cache, exact for whatever the architecture does (absolute positions, soft-capping, sliding windows).
 
-`tests/test_sampler.py` checks that the fast path's logits match the model's forward, and the invariants
-(same seed, same output; temperature 0 is greedy; max tokens respected; EOS stops a row but not its neighbours);
-`tests/test_architectures.py` that both equal transformers' greedy `generate` on ten architectures.
+Tokens are drawn by the exponential race (Gumbel-max): argmax_i log p_i - log E_i with E_i ~ Exp(1) picks i with
+probability p_i, so one elementwise pass replaces `multinomial`; top-p first looks at a shortlist of the most
+likely tokens (exact when they hold top_p of the mass, else the whole row is sorted).
+
+Compilation (`compile=None`): on when torch.compile can build kernels here (a C++ compiler on the CPU, Triton on
+CUDA) and the call decodes at least `COMPILE_MIN_WORK` row-steps; the environment variable R1KIT_COMPILE=0
+turns it off for every call that does not ask for it, R1KIT_COMPILE=1 on.
+
+`tests/test_sampler.py` checks that the fast path's logits match the model's forward (eager and compiled), and
+the invariants (same seed, same output; temperature 0 is greedy; max tokens respected; EOS stops a row but not
+its neighbours; shared prompts); `tests/test_architectures.py` that both equal transformers' greedy `generate` on
+ten architectures.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from r1kit.lora import effective_bias, effective_weight, unwrap
+from r1kit.lora import unwrap
 from r1kit.packing import sliding_window
+from r1kit.rollout.fast import MIN_ROWS, MIN_SHARED_PREFIX, FastDecoder, compile_available
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+COMPILE_MIN_WORK = 2048  # rows x new tokens below which a compiled step does not pay for its compilation
 
 
 @dataclass(frozen=True)
@@ -50,27 +60,35 @@ class Samples:
         return sum(len(t) for t in self.tokens)
 
 
+def _race(logprobs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Index i with probability exp(logprobs_i) per row (-inf excluded): argmax(logprobs - log E), E ~ Exp(1)."""
+    noise = torch.empty_like(logprobs).exponential_(generator=generator)
+    return (logprobs - noise.log()).argmax(-1)
+
+
 def choose_tokens(
     logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None, shortlist: int = 32
 ) -> torch.Tensor:
     """Next tokens from logits (B, V) by temperature and top-p; greedy at temperature 0. Returns (B,).
 
-    Top-p looks first at the `shortlist` most likely tokens (a partial sort): when they already hold top_p of the
-    mass in every row, the nucleus lies inside them and the result is exact; otherwise it sorts the whole row.
+    Top-p keeps the smallest set of most likely tokens whose mass reaches top_p, renormalised. It looks first at
+    the `shortlist` most likely tokens (a partial sort): when they already hold top_p of the mass in every row,
+    the nucleus lies inside them and the result is exact; otherwise it sorts the whole row.
     """
     if params.temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / params.temperature  # (B, V)
     if params.top_p >= 1.0:
-        return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)  # (B,)
-    probs = logits.softmax(-1)  # (B, V)
-    k = min(shortlist, probs.shape[-1])
-    top, order = probs.topk(k, -1)  # (B, k), sorted descending
-    if k < probs.shape[-1] and bool((top.sum(-1) < params.top_p).any()):
-        top, order = probs.sort(-1, descending=True)  # (B, V): some row's nucleus is wider than the shortlist
-    keep = top.cumsum(-1) - top <= params.top_p  # mass before this token has not yet reached top_p
-    pick = torch.multinomial(top * keep, 1, generator=generator)  # (B, 1) index into the sorted list
-    return order.gather(-1, pick).squeeze(-1)  # (B,)
+        return _race(logits, generator)  # (B,): softmax(logits) needs no normalising for the race
+    k = min(shortlist, logits.shape[-1])
+    top, order = logits.topk(k, -1)  # (B, k), sorted descending
+    probs = (top - logits.logsumexp(-1, keepdim=True)).exp()  # (B, k)
+    if k < logits.shape[-1] and bool((probs.sum(-1) < params.top_p).any()):
+        top, order = logits.sort(-1, descending=True)  # (B, V): some row's nucleus is wider than the shortlist
+        probs = top.softmax(-1)
+    keep = probs.cumsum(-1) - probs <= params.top_p  # mass before this token has not yet reached top_p
+    pick = _race(top.masked_fill(~keep, float("-inf")), generator)  # (B,) index into the sorted list
+    return order.gather(-1, pick[:, None]).squeeze(-1)  # (B,)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,211 +117,80 @@ def supports_fast_path(model, max_len: int | None = None) -> bool:
     )
 
 
-class _FastDecoder:
-    """Functional Llama-family forward over a model's weights, with a preallocated KV cache.
-
-    Small models (under ~1B parameters) are overhead-bound on a CPU, so for them the weights are rearranged once
-    per call to `sample` to save operations per step: q/k/v in one matrix, with the 1/sqrt(d) attention scale and
-    the rotary `rotate_half` folded in as extra rows (rope becomes qk*cos + qk_rot*sin), gate/up in one matrix,
-    and residual adds fused into the output matmuls. Larger models use their weights in place (no copies).
-    Qwen3 normalises each head's queries and keys before the rotation (`q_norm`, `k_norm`): there the rotation and
-    the scale are applied after the norm, and only q/k/v share a matrix.
-    """
-
-    def __init__(self, model, batch: int, max_len: int, fuse: bool | None = None):
-        self.m = model.model
-        self.lm_head = model.lm_head
-        cfg = model.config
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
-        self.eps = cfg.rms_norm_eps
-        inv_freq = self.m.rotary_emb.inv_freq.float()  # (D/2,)
-        rope_scale = float(getattr(self.m.rotary_emb, "attention_scaling", 1.0))
-        dtype = self.m.embed_tokens.weight.dtype
-        device = self.m.embed_tokens.weight.device
-        shape = (len(self.m.layers), batch, self.n_kv, max_len, self.head_dim)
-        # (L, B, Hkv, S, D); a slot is written before it is read
-        self.k_cache = torch.empty(shape, dtype=dtype, device=device)
-        self.v_cache = torch.empty(shape, dtype=dtype, device=device)
-        if fuse is None:
-            fuse = sum(p.numel() for p in model.parameters()) < 1_000_000_000
-        self.fused = fuse
-        self.layers = [self._fused_weights(layer) if fuse else self._layer_weights(layer) for layer in self.m.layers]
-        for w, layer in zip(self.layers, self.m.layers):  # Qwen3: RMSNorm over each head's queries and keys
-            att = layer.self_attn
-            w["qk_norm"] = (att.q_norm.weight, att.k_norm.weight) if hasattr(att, "q_norm") else None
-        freqs = torch.arange(max_len + 1, dtype=torch.float32, device=device)[:, None] * inv_freq  # (S, D/2)
-        emb = torch.cat((freqs, freqs), -1)  # (S, D): rotary angles of every position, computed once
-        self.cos_table = (emb.cos() * rope_scale).to(dtype)
-        self.sin_table = (emb.sin() * rope_scale).to(dtype)
-
-    @staticmethod
-    def _layer_weights(layer) -> dict:
-        att, mlp = layer.self_attn, layer.mlp
-        return {"ln1": layer.input_layernorm.weight, "ln2": layer.post_attention_layernorm.weight,
-                "q": att.q_proj, "k": att.k_proj, "v": att.v_proj, "o": att.o_proj,
-                "gate": effective_weight(mlp.gate_proj), "up": effective_weight(mlp.up_proj),
-                "down": effective_weight(mlp.down_proj)}
-
-    def _fused_weights(self, layer) -> dict:
-        att, mlp = layer.self_attn, layer.mlp
-        d, half = self.head_dim, self.head_dim // 2
-
-        def rotated(t: torch.Tensor, heads: int) -> torch.Tensor:  # rows of rotate_half(W x): [-W2; W1] per head
-            t = t.view(heads, d, *t.shape[1:])
-            return torch.cat((-t[:, half:], t[:, :half]), 1).reshape(heads * d, *t.shape[2:])
-
-        scale = d**-0.5
-        w_of = effective_weight  # W, or W + s*BA for a LoRA layer: rollouts come from the current adapters
-        projections = (att.q_proj, att.k_proj, att.v_proj)
-        if hasattr(att, "q_norm"):  # Qwen3: the norm comes between projection and rotation, so plain [Wq; Wk; Wv]
-            biases = [effective_bias(m) for m in projections]
-            qkv = torch.cat([w_of(m) for m in projections])
-            bias = torch.cat(biases) if biases[0] is not None else None
-        else:
-            wq, wk, wv = w_of(att.q_proj) * scale, w_of(att.k_proj), w_of(att.v_proj)
-            qkv = torch.cat((wq, wk, rotated(wq, self.n_heads), rotated(wk, self.n_kv), wv))
-            bias = None
-            if effective_bias(att.q_proj) is not None:
-                bq, bk, bv = effective_bias(att.q_proj) * scale, effective_bias(att.k_proj), effective_bias(att.v_proj)
-                bias = torch.cat((bq, bk, rotated(bq, self.n_heads), rotated(bk, self.n_kv), bv))
-        return {"ln1": layer.input_layernorm.weight, "ln2": layer.post_attention_layernorm.weight,
-                "qkv": qkv, "qkv_b": bias, "o_t": w_of(att.o_proj).t(), "o_b": effective_bias(att.o_proj),
-                "gate_up": torch.cat((w_of(mlp.gate_proj), w_of(mlp.up_proj))), "down_t": w_of(mlp.down_proj).t()}
-
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        self.k_cache = self.k_cache[:, rows]
-        self.v_cache = self.v_cache[:, rows]
-
-    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:
-            return F.rms_norm(x, weight.shape, weight, self.eps)
-        xf = x.float()  # half precision: normalise in fp32, as the model's own RMSNorm does
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return weight * xf.to(x.dtype)
-
-    @staticmethod
-    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
-
-    def _qkv(self, w: dict, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Rotated, scaled queries (B, H, T, D), rotated keys and values (B, Hkv, T, D)."""
-        B, T, _ = x.shape
-        n_qk, d = self.n_heads + self.n_kv, self.head_dim
-        if w["qk_norm"] is not None:
-            return self._qkv_normed(w, x, cos, sin)
-        if self.fused:
-            out = F.linear(x, w["qkv"], w["qkv_b"])  # (B, T, (2*(H+Hkv)+Hkv)*D)
-            qk = out[..., : n_qk * d].view(B, T, n_qk, d) * cos + out[..., n_qk * d: 2 * n_qk * d].view(
-                B, T, n_qk, d) * sin  # (B, T, H+Hkv, D)
-            v = out[..., 2 * n_qk * d:]
-        else:
-            q = w["q"](x) * d**-0.5
-            qk = self._rotate(torch.cat((q, w["k"](x)), -1).view(B, T, n_qk, d), cos, sin)
-            v = w["v"](x)
-        qk = qk.transpose(1, 2)  # (B, H+Hkv, T, D)
-        return qk[:, : self.n_heads], qk[:, self.n_heads:], v.view(B, T, self.n_kv, d).transpose(1, 2)
-
-    def _qkv_normed(self, w: dict, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """`_qkv` for Qwen3: q/k projected, RMS-normed per head, rotated, then q scaled."""
-        B, T, _ = x.shape
-        H, d = self.n_heads, self.head_dim
-        if self.fused:
-            out = F.linear(x, w["qkv"], w["qkv_b"])  # (B, T, (H+2*Hkv)*D)
-            q, k, v = out.split([H * d, self.n_kv * d, self.n_kv * d], -1)
-        else:
-            q, k, v = w["q"](x), w["k"](x), w["v"](x)
-        q_norm, k_norm = w["qk_norm"]
-        q = self._rotate(self._norm(q.view(B, T, H, d), q_norm), cos, sin) * d**-0.5  # (B, T, H, D)
-        k = self._rotate(self._norm(k.view(B, T, self.n_kv, d), k_norm), cos, sin)  # (B, T, Hkv, D)
-        return q.transpose(1, 2), k.transpose(1, 2), v.view(B, T, self.n_kv, d).transpose(1, 2)
-
-    def _residual(self, h: torch.Tensor, x: torch.Tensor, w_t: torch.Tensor, bias) -> torch.Tensor:
-        """h + x @ w_t (+ bias), as one addmm on (B*T, C)."""
-        out = torch.addmm(h.reshape(-1, h.shape[-1]), x.reshape(-1, x.shape[-1]), w_t).view(h.shape)
-        return out if bias is None else out + bias
-
-    def _attend_one(self, q: torch.Tensor, i: int, end: int, bias: torch.Tensor) -> torch.Tensor:
-        """One new (pre-scaled) query per row; q (B, H, 1, D), bias (B*Hkv, rep, S) additive. Returns (B, H, 1, D)."""
-        B, rep, d = q.shape[0], self.n_heads // self.n_kv, self.head_dim
-        k = self.k_cache[i, :, :, :end].reshape(B * self.n_kv, end, d)  # (B*Hkv, S, D)
-        v = self.v_cache[i, :, :, :end].reshape(B * self.n_kv, end, d)
-        qg = q.reshape(B * self.n_kv, rep, d)  # (B*Hkv, rep, D): query heads grouped by KV head
-        scores = torch.baddbmm(bias, qg, k.transpose(1, 2))  # (B*Hkv, rep, S)
-        return torch.bmm(scores.softmax(-1), v).view(B, self.n_heads, 1, d)
-
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
-        """Logits of the last position. ids/positions (B, T) are written to cache slots [start, start+T).
-        mask: for a prefill, (B, T, start+T) booleans (which cached keys each query may see); for one decoding
-        step, (B, 1, start+1) additive biases (0 or -inf)."""
-        B, T = ids.shape
-        h = self.m.embed_tokens(ids)  # (B, T, C)
-        cos, sin = self.cos_table[positions][:, :, None], self.sin_table[positions][:, :, None]  # (B, T, 1, D)
-        end = start + T
-        if T == 1:  # decoding: one additive bias for every layer, laid out for batched matmuls
-            rep = self.n_heads // self.n_kv
-            bias = mask[:, None].expand(B, self.n_kv, rep, end).reshape(B * self.n_kv, rep, end)
-        for i, w in enumerate(self.layers):
-            q, k, v = self._qkv(w, self._norm(h, w["ln1"]), cos, sin)
-            self.k_cache[i, :, :, start:end] = k
-            self.v_cache[i, :, :, start:end] = v
-            if T == 1:  # decoding: an additive bias and two matmuls beat SDPA's masked path for one query
-                o = self._attend_one(q, i, end, bias)
-            else:
-                o = F.scaled_dot_product_attention(
-                    q, self.k_cache[i, :, :, :end], self.v_cache[i, :, :, :end], attn_mask=mask[:, None],
-                    enable_gqa=self.n_kv != self.n_heads, scale=1.0,  # queries are pre-scaled
-                )  # (B, H, T, D)
-            o = o.transpose(1, 2).reshape(B, T, -1)  # (B, T, H*D)
-            if self.fused:
-                h = self._residual(h, o, w["o_t"], w["o_b"])
-                gate, up = F.linear(self._norm(h, w["ln2"]), w["gate_up"]).chunk(2, -1)
-                h = self._residual(h, F.silu(gate) * up, w["down_t"], None)
-            else:
-                h = h + w["o"](o)
-                x = self._norm(h, w["ln2"])
-                h = h + F.linear(F.silu(F.linear(x, w["gate"])) * F.linear(x, w["up"]), w["down"])
-        h = self._norm(h[:, -1], self.m.norm.weight)  # (B, C)
-        return self.lm_head(h).float()  # (B, V)
+def _common_prefix(prompts: list[tuple]) -> int:
+    """Length of the prefix all prompts share, leaving each at least one token of its own."""
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for other in prompts[1:]:
+        i = 0
+        while i < n and other[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
 
 
-def _sample_fast(model, ids, mask, params, eos, generator, want_logprobs):
-    B, P, T = *ids.shape, params.max_new_tokens
-    dec = _FastDecoder(model, B, P + T)
-    dev = ids.device
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P)
-    causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
-    prefill_mask = (causal[None] & mask[:, None, :]) | torch.eye(P, dtype=torch.bool, device=dev)[None]  # (B, P, P)
-    logits = dec.forward(ids, positions, 0, prefill_mask)
-    valid = torch.zeros(B, P + T, dtype=dec.k_cache.dtype, device=dev)  # additive key bias: -inf on pads
-    valid[:, :P].masked_fill_(~mask, float("-inf"))
-    next_pos = positions[:, -1] + 1  # (B,)
-    rows = torch.arange(B, device=dev)  # original row of each cache row
-    alive = torch.ones(B, dtype=torch.bool, device=dev)  # cache rows still generating (finished ones linger)
+def _sample_fast(model, prompts, params, eos, generator, want_logprobs, compiled):
+    """The fast path (rollout/fast.py): shared prompts prefilled once, one compiled step, finished rows dropped."""
+    B, T = len(prompts), params.max_new_tokens
+    dev = next(model.parameters()).device
+    unique: dict[tuple, int] = {}
+    owner = [unique.setdefault(tuple(p), len(unique)) for p in prompts]  # row -> its unique prompt
+    distinct = list(unique)
+    c = _common_prefix(distinct) if len(distinct) > 1 else 0
+    c = c if c >= MIN_SHARED_PREFIX else 0
+    suffix_ids, suffix_mask = left_pad([p[c:] for p in distinct], 0, dev)  # (U, Ps)
+    U, Ps = suffix_ids.shape
+    P = c + Ps  # cache layout: [common prefix | left-padded rest of each prompt | completion]
+    dec = FastDecoder(model, U, P + T)
+    if c:  # the shared prefix: one row of prefill, copied to the others
+        causal = torch.ones(c, c, dtype=torch.bool, device=dev).tril()[None]  # (1, c, c)
+        dec.prefill(torch.tensor([distinct[0][:c]], device=dev), torch.arange(c, device=dev)[None], 0, causal,
+                    rows=slice(0, 1))
+        for cache in dec.k + dec.v:
+            cache[1:, :, :c] = cache[:1, :, :c]
+    positions = c + (suffix_mask.long().cumsum(-1) - 1).clamp(min=0)  # (U, Ps)
+    causal = torch.ones(Ps, Ps, dtype=torch.bool, device=dev).tril()
+    own = (causal[None] & suffix_mask[:, None, :]) | torch.eye(Ps, dtype=torch.bool, device=dev)[None]
+    sees = torch.cat([torch.ones(U, Ps, c, dtype=torch.bool, device=dev), own], -1)  # (U, Ps, c + Ps)
+    logits = dec.prefill(suffix_ids, positions, c, sees)  # (U, V)
+    # Rows: the B prompts' rows, then (compiled, one prompt) a copy of row 0 as filler, never recorded.
+    on_cuda = dev.type == "cuda"
+    n = max(B, MIN_ROWS) if compiled else B
+    index = torch.tensor(owner + [owner[0]] * (n - B), device=dev)  # (n,) unique prompt of each row
+    dec.select_rows(index)
+    logits = logits[index]  # (n, V)
+    bias = torch.full((n, P + T), float("-inf"), dtype=dec.dtype, device=dev)  # additive: -inf = not visible
+    bias[:, :c] = 0
+    bias[:, c:P].masked_fill_(suffix_mask[index], 0.0)
+    next_pos = positions[index, -1] + 1  # (n,)
+    rows = torch.cat([torch.arange(B, device=dev), torch.full((n - B,), -1, device=dev)])  # original row, -1: filler
+    alive = rows >= 0
     segments: list[tuple[torch.Tensor, list, list]] = [(rows, [], [])]  # per stretch of fixed rows: tokens, lps
     eos_t = torch.tensor(eos, dtype=torch.long, device=dev)
     for t in range(T):
-        tok = choose_tokens(logits, params, generator)  # (b,)
+        tok = choose_tokens(logits, params, generator)  # (n,)
         segments[-1][1].append(tok)
         if want_logprobs:
-            lp = (logits / (params.temperature or 1.0)).log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)
-            segments[-1][2].append(lp)
+            scaled = logits / (params.temperature or 1.0)
+            segments[-1][2].append(scaled.gather(-1, tok[:, None]).squeeze(-1) - scaled.logsumexp(-1))
         done = torch.isin(tok, eos_t) & alive
         if done.any():
             alive &= ~done
             n_alive = int(alive.sum())
             if n_alive == 0:
                 break
-            if n_alive <= 0.75 * len(rows):  # drop finished rows once enough of them pile up
+            if n_alive <= 0.75 * len(rows) and not on_cuda:  # drop finished rows (a CUDA graph keeps its batch)
                 keep = alive.nonzero().squeeze(-1)
-                rows, tok, next_pos, valid, alive = rows[keep], tok[keep], next_pos[keep], valid[keep], alive[keep]
-                dec.keep_rows(keep)
+                width = max(n_alive, MIN_ROWS) if compiled else n_alive
+                keep = torch.cat([keep, keep[:1].expand(width - n_alive)])  # fillers: copies of a live row
+                rows, tok, next_pos, bias = rows[keep], tok[keep], next_pos[keep], bias[keep]
+                rows[n_alive:] = -1
+                alive = rows >= 0
+                dec.select_rows(keep)
                 segments.append((rows, [], []))
         if t + 1 == T:
             break
-        logits = dec.forward(tok[:, None], next_pos[:, None], P + t, valid[:, None, : P + t + 1])
+        bias[:, P + t] = 0
+        logits = dec.decode(tok, next_pos, P + t, bias, compiled)
         next_pos = next_pos + 1
     # Reassemble by original row (tokens a row sampled after its EOS are cut off below).
     pad = eos[0] if eos else 0
@@ -312,9 +199,10 @@ def _sample_fast(model, ids, mask, params, eos, generator, want_logprobs):
     t0 = 0
     for seg_rows, toks, lps in segments:
         if toks:
-            tokens[seg_rows, t0: t0 + len(toks)] = torch.stack(toks, 1)
+            real = seg_rows >= 0
+            tokens[seg_rows[real], t0: t0 + len(toks)] = torch.stack(toks, 1)[real]
             if want_logprobs:
-                logprobs[seg_rows, t0: t0 + len(toks)] = torch.stack(lps, 1)
+                logprobs[seg_rows[real], t0: t0 + len(toks)] = torch.stack(lps, 1)[real].float()
         t0 += len(toks)
     is_eos = torch.isin(tokens[:, :t0], eos_t)  # (B, t0)
     finished = is_eos.any(-1)
@@ -372,6 +260,16 @@ def _sample_generic(model, ids, mask, params, eos, generator, want_logprobs, pad
     return Samples(out, finished, lps if want_logprobs else None)
 
 
+def _want_compile(compile: bool | None, device: torch.device, rows: int, new_tokens: int) -> bool:
+    """An explicit `compile` wins; then R1KIT_COMPILE=0/1; then: when it pays and can be built here."""
+    flag = os.environ.get("R1KIT_COMPILE", "")
+    if compile is None and flag in ("0", "1"):
+        compile = flag == "1"
+    if compile is False:
+        return False
+    return (compile or rows * new_tokens >= COMPILE_MIN_WORK) and compile_available(device)
+
+
 @torch.inference_mode()
 def sample(
     model,
@@ -383,8 +281,10 @@ def sample(
     generator: torch.Generator | None = None,
     return_logprobs: bool = False,
     fast: bool | None = None,
+    compile: bool | None = None,
 ) -> Samples:
-    """Sample one completion per prompt (token id lists). `fast=None` picks the fast path when supported."""
+    """Sample one completion per prompt (token id lists). `fast=None` picks the fast path when supported;
+    `compile=None` compiles its decoding step when that pays (module docstring)."""
     if not prompts:
         return Samples([], [], [] if return_logprobs else None)
     if any(len(p) == 0 for p in prompts):
@@ -394,13 +294,15 @@ def sample(
     model.eval()
     try:
         device = next(model.parameters()).device
-        ids, mask = left_pad(prompts, pad_id, device)
         if generator is not None and generator.device != device:  # draw on the device that holds the logits
             seed = int(torch.randint(2**62, (1,), generator=generator))
             generator = torch.Generator(device=device).manual_seed(seed)
-        use_fast = supports_fast_path(model, ids.shape[1] + params.max_new_tokens) if fast is None else fast
+        longest = max(len(p) for p in prompts) + params.max_new_tokens
+        use_fast = supports_fast_path(model, longest) if fast is None else fast
         if use_fast:
-            return _sample_fast(model, ids, mask, params, eos_ids, generator, return_logprobs)
+            compiled = _want_compile(compile, device, len(prompts), params.max_new_tokens)
+            return _sample_fast(model, prompts, params, eos_ids, generator, return_logprobs, compiled)
+        ids, mask = left_pad(prompts, pad_id, device)
         return _sample_generic(model, ids, mask, params, eos_ids, generator, return_logprobs, pad_id)
     finally:
         model.train(was_training)
