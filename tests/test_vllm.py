@@ -216,6 +216,23 @@ def test_greedy_decoding_equals_r1kits_sampler(engine, policy, prompts):
     assert _max_gap(theirs, _trainer_logprobs(policy, prompts, theirs.tokens, 1.0)) < ATOL
 
 
+@needs_vllm
+def test_a_second_engine_opens_and_closes_beside_the_first(engine, policy, prompts, tmp_path, tokenizer):
+    """vLLM keeps parallel state per process; closing one engine must not tear it down under another."""
+    engine.update_weights(policy)
+    params = SamplingParams(temperature=1.0, max_new_tokens=8)
+
+    def run(e):
+        return e.sample(prompts, params, eos_ids=NEVER, pad_id=0, generator=torch.Generator().manual_seed(7)).tokens
+
+    modeling.save_model(policy, tokenizer, tmp_path / "m")
+    second = make_engine("vllm", policy, source=str(tmp_path / "m"), max_len=MAX_LEN)
+    assert run(second) == run(engine)
+    second.close()
+    second.close()  # idempotent
+    assert run(engine) == run(engine)
+
+
 # -- GRPO through the backend -------------------------------------------------------------------------------------
 
 

@@ -143,17 +143,21 @@ def _repack_vocab_heads(worker) -> None:
 
 
 @contextlib.contextmanager
-def _keep_default_process_group(keep: bool):
-    """While vLLM shuts down, leave torch's default process group alone if it is the trainer's."""
+def _shutdown_keeping(process_group: bool, parallel_state: bool):
+    """While an engine shuts down, keep torch's default process group (when it is the trainer's) and vLLM's
+    process-wide parallel state (when another engine in this process still uses it): vLLM tears both down."""
     import torch.distributed as dist
+    import vllm.v1.engine.core as core
 
-    destroy = dist.destroy_process_group
-    if keep:
+    destroy, cleanup = dist.destroy_process_group, core.cleanup_dist_env_and_memory
+    if process_group:
         dist.destroy_process_group = lambda group=None: None if group is None else destroy(group)
+    if parallel_state:
+        core.cleanup_dist_env_and_memory = lambda *args, **kwargs: None
     try:
         yield
     finally:
-        dist.destroy_process_group = destroy
+        dist.destroy_process_group, core.cleanup_dist_env_and_memory = destroy, cleanup
 
 
 class VLLMEngine:
@@ -164,6 +168,7 @@ class VLLMEngine:
     weights, which need not be the policy's."""
 
     name = "vllm"
+    live = 0  # engines open in this process: they share vLLM's process-wide parallel state
 
     def __init__(self, source, *, tokenizer=None, max_len: int = 2048, seed: int = 0,
                  device: torch.device | None = None, **options):
@@ -220,6 +225,7 @@ class VLLMEngine:
         with kept_process_state():
             self.llm = vllm.LLM(**settings)
             self.llm.collective_rpc(_hook_temperature_logprobs)
+        VLLMEngine.live += 1
         self.startup_s = time.perf_counter() - t0
         self.sync_s = 0.0
         self.sample_s = 0.0
@@ -272,10 +278,11 @@ class VLLMEngine:
         return Samples(tokens, finished, logprobs if return_logprobs else None)
 
     def close(self) -> None:
-        """Shut the engine down and free its memory (the trainer's process group, if any, stays)."""
+        """Shut the engine down and free its memory (the trainer's process group, if any, and other engines stay)."""
         if getattr(self, "llm", None) is None:
             return
-        with _keep_default_process_group(not self._owns_process_group):
+        VLLMEngine.live -= 1
+        with _shutdown_keeping(process_group=not self._owns_process_group, parallel_state=VLLMEngine.live > 0):
             self.llm.llm_engine.engine_core.shutdown()
         self.llm = None
         import gc
