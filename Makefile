@@ -110,4 +110,4 @@ gpu-wheels: venv
 	ls -l wheels
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) runs build *.egg-info src/*.egg-info

@@ -218,8 +218,10 @@ class VLLMEngine:
         )
         settings.update(options)
         if "kv_cache_memory_bytes" not in options:
-            dtype = getattr(torch, settings["dtype"]) if settings["dtype"] != "auto" else (
-                getattr(config, "torch_dtype", None) or torch.float32)
+            dtype = settings["dtype"]
+            if dtype == "auto":  # the checkpoint's
+                dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+            dtype = getattr(torch, dtype.removeprefix("torch.")) if isinstance(dtype, str) else dtype
             settings["kv_cache_memory_bytes"] = kv_cache_bytes(config, dtype, settings["max_num_seqs"], max_len)
         t0 = time.perf_counter()
         with kept_process_state():
