@@ -169,6 +169,7 @@ class VLLMEngine:
 
     name = "vllm"
     live = 0  # engines open in this process: they share vLLM's process-wide parallel state
+    made_process_group = False  # whether torch's default process group is vLLM's (one process), not the trainer's
 
     def __init__(self, source, *, tokenizer=None, max_len: int = 2048, seed: int = 0,
                  device: torch.device | None = None, **options):
@@ -195,8 +196,8 @@ class VLLMEngine:
             if head_dim not in CPUAttentionBackend.get_supported_head_sizes():
                 raise UserError(f"vLLM's CPU attention does not support head_dim {head_dim} (supported: "
                                 f"{CPUAttentionBackend.get_supported_head_sizes()}): use rollout.backend=r1kit")
-        self._owns_process_group = not (dist.is_available() and dist.is_initialized())
-        world = 1 if self._owns_process_group else dist.get_world_size()
+        trainer_group = dist.is_available() and dist.is_initialized() and not VLLMEngine.made_process_group
+        world = dist.get_world_size() if trainer_group else 1
         if world > 1:  # the external launcher's worker reads its rank from the environment (torchrun sets it)
             os.environ.setdefault("RANK", str(dist.get_rank()))
             os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
@@ -228,6 +229,7 @@ class VLLMEngine:
             self.llm = vllm.LLM(**settings)
             self.llm.collective_rpc(_hook_temperature_logprobs)
         VLLMEngine.live += 1
+        VLLMEngine.made_process_group = not trainer_group  # a lone process: vLLM made a group of one
         self.startup_s = time.perf_counter() - t0
         self.sync_s = 0.0
         self.sample_s = 0.0
@@ -284,8 +286,10 @@ class VLLMEngine:
         if getattr(self, "llm", None) is None:
             return
         VLLMEngine.live -= 1
-        with _shutdown_keeping(process_group=not self._owns_process_group, parallel_state=VLLMEngine.live > 0):
+        with _shutdown_keeping(process_group=not VLLMEngine.made_process_group, parallel_state=VLLMEngine.live > 0):
             self.llm.llm_engine.engine_core.shutdown()
+        if VLLMEngine.live == 0:
+            VLLMEngine.made_process_group = False
         self.llm = None
         import gc
 
