@@ -189,7 +189,7 @@ def test_state_round_trip_continues_streaks_and_remembers_warnings():
     assert resumed.last_eval == doctor.last_eval and isinstance(resumed.last_eval, tuple)
     assert resumed.rewards_since_eval == [0.9]
     # the streaks (here reset by the healthy steps 3 and 4) and the NaN warning carry over
-    assert resumed.streaks == {"truncation": 0, "zero_variance": 0, "format": 0}
+    assert resumed.streaks == {"truncation": 0, "zero_variance": 0, "format": 0, "mismatch": 0}
     assert resumed.warned == {"nan4"}
 
 

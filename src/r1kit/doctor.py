@@ -6,7 +6,9 @@ Checks, each over `patience` consecutive steps unless noted:
   for the model; use dynamic sampling, or change difficulty / group size);
 - format stuck at 0: no completion is ever well formatted (check the template and the base model);
 - non-finite loss or gradients (immediately; the update is skipped and no checkpoint is written);
-- reward hacking: training reward rising between two held-out evaluations while held-out pass@1 falls.
+- reward hacking: training reward rising between two held-out evaluations while held-out pass@1 falls;
+- engine drift: the rollout engine's log-probs of its samples differ from the trainer's (mismatch KL per token
+  above `mismatch_limit`: a stale or wrongly loaded engine, or a precision too low for the model).
 Warnings are returned as strings; in strict mode `DoctorStop` is raised with the same message. Pure Python.
 """
 
@@ -29,7 +31,9 @@ class Doctor:
     zero_variance_limit: float = 0.95
     patience: int = 5
     hacking_drop: float = 0.05
-    streaks: dict = field(default_factory=lambda: {"truncation": 0, "zero_variance": 0, "format": 0})
+    mismatch_limit: float = 0.01
+    streaks: dict = field(default_factory=lambda: {"truncation": 0, "zero_variance": 0, "format": 0,
+                                                   "mismatch": 0})
     last_eval: tuple | None = None  # (mean train reward since the previous eval, held-out pass@1)
     rewards_since_eval: list = field(default_factory=list)
     warned: set = field(default_factory=set)
@@ -39,7 +43,7 @@ class Doctor:
                 "rewards_since_eval": list(self.rewards_since_eval), "warned": sorted(self.warned)}
 
     def load(self, state: dict) -> None:
-        self.streaks = dict(state["streaks"])
+        self.streaks = {**self.streaks, **state["streaks"]}  # a checkpoint from before a check was added lacks it
         self.last_eval = tuple(state["last_eval"]) if state["last_eval"] else None
         self.rewards_since_eval = list(state["rewards_since_eval"])
         self.warned = set(state["warned"])
@@ -72,6 +76,10 @@ class Doctor:
             ("format", m.get("format_rate", 1) == 0,
              "no completion is well formatted (<think>..</think> <answer>..</answer>): check the template and "
              "that the model can produce the tags"),
+            ("mismatch", m.get("mismatch_kl", 0) > self.mismatch_limit,
+             f"the rollout engine's log-probs drift from the trainer's (mismatch KL {m.get('mismatch_kl', 0):.3g} "
+             f"per token > {self.mismatch_limit}): check that the engine gets the new weights after every step, "
+             "or sample in the training precision (rollout.dtype)"),
         ]
         for key, bad, message in rules:
             self.streaks[key] = self.streaks[key] + 1 if bad else 0

@@ -19,18 +19,20 @@ from r1kit.metrics import EvalConfig, majority, summarize
 from r1kit.modeling import eos_ids
 from r1kit.parallel import dist
 from r1kit.prompting import make_prompter
-from r1kit.rollout.sampler import SamplingParams, sample
+from r1kit.rollout import RolloutEngine, SamplerEngine
+from r1kit.rollout.sampler import SamplingParams
 from r1kit.runlog import progress_bar
 
 
 def evaluate(
     model, tokenizer, task, cfg: EvalConfig, *, progress: bool = True, ledger=None, keep_samples: int = 8,
-    shard: bool = False,
+    shard: bool = False, engine: RolloutEngine | None = None,
 ) -> dict:
     """Evaluate `model` on `cfg.n` problems of `task`'s split; returns the metrics and a few sample completions.
 
     `shard=True` under torchrun: every rank calls it, samples every world-th batch with its own generator, and
-    every rank gets the whole result (one process samples them all, with one generator, as before)."""
+    every rank gets the whole result (one process samples them all, with one generator, as before). `engine`:
+    the rollout engine to sample with (e.g. vLLM, holding `model`'s weights); r1kit's sampler on `model` if None."""
     rank, world = (dist.rank(), dist.world()) if shard and dist.active() else (0, 1)
     problems = task.problems(cfg.split, cfg.n, seed=cfg.seed)
     if not problems:
@@ -64,7 +66,8 @@ def evaluate(
             if b % world != rank:  # another rank's batch
                 continue
             batch = [prompt_ids[i] for i, _ in chunk]
-            out = sample(model, batch, params, eos_ids=stops, pad_id=tokenizer.pad_token_id, generator=gen)
+            out = (engine or SamplerEngine(model)).sample(batch, params, eos_ids=stops, pad_id=tokenizer.pad_token_id,
+                                                          generator=gen)
             for (i, j), toks, fin in zip(chunk, out.tokens, out.finished):
                 text = tokenizer.decode(toks, skip_special_tokens=True)
                 results[(i, j)] = (prompter.score(problems[i], text), len(toks), fin, text)
@@ -143,12 +146,14 @@ def format_eval_table(result: dict, title: str | None = None) -> str:
 
 def finish_model(model, tokenizer, out, *, title: str, task_spec: str | None, eval_cfg: EvalConfig | None,
                  upstream: list[str] = (), ledger=None, progress: bool = True,
-                 state_dict: dict | None = None, result: dict | None = None) -> dict | None:
+                 state_dict: dict | None = None, result: dict | None = None,
+                 engine: RolloutEngine | None = None) -> dict | None:
     """The end of a training stage: save OUT/model, evaluate it on the held-out split (unless `eval_cfg` is None),
     write OUT/eval.json and the model card. Returns the evaluation result (or None).
 
     `state_dict`: the weights to save instead of `model`'s (a sharded policy's, gathered; `model` is then its
-    inference copy). `result`: an evaluation already made (by every rank of a sharded run), written as is."""
+    inference copy). `result`: an evaluation already made (by every rank of a sharded run), written as is.
+    `engine`: the rollout engine to evaluate with (holding the same weights)."""
     from pathlib import Path
 
     from r1kit.modelcard import cost_from_ledger, lineage_of, write_model_card
@@ -166,7 +171,8 @@ def finish_model(model, tokenizer, out, *, title: str, task_spec: str | None, ev
     elif eval_cfg is not None:
         if not task_spec:
             raise UserError(f"{out}: no task to evaluate on: give --task")
-        result = evaluate(model, tokenizer, get_task(task_spec), eval_cfg, progress=progress, ledger=ledger)
+        result = evaluate(model, tokenizer, get_task(task_spec), eval_cfg, progress=progress, ledger=ledger,
+                          engine=engine)
         write_json(out / "eval.json", result)
     write_model_card(out / "model", title=title, eval_result=result,
                      cost_summary=cost_from_ledger(out, upstream=[u for u in upstream if u]),

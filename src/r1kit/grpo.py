@@ -1,5 +1,11 @@
 """One GRPO update on a scored rollout: mini-batches × μ epochs of the clipped objective with a k3 KL penalty.
 
+The rollout engine's own log-probabilities of the sampled tokens (`behaviour_logprobs`: vLLM's, a bf16 sampler's,
+or a one-step-stale policy's with rollout overlap) differ from what the trainer computes. Truncated importance
+sampling (TIS, Yao et al. 2025; TRL's `vllm_importance_sampling_correction`, verl's `rollout_is`) weights each
+token's loss by min(π_old/π_rollout, cap), π_old being the trainer's log-probs before the update; the mismatch is
+reported per step as `mismatch_kl`, the k3 estimate of KL(π_rollout || π_old) per completion token.
+
 `train_on_rollout` is the whole optimisation half of an RL step, a plain function of (policy, optimiser,
 rollout, settings), so tests can feed it a fixed rollout: one process and two gloo processes holding halves of
 the same rollout take the same step (losses.py explains the global denominators that make that exact).
@@ -13,7 +19,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from r1kit.logprobs import completion_logprobs
-from r1kit.losses import AGGREGATIONS, clipped_surrogate, denominator_counts, kl_k3
+from r1kit.losses import AGGREGATIONS, clipped_surrogate, denominator_counts, kl_k3, truncated_is_weights
 from r1kit.parallel import dist
 from r1kit.parallel.engine import Engine
 from r1kit.parallel.fsdp import grad_norm, is_sharded
@@ -28,6 +34,7 @@ class Rollout:
     completion_mask: torch.Tensor  # (N, T), 1 on completion tokens that carry loss
     advantages: torch.Tensor  # (N,)
     old_logprobs: torch.Tensor | None = None  # (N, T) log π_old, when the update is off-policy
+    behaviour_logprobs: torch.Tensor | None = None  # (N, T) the rollout engine's log-probs of the sampled tokens
     ref_logprobs: torch.Tensor | None = None  # (N, T) log π_ref, when β > 0
     mini_batch: torch.Tensor | None = None  # (N,) index of the global mini-batch each row belongs to
 
@@ -131,6 +138,7 @@ class UpdateSettings:
     grad_clip: float
     micro_batch_tokens: int = 8192  # padded tokens per forward/backward pass (gradients accumulate)
     skip_zero_advantage: bool = True  # β = 0: no forward/backward for rows whose advantage is exactly 0
+    tis_cap: float = 2.0  # truncated importance sampling against behaviour_logprobs; 0: off
 
 
 def _padding_passes(n_local: int) -> int:
@@ -169,7 +177,8 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings, engi
     for p in params:  # AdamW steps every parameter, also in a mini-batch whose rows all have zero advantage
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+    stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0, "mismatch_kl": 0.0,
+             "tis_weight": 0.0, "tis_clip_fraction": 0.0}
     tokens_trained, rows_trained, skipped, updates = 0, 0, 0, 0
     for epoch in range(s.mu):
         for mb in range(s.mini_batches):
@@ -182,7 +191,8 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings, engi
                 continue
             denom = totals[count_key]
             optimizer.zero_grad(set_to_none=False)
-            local_stats = torch.zeros(4, device=engine.device)  # kl, clipped tokens, entropy, tokens (summed below)
+            # kl, clipped tokens, entropy, tokens, mismatch k3, TIS weight, TIS-capped tokens (summed below)
+            local_stats = torch.zeros(7, device=engine.device)
             # With β = 0 a row whose advantage is exactly 0 has a loss of exactly 0 and no gradient (the
             # surrogate is -min(ρA, clip(ρ)A)): it is left out of the forward/backward. Its tokens still count in
             # the denominator above, and the optimiser still steps, so the update is the same.
@@ -202,6 +212,15 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings, engi
                 old = rollout.old_logprobs[micro, :width] if rollout.old_logprobs is not None else logprobs.detach()
                 per_token, clipped = clipped_surrogate(logprobs, old, rollout.advantages[micro], s.eps_low,
                                                        s.eps_high)
+                if rollout.behaviour_logprobs is not None:
+                    log_ratio = old.detach() - rollout.behaviour_logprobs[micro, :width]  # (m, W) log π_old/π_rollout
+                    weight, capped = truncated_is_weights(log_ratio, s.tis_cap)
+                    if s.tis_cap > 0:
+                        per_token = per_token * weight
+                    with torch.no_grad():
+                        local_stats[4] += (kl_k3(rollout.behaviour_logprobs[micro, :width], old) * cmask).sum()
+                        local_stats[5] += (weight * cmask).sum()
+                        local_stats[6] += (capped.float() * cmask).sum()
                 if s.beta > 0:
                     kl = kl_k3(logprobs, rollout.ref_logprobs[micro, :width])  # (m, W)
                     per_token = per_token + s.beta * kl
@@ -217,11 +236,14 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings, engi
             for _ in range(padding):
                 _padding_pass(model, engine, backward=True)
             norm = _grad_norm(params, s.grad_clip)
-            kl_sum, clip_sum, ent_sum, tok_sum = dist.all_reduce_sum(local_stats.tolist())
+            kl_sum, clip_sum, ent_sum, tok_sum, mis_sum, w_sum, cap_sum = dist.all_reduce_sum(local_stats.tolist())
             tok_sum = max(tok_sum, 1.0)
             stats["kl"] += kl_sum / tok_sum
             stats["clip_fraction"] += clip_sum / tok_sum
             stats["entropy"] += ent_sum / tok_sum
+            stats["mismatch_kl"] += mis_sum / tok_sum
+            stats["tis_weight"] += w_sum / tok_sum
+            stats["tis_clip_fraction"] += cap_sum / tok_sum
             if not math.isfinite(norm):
                 skipped += 1  # never step on NaN/inf gradients
                 optimizer.zero_grad(set_to_none=False)

@@ -38,6 +38,15 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
+def truncated_is_weights(log_ratio: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """TIS: per-token weights min(exp(log_ratio), cap), no gradient, and where the cap bit. log_ratio (B, T) is
+    log π_old - log π_rollout; cap <= 0 gives weights of exactly 1."""
+    ratio = torch.exp(log_ratio.detach().clamp(max=20))  # (B, T)
+    if cap <= 0:
+        return torch.ones_like(ratio), torch.zeros_like(ratio, dtype=torch.bool)
+    return ratio.clamp(max=cap), ratio > cap
+
+
 def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                       eps_low: float, eps_high: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token loss -min(ρA, clip(ρ)A) and where the clip was active. logprobs (B, T), advantages (B,)."""

@@ -27,6 +27,8 @@ VARIANTS: dict[str, dict] = {
 LOSS_AGGREGATIONS = ("seq_mean", "token_mean", "constant")
 ADVANTAGE_SCALES = ("std", "none")
 LR_SCHEDULES = ("constant", "cosine", "linear")
+ROLLOUT_BACKENDS = ("r1kit", "vllm", "auto")  # r1kit.rollout.BACKENDS (this module is pure Python)
+ROLLOUT_DTYPES = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -39,6 +41,9 @@ class RolloutConfig:
     dynamic_sampling: bool | None = None  # drop groups whose rewards are all equal and refill (DAPO)
     max_refill_rounds: int = 4  # at most this many extra sampling rounds per step when refilling
     batch_size: int = 256  # completions sampled in one batch
+    backend: str = "r1kit"  # rollout engine: r1kit (its own sampler) | vllm (in-process, colocated) | auto
+    dtype: str = "auto"  # the rollout engine's precision: auto (the training compute dtype) | fp32 | bf16
+    overlap: bool = False  # sample step s+1 while step s trains (one step off-policy, corrected by TIS)
 
 
 @dataclass
@@ -55,6 +60,9 @@ class AlgoConfig:
     mask_truncated: bool = False  # truncated completions carry no loss (DAPO's overlong filtering)
     micro_batch_tokens: int = 8192  # padded tokens per forward/backward pass (gradients accumulate); lower it to
     # cut activation memory (a 135M model with a 49K vocabulary holds ~2 GB per 1,000 tokens)
+    tis_cap: float = 2.0  # truncated importance sampling: each token's loss is weighted by
+    # min(π_trainer/π_rollout, tis_cap), correcting for the rollout engine's log-probs differing from the
+    # trainer's (another engine or precision, or a one-step-stale policy with rollout.overlap); 0 turns it off
 
 
 @dataclass
@@ -94,6 +102,7 @@ class DoctorConfig:
     truncation_limit: float = 0.95  # warn when this share of completions is truncated
     zero_variance_limit: float = 0.95  # ... when this share of groups has all-equal rewards
     patience: int = 5  # steps a condition must last before it is reported
+    mismatch_limit: float = 0.01  # warn when the rollout engine's log-probs drift from the trainer's: KL per token
     hacking_drop: float = 0.05  # held-out pass@1 falling this much while reward rises: reward hacking
 
 
@@ -150,6 +159,9 @@ class RLConfig:
             (a.beta >= 0 and 0 <= a.eps_low < 1 and a.eps_high >= 0, "algo: beta >= 0 and 0 <= eps_low < 1"),
             (a.mu >= 1 and a.mini_batches >= 1, "algo.mu and algo.mini_batches must be at least 1"),
             (a.micro_batch_tokens >= 1, "algo.micro_batch_tokens must be at least 1"),
+            (a.tis_cap >= 0, "algo.tis_cap must be >= 0 (0: no truncated importance sampling)"),
+            (r.backend in ROLLOUT_BACKENDS, f"rollout.backend must be one of {ROLLOUT_BACKENDS}"),
+            (r.dtype in ROLLOUT_DTYPES, f"rollout.dtype must be one of {ROLLOUT_DTYPES}"),
             (r.prompts_per_step >= a.mini_batches,  # a rank may hold groups of only some mini-batches
              "algo.mini_batches must not exceed rollout.prompts_per_step (each mini-batch holds whole groups)"),
             (self.optim.lr > 0 and self.optim.grad_clip >= 0, "optim.lr must be positive"),

@@ -55,7 +55,8 @@ from r1kit.preflight import check_memory_before_launch
 from r1kit.prompting import format_warnings, make_prompter
 from r1kit.rewards import combine
 from r1kit.rl_config import RLConfig
-from r1kit.rollout.sampler import SamplingParams, sample
+from r1kit.rollout import make_engine, resolve_backend
+from r1kit.rollout.sampler import SamplingParams
 from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.tasks import get_task, task_options
 
@@ -99,8 +100,8 @@ class _Stream:
         return [self.pool[int(i)] for i in torch.randint(len(self.pool), (n,), generator=g)]
 
 
-def _sample_groups(policy, tokenizer, prompter, problems, keys, step, rnd, cfg, want_logprobs, engine):
-    """G completions per problem. Returns per-completion lists.
+def _sample_groups(rollout_engine, tokenizer, prompter, problems, keys, step, rnd, cfg, eos, engine):
+    """G completions per problem, with the rollout engine's log-probs of them. Returns per-completion lists.
 
     Each sampling batch draws from a generator seeded by (seed, step, key of its first problem, round), where a
     problem's key is its index in the step's global list. With one group per batch (rollout.batch_size =
@@ -116,11 +117,11 @@ def _sample_groups(policy, tokenizer, prompter, problems, keys, step, rnd, cfg, 
         chunk = rows[s: s + r.batch_size]
         gen = torch.Generator().manual_seed(_seed(cfg.seed, step, keys[chunk[0]], rnd))
         with engine.autocast():
-            out = sample(policy, [prompts[i] for i in chunk], params, eos_ids=eos_ids(policy, tokenizer),
-                         pad_id=tokenizer.pad_token_id, generator=gen, return_logprobs=want_logprobs)
+            out = rollout_engine.sample([prompts[i] for i in chunk], params, eos_ids=eos,
+                                        pad_id=tokenizer.pad_token_id, generator=gen, return_logprobs=True)
         toks += out.tokens
         fins += out.finished
-        lps += out.logprobs or []
+        lps += out.logprobs
     return prompts, rows, toks, fins, lps
 
 
@@ -138,22 +139,21 @@ def _score(prompter, tokenizer, reward_fn, cfg, problems, rows, toks, fins):
     return rewards, parts_all, scores
 
 
-def _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, engine, ledger):
+def _rollout_step(step, rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine, ledger, eos):
     """Sample, score and (with dynamic sampling) refill this rank's groups. Returns the kept data + stats."""
     info = engine.info
     G, local_n = cfg.rollout.group_size, cfg.rollout.prompts_per_step // info.world
     P = cfg.rollout.prompts_per_step
     keys = [j for j in range(P) if j % info.world == info.rank]  # this rank's share of the step's questions
     first = [stream[step * P + j] for j in keys]
-    want_lp = cfg.algo.mu * cfg.algo.mini_batches > 1
     kept = {"prompts": [], "toks": [], "fins": [], "lps": [], "rewards": [], "problems": [], "keys": []}
     seen = {"rewards": [], "parts": [], "scores": [], "lengths": [], "fins": [], "zero_var": 0, "groups": 0}
     problems, t_roll, t_score, n_prompt_tok, n_gen = first, 0.0, 0.0, 0, 0
     for rnd in range(cfg.rollout.max_refill_rounds + 1):
         t0 = time.perf_counter()
         with ledger.phase("rollout") if ledger else nullcontext() as ph:
-            prompts, rows, toks, fins, lps = _sample_groups(policy, tokenizer, prompter, problems, keys, step, rnd,
-                                                            cfg, want_lp, engine)
+            prompts, rows, toks, fins, lps = _sample_groups(rollout_engine, tokenizer, prompter, problems, keys, step,
+                                                            rnd, cfg, eos, engine)
             # the ledger (rank 0's) bills every rank's tokens: all ranks are in this round (see `missing` below)
             n_p, n_g = dist.all_reduce_sum([sum(len(prompts[i]) for i in rows), sum(map(len, toks))])
             longest = dist.all_reduce_max([max(map(len, prompts), default=0)])[0]
@@ -183,7 +183,7 @@ def _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, eng
             kept["prompts"] += [prompts[g]] * G
             kept["toks"] += toks[sl]
             kept["fins"] += fins[sl]
-            kept["lps"] += lps[sl] if lps else []
+            kept["lps"] += lps[sl]
             kept["rewards"] += rewards[sl]
         missing = local_n - len(kept["problems"])
         # every rank takes part in as many rounds as the rank that refills longest (an empty one if it is done)
@@ -194,8 +194,13 @@ def _rollout_step(step, policy, tokenizer, prompter, stream, reward_fn, cfg, eng
     return kept, seen, {"rollout": t_roll, "scoring": t_score, "prompt_tokens": n_prompt_tok, "generated": n_gen}
 
 
-def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine):
-    """Advantages, reference log-probs and the GRPO update on this rank's kept groups."""
+def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine, exact_sampler: bool):
+    """Advantages, reference log-probs and the GRPO update on this rank's kept groups.
+
+    The rollout engine's log-probs are the behaviour policy's (TIS weights and the mismatch KL compare the
+    trainer's with them). Off-policy mini-batches (μ > 1 or several mini-batches) need π_old: taken from the
+    engine when it computes exactly what the trainer does (`exact_sampler`: r1kit's sampler in the training
+    precision, on the current weights), else from a trainer forward before the update, as TRL does."""
     G, a = cfg.rollout.group_size, cfg.algo
     n, pad = len(kept["toks"]), tokenizer.pad_token_id
     if n == 0:  # nothing kept on this rank: a one-row placeholder without loss keeps the collectives in step
@@ -214,15 +219,20 @@ def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine):
         rollout.mini_batch = torch.tensor([((i // G) * world + rank) * a.mini_batches // (groups * world)
                                            for i in range(max(n, 1))])
     if kept["lps"]:
-        t_len = rollout.completion_len
-        old = torch.zeros(n, t_len)
+        behaviour = torch.zeros(n, rollout.completion_len)
         for i, lp in enumerate(kept["lps"]):
-            old[i, : len(lp)] = torch.tensor(lp)
-        rollout.old_logprobs = old
+            behaviour[i, : len(lp)] = torch.tensor(lp)
+        rollout.behaviour_logprobs = behaviour
     settings = UpdateSettings(cfg.rollout.temperature, a.loss_aggregation, a.beta, a.eps_low, a.eps_high, a.mu,
                               a.mini_batches, cfg.rollout.max_new_tokens, cfg.optim.grad_clip,
-                              micro_batch_tokens=a.micro_batch_tokens)
+                              micro_batch_tokens=a.micro_batch_tokens, tis_cap=a.tis_cap)
+    off_policy = a.mu * a.mini_batches > 1
     with ledger.phase("training") if ledger else nullcontext() as ph:
+        if off_policy and exact_sampler:
+            rollout.old_logprobs = rollout.behaviour_logprobs
+        elif off_policy:  # π_old from the trainer itself (every rank: a sharded forward is a collective)
+            rollout.old_logprobs = rollout_logprobs(policy, rollout, cfg.rollout.temperature, a.micro_batch_tokens,
+                                                    engine)
         if a.beta > 0:  # also for a placeholder row: a sharded reference's forward is a collective
             rollout.ref_logprobs = rollout_logprobs(ref, rollout, cfg.rollout.temperature, a.micro_batch_tokens,
                                                     engine)
@@ -255,7 +265,8 @@ def _step_metrics(seen, stats, times, lr, t_step, info, peak_memory_mib: float) 
         "completion_len_max": max(max_len), "truncation_rate": tot[6] / count,
         "zero_variance_share": tot[7] / max(tot[8], 1), "completions_sampled": int(tot[0]),
         "completions_trained": int(tot[12]),
-        **{k: stats[k] for k in ("loss", "kl", "clip_fraction", "entropy", "grad_norm", "skipped_updates")},
+        **{k: stats[k] for k in ("loss", "kl", "clip_fraction", "entropy", "grad_norm", "skipped_updates",
+                                 "mismatch_kl", "tis_weight", "tis_clip_fraction")},
         "lr": lr, "time_rollout": tot[10] / info.world, "time_scoring": tot[11] / info.world,
         "time_training": stats["time_training"], "time_weight_sync": stats["time_weight_sync"], "time_step": t_step,
         "tokens_per_s": tot[9] / max(tot[10] / info.world, 1e-9), "completions_per_s": tot[0] / max(t_step, 1e-9),
@@ -289,11 +300,11 @@ def _samples_of(kept: dict, tokenizer, G: int) -> dict:
                          "reward": kept["rewards"][i], "finished": bool(kept["fins"][i])} for i in rows]}
 
 
-def _evaluate(policy, tokenizer, task, cfg, ledger, progress, engine) -> dict:
+def _evaluate(policy, tokenizer, task, cfg, ledger, progress, engine, rollout_engine=None) -> dict:
     """The held-out evaluation; under torchrun every rank samples its share (no rank waits on a long one)."""
     with engine.autocast():
         result = evaluate(policy, tokenizer, task, cfg.eval, progress=progress and engine.info.main, ledger=ledger,
-                          shard=True)
+                          shard=True, engine=rollout_engine)
     policy.train()
     return result
 
@@ -324,13 +335,15 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         if cfg.algo.beta > 0:  # β = 0 loads no reference model at all
             ref = copy.deepcopy(merged_copy(policy)).eval().requires_grad_(False)
             ref = prepare_training_model(ref, engine, frozen=True)
-        sampler_model = inference_copy(policy, engine)  # the policy itself in fp32 and bf16-pure
+        sampler_model = policy  # vLLM holds its own copy; r1kit's sampler runs the policy or a copy of it
+        if resolve_backend(cfg.rollout.backend, engine.device) == "r1kit":  # the policy itself when dtypes agree
+            sampler_model = inference_copy(policy, engine, _rollout_dtype(cfg, engine))
         policy = prepare_training_model(policy, engine)
     o = cfg.optim
     optimizer = torch.optim.AdamW(policy.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
                                   weight_decay=o.weight_decay)
     doctor = Doctor(cfg.doctor.strict, cfg.doctor.truncation_limit, cfg.doctor.zero_variance_limit,
-                    cfg.doctor.patience, cfg.doctor.hacking_drop)
+                    cfg.doctor.patience, cfg.doctor.hacking_drop, cfg.doctor.mismatch_limit)
     start, history = 0, {}
     if ckpt is not None:
         state = load_training_checkpoint(ckpt, policy, optimizer, ref, engine)
@@ -356,9 +369,14 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         raise UserError("max_flops (a compute budget) is measured by the cost ledger: run with a ledger")
     stream = _Stream(task.problems("train", cfg.train_problems, seed=cfg.seed), cfg.seed)
     reward_fn = combine(cfg.reward.weights)
+    with ledger.phase("rollout_engine_startup") if ledger else nullcontext():
+        rollout_engine = _rollout_engine(cfg, policy, sampler_model, tokenizer, prompter, task, stream.pool, engine)
+    exact_sampler = rollout_engine.name == "r1kit" and _rollout_dtype(cfg, engine) == engine.compute_dtype
+    eos = eos_ids(policy, tokenizer)
 
     if start == 0 and cfg.eval_every:  # every rank evaluates its share
-        history["before"] = _evaluate(sampler_model, tokenizer, task, cfg, ledger, progress, engine)["metrics"]
+        history["before"] = _evaluate(sampler_model, tokenizer, task, cfg, ledger, progress, engine,
+                                      rollout_engine)["metrics"]
         if info.main:
             log.log(0, {f"eval/{k}": v for k, v in history["before"].items() if isinstance(v, (int, float))})
     dist.barrier()
@@ -379,22 +397,23 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
                 copy_sharded(policy, ref)
             else:
                 ref.load_state_dict(merged_copy(policy).state_dict())
-        kept, seen, times = _rollout_step(step, sampler_model, tokenizer, prompter, stream, reward_fn, cfg, engine,
-                                          ledger)
+        kept, seen, times = _rollout_step(step, rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine,
+                                          ledger, eos)
         t1 = time.perf_counter()
-        stats = _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine)
+        stats = _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine, exact_sampler)
         stats["time_training"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        if sampler_model is not policy:  # the sampler's copy gets the new weights (sharded: an all-gather each)
-            with ledger.phase("weight_sync") if ledger else nullcontext():
-                sync_weights(policy, sampler_model)
+        if rollout_engine.name != "r1kit" or sampler_model is not policy:  # the engine gets the new weights
+            with ledger.phase("weight_sync") if ledger else nullcontext():  # (sharded: an all-gather each)
+                rollout_engine.update_weights(policy)
         stats["time_weight_sync"] = time.perf_counter() - t2
         m = _step_metrics(seen, stats, times, lr, time.perf_counter() - t0, info, engine.peak_memory_mib())
         warnings = doctor.check_step(step + 1, m)
         done = step + 1
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
             stop = None
-            ev = _evaluate(sampler_model, tokenizer, task, cfg, ledger, False, engine)["metrics"]  # every rank
+            ev = _evaluate(sampler_model, tokenizer, task, cfg, ledger, False, engine,
+                           rollout_engine)["metrics"]  # every rank
             if info.main:
                 m.update({f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
                 try:
@@ -436,18 +455,39 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
     final = None
     if sharded_end and cfg.final_eval:  # every rank evaluates its share of the held-out set
         final = evaluate(sampler_model, tokenizer, task, cfg.eval, progress=progress and info.main, ledger=ledger,
-                         shard=True)
+                         shard=True, engine=rollout_engine)
     if finished and info.main:
         with engine.autocast():
             result = finish_model(sampler_model if engine.sharded else policy, tokenizer, out,
                                   title=f"{out.name}: R1-Zero RL on {task.name}", task_spec=task,
                                   eval_cfg=cfg.eval if cfg.final_eval and not engine.sharded else None,
                                   upstream=[cfg.model], ledger=ledger, progress=progress, state_dict=full,
-                                  result=final)
+                                  result=final, engine=rollout_engine)
         policy.train()
         summary.update(before=history.get("before"), after=result["metrics"] if result else None)
         if result is not None:
             summary["eval"] = result
         write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})
     log.close()
+    rollout_engine.close()
     return summary
+
+
+def _rollout_dtype(cfg: RLConfig, engine) -> torch.dtype:
+    """The rollout engine's precision: `rollout.dtype`, or the training compute dtype when auto."""
+    return {"auto": engine.compute_dtype, "fp32": torch.float32, "bf16": torch.bfloat16}[cfg.rollout.dtype]
+
+
+def _rollout_engine(cfg: RLConfig, policy, sampler_model, tokenizer, prompter, task, pool, engine):
+    """The rollout engine of `cfg.rollout.backend`: r1kit's sampler over `sampler_model`, or vLLM built from the
+    model directory and given `policy`'s current weights (room for the longest training or evaluation prompt)."""
+    backend = resolve_backend(cfg.rollout.backend, engine.device)
+    if backend == "r1kit":
+        return make_engine(backend, sampler_model, device=engine.device)
+    problems = list(pool) + task.problems(cfg.eval.split, cfg.eval.n, seed=cfg.eval.seed)
+    longest = max(len(p) for p in prompter.encode(problems))
+    dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[_rollout_dtype(cfg, engine)]
+    options = {"max_num_seqs": max(cfg.rollout.batch_size, cfg.eval.batch_size), "dtype": dtype}
+    return make_engine(backend, policy, source=cfg.model, tokenizer=tokenizer,
+                       max_len=longest + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens), seed=cfg.seed,
+                       device=engine.device, options=options)

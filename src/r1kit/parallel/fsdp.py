@@ -91,12 +91,14 @@ def prepare_training_model(model, engine: Engine, *, frozen: bool = False):
     return model
 
 
-def inference_copy(model, engine: Engine):
-    """The model the sampler runs: a plain full copy in the compute dtype, made before sharding, on every rank of
-    a sharded run and on one process in bf16 (kept current by `sync_weights`); else the policy itself."""
-    if not engine.sharded and engine.compute_dtype == engine.master_dtype:
+def inference_copy(model, engine: Engine, dtype: torch.dtype | None = None):
+    """The model the sampler runs: a plain full copy in `dtype` (default: the compute dtype), made before sharding,
+    on every rank of a sharded run and on one process whose sampler dtype is not the master dtype (kept current by
+    `sync_weights`); else the policy itself."""
+    dtype = dtype or engine.compute_dtype
+    if not engine.sharded and dtype == engine.master_dtype:
         return model
-    twin = engine.place(copy.deepcopy(model), engine.compute_dtype)
+    twin = engine.place(copy.deepcopy(model), dtype)
     if getattr(twin, "is_activation_checkpointing", False):  # a copy made after checkpointing was turned on
         twin.activation_checkpointing_disable()
     return twin.eval().requires_grad_(False)
