@@ -315,3 +315,48 @@ def test_micro_batches_give_the_same_update_as_one_pass(model, pad, tokens):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for key in ("loss", "grad_norm", "entropy", "clip_fraction"):
         assert stats[key] == pytest.approx(stats_whole[key], rel=1e-5, abs=1e-7)
+
+
+# -- truncated importance sampling against the rollout engine's log-probs ---------------------------------------
+
+
+def _behaviour(model, rollout, shift: float = 0.0) -> torch.Tensor:
+    """The trainer's own log-probs of the rollout (what an exact engine returns), minus `shift` nats per token."""
+    from r1kit.grpo import rollout_logprobs
+
+    return rollout_logprobs(model, rollout, 1.0) - shift
+
+
+@pytest.mark.parametrize("shift, factor", [(0.0, 1.0), (math.log(1.5), 1.5), (math.log(4.0), 2.0)])
+def test_tis_scales_each_token_by_the_capped_ratio(tiny_model, pad, shift, factor):
+    """Behaviour log-probs lower than the trainer's by log r weight every token by min(r, cap=2): with SGD the
+    update is `factor` times the plain one; the mismatch KL and the capped share are reported."""
+    updates = []
+    for behaviour in (False, True):
+        model = copy.deepcopy(tiny_model)
+        before = _params(model)
+        rollout = _rollout(pad, [1.0, -1.0, 0.5, -0.5])
+        if behaviour:
+            rollout.behaviour_logprobs = _behaviour(model, rollout, shift)
+        stats = train_on_rollout(model, torch.optim.SGD(model.parameters(), lr=1.0), rollout,
+                                 _settings(tis_cap=2.0))
+        updates.append([p.detach() - b for p, b in zip(model.parameters(), before)])
+    plain, weighted = updates
+    for a, b in zip(plain, weighted):
+        torch.testing.assert_close(b, a * factor, atol=1e-6, rtol=1e-4)
+    r = math.exp(shift)
+    assert stats["mismatch_kl"] == pytest.approx(r - 1 - math.log(r), abs=1e-5)  # k3 of a constant ratio
+    assert stats["tis_weight"] == pytest.approx(factor, abs=1e-5)
+    assert stats["tis_clip_fraction"] == (1.0 if r > 2.0 else 0.0)
+
+
+def test_tis_cap_zero_reports_but_does_not_weight(tiny_model, pad):
+    model = copy.deepcopy(tiny_model)
+    rollout = _rollout(pad, [1.0, -1.0, 0.5, -0.5])
+    rollout.behaviour_logprobs = _behaviour(model, rollout, math.log(4.0))
+    plain = copy.deepcopy(tiny_model)
+    s_plain = train_on_rollout(plain, torch.optim.SGD(plain.parameters(), lr=1.0), _rollout(pad, [1.0, -1.0, 0.5, -0.5]),
+                               _settings())
+    stats = train_on_rollout(model, torch.optim.SGD(model.parameters(), lr=1.0), rollout, _settings(tis_cap=0.0))
+    assert stats["loss"] == pytest.approx(s_plain["loss"], abs=1e-7)
+    assert stats["mismatch_kl"] > 1.0 and stats["tis_weight"] == 1.0

@@ -19,6 +19,7 @@ from r1kit.losses import (
     numerator_seq_mean,
     numerator_token_sum,
     token_logprobs,
+    truncated_is_weights,
 )
 
 # -- advantages -------------------------------------------------------------------------------------------------
@@ -291,3 +292,14 @@ def test_entropy_hand_value_and_temperature():
     assert entropy(logits).item() == pytest.approx(0.5623351446)
     # a higher temperature flattens the distribution: more entropy, below the uniform ln 2
     assert entropy(logits).item() < entropy(logits, temperature=2.0).item() < math.log(2)
+
+
+def test_truncated_is_weights_by_hand():
+    log_ratio = torch.log(torch.tensor([[0.5, 1.0, 2.0, 3.0]]))  # π_old / π_rollout
+    weights, capped = truncated_is_weights(log_ratio, cap=2.0)
+    torch.testing.assert_close(weights, torch.tensor([[0.5, 1.0, 2.0, 2.0]]))
+    assert capped.tolist() == [[False, False, False, True]]
+    off, none = truncated_is_weights(log_ratio, cap=0.0)
+    assert torch.equal(off, torch.ones(1, 4)) and not none.any()
+    grad = log_ratio.clone().requires_grad_(True)
+    assert not truncated_is_weights(grad, 2.0)[0].requires_grad  # a weight, never a path for the gradient

@@ -712,3 +712,48 @@ def test_loop_wires_its_settings_into_the_update(tmp_path, make_cfg, early_stopp
             )
         masked_rows = int((rollout.completion_mask.sum(-1) == 0).sum())
         assert masked_rows == round(m["truncation_rate"] * m["completions_sampled"])
+
+
+# -- rollout engines: behaviour log-probs, TIS and the mismatch the doctor watches -------------------------------
+
+
+def test_exact_sampler_reports_no_mismatch(run_a):
+    """r1kit's sampler in the training precision computes what the trainer computes: mismatch ~0, weights 1."""
+    for m in (r for r in _metrics(run_a[0]) if "mismatch_kl" in r):
+        assert 0 <= m["mismatch_kl"] < 1e-6 and m["tis_weight"] == pytest.approx(1.0, abs=1e-4)
+        assert m["tis_clip_fraction"] == 0
+
+
+def test_bf16_rollouts_are_corrected_and_reported(tmp_path, make_cfg):
+    """rollout.dtype = bf16: a bf16 sampler beside fp32 training; π_old comes from the trainer (the sampler is not
+    exact), TIS weights differ from 1 and the mismatch is small but measured."""
+    calls = []
+    real = rl.rollout_logprobs
+
+    def spy(model, *args, **kwargs):
+        calls.append(model)
+        return real(model, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rl, "rollout_logprobs", spy)
+        run_rl(make_cfg(tmp_path / "bf", steps=2, eval_every=0, rollout={"dtype": "bf16"}), progress=False)
+    assert len(calls) >= 4  # per step: π_old (two mini-batches) and the reference (β > 0), both trainer forwards
+    steps = [m for m in _metrics(tmp_path / "bf") if "mismatch_kl" in m]
+    assert all(0 < m["mismatch_kl"] < 0.01 for m in steps), steps
+    assert any(m["tis_weight"] != 1.0 for m in steps)
+
+
+def test_doctor_warns_when_the_engine_misses_its_weight_updates(tmp_path, make_cfg, capsys):
+    """A stale engine (update_weights skipped: trl#5312) samples from the step-0 policy while the trainer moves on:
+    the mismatch KL climbs past the limit and the doctor says so."""
+    from r1kit.rollout import SamplerEngine
+
+    cfg = make_cfg(tmp_path / "stale", steps=4, eval_every=0, rollout={"dtype": "bf16"}, optim={"lr": 3e-2},
+                   doctor={"mismatch_limit": 1e-3, "patience": 1}, algo={"beta": 0.0})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SamplerEngine, "update_weights", lambda self, policy: None)
+        run_rl(cfg, progress=True)
+    steps = [m for m in _metrics(tmp_path / "stale") if "mismatch_kl" in m]
+    assert steps[-1]["mismatch_kl"] > 1e-3, steps
+    captured = capsys.readouterr()
+    assert "rollout engine's log-probs drift" in captured.out + captured.err

@@ -10,6 +10,7 @@ up, so the model has 2 heads of 32 (one KV head) where conftest's has 4 of 16.
 
 import copy
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -236,24 +237,45 @@ def test_a_second_engine_opens_and_closes_beside_the_first(engine, policy, promp
 # -- GRPO through the backend -------------------------------------------------------------------------------------
 
 
+def varied_reward(problem, completion: str, score, ctx: dict) -> float:
+    """A reward that differs between a random model's completions (the task's would be 0 for all of them)."""
+    return float(len(set(completion)) % 3)
+
+
 @needs_vllm
-def test_grpo_steps_through_the_vllm_backend(engine, vllm_config, tokenizer, tmp_path):
+def test_grpo_steps_through_the_vllm_backend(engine, policy, tokenizer, tmp_path):
     from r1kit.config import build
     from r1kit.loops.rl import run_rl
     from r1kit.rl_config import RLConfig, RolloutConfig
 
     if "backend" not in {f.name for f in dataclasses.fields(RolloutConfig)}:
         pytest.skip("RLConfig.rollout has no `backend` field yet (the RL loop is not wired to rollout engines)")
-    base = tmp_path / "base"
-    modeling.save_model(modeling.new_model(vllm_config, tokenizer, seed=0), tokenizer, base)
+    base = tmp_path / "base"  # the busy policy: varied completions, and a reward that varies with them
+    modeling.save_model(policy, tokenizer, base)
     cfg = build(RLConfig, {
         "model": str(base), "out": str(tmp_path / "rl"), "task": "arithmetic", "steps": 2, "seed": 0,
         "train_problems": 32, "checkpoint_every": 2,
         "rollout": {"prompts_per_step": 2, "group_size": 2, "max_new_tokens": 12, "backend": "vllm"},
         "optim": {"lr": 1e-3}, "eval": {"n": 2, "k": 1, "max_new_tokens": 8},
+        "reward": {"weights": {"test_vllm:varied_reward": 1.0}}, "algo": {"beta": 0.0},
     })
-    summary = run_rl(cfg, progress=False)
+    from r1kit.devices import ledger_for
+    from r1kit.ledger import read_ledger
+
+    summary = run_rl(cfg, progress=False,
+                     ledger_factory=lambda d, stage, model_config: ledger_for(d, stage, model_config=model_config))
     assert summary["steps"] == 2
+    steps = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in steps if "mismatch_kl" in m]
+    assert len(steps) == 2
+    assert steps[0]["completions_trained"] > 0  # step 1 changed the weights: step 2 samples from the new ones
+    for m in steps:  # the engine follows the trainer: fp32 on both sides, weights synced after every step
+        assert 0 <= m["mismatch_kl"] < 1e-4 and m["tis_weight"] == pytest.approx(1.0, abs=1e-3), m
+    phases = {r.get("phase") for r in read_ledger(tmp_path / "rl")}
+    assert {"rollout_engine_startup", "weight_sync", "rollout", "training"} <= phases
+    trained, _ = modeling.load_model(tmp_path / "rl" / "model")
+    start, _ = modeling.load_model(base)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), start.parameters()))
 
 
 # -- two ranks: FSDP2 shards gathered into each rank's engine --------------------------------------------------------
