@@ -99,3 +99,16 @@ def test_cost_probe_refreshes_the_cpu_peak(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(devices, "measure_matmul_flops", lambda *a, **k: 2.5e11)
     assert main(["cost", "probe"]) == 0
     assert "250.0 GFLOP/s" in capsys.readouterr().out
+
+
+def test_eval_backend_vllm_without_vllm_is_one_line(tiny_model, tokenizer, tmp_path, capsys):
+    from r1kit.modeling import save_model
+    from r1kit.rollout import vllm_installed
+
+    if vllm_installed():
+        pytest.skip("vLLM is installed here (tests/test_vllm.py runs the backend)")
+    save_model(tiny_model, tokenizer, tmp_path / "m")
+    code = main(["eval", "--model", str(tmp_path / "m"), "--task", "arithmetic", "--n", "2", "--k", "1",
+                 "--backend", "vllm"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "make vllm-venv" in err[0]

@@ -70,6 +70,13 @@ def add_device_flags(p: argparse.ArgumentParser) -> None:
                    "weights and optimiser state")
 
 
+def add_backend_flag(p: argparse.ArgumentParser) -> None:
+    """The rollout engine that samples (r1kit/rollout)."""
+    p.add_argument("--backend", default=None, choices=["auto", "r1kit", "vllm"],
+                   help="rollout engine: r1kit (default: its own sampler), vllm (in-process; `make vllm-venv`), "
+                   "auto (vLLM on a GPU when installed)")
+
+
 def device_overrides(args) -> dict:
     """{"device": ..., "dtype": ...} for the flags given: a config's [parallel] section."""
     return {k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k, None) is not None}
@@ -112,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_flags(p)
     _add_format_flags(p)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    add_backend_flag(p)
     add_device_flags(p)
 
     p = sub.add_parser("rl", help="R1-Zero RL (GRPO) from a model; extra --section.key=value set the config")
@@ -260,9 +268,22 @@ def cmd_eval(args) -> int:
 
     for w in format_warnings(make_prompter(task, tokenizer), args.model):
         print(f"r1kit doctor: {w}", file=sys.stderr)
-    with engine.autocast():
-        result = evaluate(model, tokenizer, task, cfg)
+    from r1kit.rollout import make_engine, resolve_backend
+
+    backend = resolve_backend(args.backend or "r1kit", engine.device)
+    longest = 0
+    if backend == "vllm":  # the engine's context: the longest prompt of the evaluation + the completion budget
+        prompter = make_prompter(task, tokenizer)
+        longest = max(len(p) for p in prompter.encode(task.problems(cfg.split, cfg.n, seed=cfg.seed)))
+    sampler = make_engine(backend, model, source=args.model, max_len=longest + cfg.max_new_tokens, seed=cfg.seed,
+                          device=engine.device, options={"max_num_seqs": cfg.batch_size})
+    try:
+        with engine.autocast():
+            result = evaluate(model, tokenizer, task, cfg, engine=sampler)
+    finally:
+        sampler.close()
     result["model"] = args.model
+    result["backend"] = sampler.name
     print(format_eval_table(result, title=f"evaluation: {args.model} on {task.name} / {cfg.split}"))
     if args.json:
         write_json(args.json, result)

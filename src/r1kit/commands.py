@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from r1kit.cli import add_device_flags, device_overrides
+from r1kit.cli import add_backend_flag, add_device_flags, device_overrides
 from r1kit.config import ParallelConfig
 
 
@@ -27,6 +27,7 @@ def add_parsers(sub, positive_int) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue an interrupted file")
+    add_backend_flag(p)
     add_device_flags(p)
 
     p = sub.add_parser("sft", help="supervised fine-tuning on (prompt, completion) rows, completion-only loss")
@@ -97,7 +98,8 @@ def cmd_generate(args, overrides, ledger) -> int:
 
     cfg = _config(GenerateConfig, args, {"model": "model", "task": "task", "n": "n", "k": "k", "out": "out",
                                          "max_per_prompt": "max_per_prompt", "temperature": "temperature",
-                                         "top_p": "top_p", "max_new_tokens": "max_new_tokens", "seed": "seed"},
+                                         "top_p": "top_p", "max_new_tokens": "max_new_tokens", "seed": "seed",
+                                         "backend": "backend"},
                   overrides + (["--dedup=false"] if args.keep_duplicates else []))
     print(describe(run_generate(cfg, resume=args.resume, ledger_factory=ledger)))
     return 0

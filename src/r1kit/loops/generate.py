@@ -26,7 +26,8 @@ from r1kit.errors import UserError
 from r1kit.modeling import eos_ids, load_model
 from r1kit.parallel.engine import resolve_engine
 from r1kit.prompting import make_prompter
-from r1kit.rollout.sampler import SamplingParams, sample
+from r1kit.rollout import make_engine
+from r1kit.rollout.sampler import SamplingParams
 from r1kit.runlog import progress_bar, write_json
 from r1kit.tasks import get_task
 from r1kit.tasks.formats import PromptConfig
@@ -47,6 +48,7 @@ class GenerateConfig:
     chunk: int = 64  # questions per written chunk (the unit of resume)
     batch_size: int = 256  # completions sampled together
     seed: int = 0
+    backend: str = "r1kit"  # rollout engine: r1kit | vllm | auto (r1kit/rollout)
     prompt: PromptConfig = field(default_factory=PromptConfig)  # format options over the task spec's
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # device and precision (one process)
 
@@ -68,6 +70,8 @@ def _identity(cfg: GenerateConfig) -> dict:
     ident = {k: v for k, v in to_dict(cfg).items() if k != "out"}  # batch_size too: batches shape the samples
     if not cfg.prompt.overrides():
         del ident["prompt"]  # no format options: the same identity as before they existed (old files resume)
+    if cfg.backend == "r1kit":
+        del ident["backend"]  # likewise for the default rollout engine
     return ident
 
 
@@ -139,6 +143,10 @@ def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = 
     ledger = ledger_factory(out.parent, "generate", model.config.to_dict()) if ledger_factory else None
     params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     stops, pad = eos_ids(model, tokenizer), tokenizer.pad_token_id
+    longest = max(len(prompter.encode_text(prompter.text(p))) for p in problems)
+    with ledger.phase("rollout_engine_startup") if ledger else nullcontext():
+        sampler = make_engine(cfg.backend, model, source=cfg.model, max_len=longest + cfg.max_new_tokens,
+                              seed=cfg.seed, device=engine.device, options={"max_num_seqs": cfg.batch_size})
     provenance = {"teacher": str(cfg.model), "task": cfg.task, "split": "train", "temperature": cfg.temperature,
                   "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
                   "formats": prompter.settings()}
@@ -163,8 +171,8 @@ def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = 
         with ledger.phase("generation") if ledger else nullcontext() as ph:
             for s in range(0, len(jobs), cfg.batch_size):
                 rows = jobs[s:s + cfg.batch_size]
-                res = sample(model, [prompt_ids[i] for i in rows], params, eos_ids=stops, pad_id=pad,
-                             generator=gen)
+                res = sampler.sample([prompt_ids[i] for i in rows], params, eos_ids=stops, pad_id=pad,
+                                     generator=gen)
                 texts += [tokenizer.decode(t, skip_special_tokens=True) for t in res.tokens]
                 finished += res.finished
                 lengths += [len(t) for t in res.tokens]
@@ -195,6 +203,7 @@ def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = 
         bar.update(len(chunk))
         bar.set_postfix(kept=state["rows"], refresh=False)
     bar.close()
+    sampler.close()
     summary = {"out": str(out), "questions": len(problems), "sampled": state["sampled"], "kept": state["rows"],
                "keep_rate": state["rows"] / max(state["sampled"], 1),
                "seconds_this_process": time.perf_counter() - t0, "finished": state["chunks_done"] >= n_chunks}
