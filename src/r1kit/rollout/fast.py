@@ -28,6 +28,7 @@ and keys before the rotation (`q_norm`, `k_norm`).
 from __future__ import annotations
 
 import shutil
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +115,48 @@ def _decode_step(tok, pos, slot, bias, k_caches, v_caches, layers, shared, dims)
 _COMPILED: dict[str, object] = {}
 
 
+class _Buffers:
+    """Two sets of KV-cache buffers (one per layer, keys and values) that rows are compacted between, kept from
+    one call to the next: a fresh multi-megabyte buffer costs its page faults on first touch (milliseconds per
+    8 MB on this machine), which a decode loop that compacts rows would pay again and again. One pool per cache
+    shape; a call that finds it in use (another thread sampling) gets buffers of its own."""
+
+    _pool: dict[tuple, _Buffers] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, layers: int, rows: int, n_kv: int, slots: int, d: int, dtype, device):
+        self.key, self.rows, self.slots = (layers, n_kv, d, dtype, str(device)), rows, slots
+        shape = (rows, n_kv, slots, d)  # a slot is written before it is read
+        self.sets = [[torch.empty(shape, dtype=dtype, device=device) for _ in range(2 * layers)], None]
+        self.current, self.busy = 0, True
+
+    @classmethod
+    def take(cls, layers, rows, n_kv, slots, d, dtype, device) -> _Buffers:
+        key = (layers, n_kv, d, dtype, str(device))
+        with cls._lock:
+            pooled = cls._pool.get(key)
+            if pooled is not None and not pooled.busy and pooled.rows >= rows and pooled.slots >= slots:
+                pooled.busy, pooled.current = True, 0
+                return pooled
+        rows, slots = -(-rows // 8) * 8, -(-slots // 64) * 64  # a little room, so the next call likely fits
+        made = cls(layers, rows, n_kv, slots, d, dtype, device)
+        with cls._lock:
+            if pooled is None or not pooled.busy:
+                cls._pool[key] = made
+        return made
+
+    def view(self, which: int, rows: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if self.sets[which] is None:
+            self.sets[which] = [torch.empty_like(b) for b in self.sets[0]]
+        bufs = [b[:rows] for b in self.sets[which]]
+        half = len(bufs) // 2
+        return bufs[:half], bufs[half:]
+
+    def release(self) -> None:
+        with self._lock:
+            self.busy = False
+
+
 def compiled_decode_step(device: torch.device):
     """`_decode_step` compiled for this device type (one wrapper per process; a graph per shape set)."""
     key = device.type
@@ -131,7 +174,7 @@ def compiled_decode_step(device: torch.device):
 class FastDecoder:
     """A model's weights arranged for decoding, and its KV cache: per layer (B, Hkv, S, D)."""
 
-    def __init__(self, model, rows: int, max_len: int, fuse: bool | None = None):
+    def __init__(self, model, rows: int, max_len: int, fuse: bool | None = None, capacity: int | None = None):
         m = model.model
         cfg = model.config
         n_heads = cfg.num_attention_heads
@@ -152,7 +195,7 @@ class FastDecoder:
         self.shared = {"embed": weight, "norm": m.norm.weight, "head": effective_weight(head),
                        "head_b": effective_bias(head), "cos": (emb.cos() * scale).to(self.dtype),
                        "sin": (emb.sin() * scale).to(self.dtype)}
-        self.allocate(rows)
+        self.allocate(rows, capacity)
 
     @staticmethod
     def _weights(layer, fuse: bool) -> dict:
@@ -174,16 +217,27 @@ class FastDecoder:
             w["gate"], w["up"] = effective_weight(mlp.gate_proj), effective_weight(mlp.up_proj)
         return w
 
-    def allocate(self, rows: int) -> None:
+    def allocate(self, rows: int, capacity: int | None = None) -> None:
+        """A cache of `rows` rows in buffers of `capacity` rows (kept for the next call: see `_Buffers`)."""
         _, n_kv, d, _ = self.dims
-        shape = (rows, n_kv, self.max_len, d)  # a slot is written before it is read
-        self.k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
-        self.v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.buffers = _Buffers.take(len(self.layers), max(rows, capacity or rows), n_kv, self.max_len, d,
+                                     self.dtype, self.device)
+        self.k, self.v = self.buffers.view(0, rows)
 
-    def select_rows(self, index: torch.Tensor) -> None:
-        """Cache row i := cache row index[i] (dropping finished rows, or copying a shared prompt to its rows)."""
-        self.k = [k.index_select(0, index) for k in self.k]
-        self.v = [v.index_select(0, index) for v in self.v]
+    def select_rows(self, index: torch.Tensor, written: int) -> None:
+        """Cache row i := cache row index[i] (dropping finished rows, or copying a shared prompt to its rows),
+        copying only the `written` slots (the others are never read) into the spare buffers."""
+        rows = len(index)
+        src_k, src_v = self.k, self.v
+        dst_k, dst_v = self.buffers.view(1 - self.buffers.current, rows)
+        for src, dst in zip(src_k + src_v, dst_k + dst_v):
+            torch.index_select(src[:, :, :written], 0, index, out=dst[:, :, :written])
+        self.buffers.current = 1 - self.buffers.current
+        self.k, self.v = dst_k, dst_v
+
+    def release(self) -> None:
+        """Give the buffers back for the next call."""
+        self.buffers.release()
 
     def prefill(self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor,
                 rows: slice = slice(None)) -> torch.Tensor:
@@ -229,6 +283,7 @@ class FastDecoder:
             mark_dynamic(t, 0)
         for t in (*k, *v):  # slots
             mark_dynamic(t, 2)
-        mark_dynamic(bias, 1)
+        for t in (bias, self.shared["cos"], self.shared["sin"]):  # slots; positions of this call's longest row
+            mark_dynamic(t, 1 if t is bias else 0)
         step = compiled_decode_step(self.device)
         return step(tok, pos, at, bias, k, v, self.layers, self.shared, self.dims)

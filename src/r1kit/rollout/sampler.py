@@ -128,19 +128,49 @@ def _common_prefix(prompts: list[tuple]) -> int:
     return max(n, 0)
 
 
+@dataclass
+class _Layout:
+    """How a batch of prompts sits in the fast path's cache: [common prefix | left-padded rest | completion]."""
+
+    owner: list[int]  # row -> its distinct prompt
+    distinct: list[tuple]  # the distinct prompts
+    prefix: int  # tokens every distinct prompt starts with (prefilled once), 0 if too few to bother
+    suffix_ids: torch.Tensor  # (U, Ps) the rest of each distinct prompt, left-padded
+    suffix_mask: torch.Tensor  # (U, Ps)
+
+    @classmethod
+    def of(cls, prompts: list[list[int]], device) -> _Layout:
+        unique: dict[tuple, int] = {}
+        owner = [unique.setdefault(tuple(p), len(unique)) for p in prompts]
+        distinct = list(unique)
+        c = _common_prefix(distinct) if len(distinct) > 1 else 0
+        c = c if c >= MIN_SHARED_PREFIX else 0
+        ids, mask = left_pad([p[c:] for p in distinct], 0, device)
+        return cls(owner, distinct, c, ids, mask)
+
+    @property
+    def width(self) -> int:
+        return self.prefix + self.suffix_ids.shape[1]
+
+
 def _sample_fast(model, prompts, params, eos, generator, want_logprobs, compiled):
     """The fast path (rollout/fast.py): shared prompts prefilled once, one compiled step, finished rows dropped."""
-    B, T = len(prompts), params.max_new_tokens
-    dev = next(model.parameters()).device
-    unique: dict[tuple, int] = {}
-    owner = [unique.setdefault(tuple(p), len(unique)) for p in prompts]  # row -> its unique prompt
-    distinct = list(unique)
-    c = _common_prefix(distinct) if len(distinct) > 1 else 0
-    c = c if c >= MIN_SHARED_PREFIX else 0
-    suffix_ids, suffix_mask = left_pad([p[c:] for p in distinct], 0, dev)  # (U, Ps)
+    layout = _Layout.of(prompts, next(model.parameters()).device)
+    n = max(len(prompts), MIN_ROWS) if compiled else len(prompts)  # cache rows (a filler row when compiled)
+    dec = FastDecoder(model, len(layout.distinct), layout.width + params.max_new_tokens, capacity=n)
+    try:
+        return _decode(dec, layout, n, params, eos, generator, want_logprobs, compiled)
+    finally:
+        dec.release()
+
+
+def _decode(dec, layout: _Layout, n: int, params, eos, generator, want_logprobs, compiled) -> Samples:
+    B, T = len(layout.owner), params.max_new_tokens
+    owner, distinct, c = layout.owner, layout.distinct, layout.prefix
+    suffix_ids, suffix_mask = layout.suffix_ids, layout.suffix_mask
+    dev = suffix_ids.device
     U, Ps = suffix_ids.shape
-    P = c + Ps  # cache layout: [common prefix | left-padded rest of each prompt | completion]
-    dec = FastDecoder(model, U, P + T)
+    P = c + Ps
     if c:  # the shared prefix: one row of prefill, copied to the others
         causal = torch.ones(c, c, dtype=torch.bool, device=dev).tril()[None]  # (1, c, c)
         dec.prefill(torch.tensor([distinct[0][:c]], device=dev), torch.arange(c, device=dev)[None], 0, causal,
@@ -154,9 +184,8 @@ def _sample_fast(model, prompts, params, eos, generator, want_logprobs, compiled
     logits = dec.prefill(suffix_ids, positions, c, sees)  # (U, V)
     # Rows: the B prompts' rows, then (compiled, one prompt) a copy of row 0 as filler, never recorded.
     on_cuda = dev.type == "cuda"
-    n = max(B, MIN_ROWS) if compiled else B
     index = torch.tensor(owner + [owner[0]] * (n - B), device=dev)  # (n,) unique prompt of each row
-    dec.select_rows(index)
+    dec.select_rows(index, P)
     logits = logits[index]  # (n, V)
     bias = torch.full((n, P + T), float("-inf"), dtype=dec.dtype, device=dev)  # additive: -inf = not visible
     bias[:, :c] = 0
@@ -185,7 +214,7 @@ def _sample_fast(model, prompts, params, eos, generator, want_logprobs, compiled
                 rows, tok, next_pos, bias = rows[keep], tok[keep], next_pos[keep], bias[keep]
                 rows[n_alive:] = -1
                 alive = rows >= 0
-                dec.select_rows(keep)
+                dec.select_rows(keep, P + t)
                 segments.append((rows, [], []))
         if t + 1 == T:
             break
