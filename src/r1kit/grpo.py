@@ -23,6 +23,16 @@ from r1kit.losses import AGGREGATIONS, clipped_surrogate, denominator_counts, kl
 from r1kit.parallel import dist
 from r1kit.parallel.engine import Engine
 from r1kit.parallel.fsdp import grad_norm, is_sharded
+from r1kit.shared_prompts import can_share_prompts, shared_prompt_logprobs
+
+
+def _logprobs_fn(model, max_len: int):
+    """How a micro-batch's completion log-probs are computed: each distinct prompt once (shared_prompts.py)
+    where that is exact for `model` (rows of up to `max_len` tokens), else the model's own forward over every row."""
+    if can_share_prompts(model, max_len):
+        return lambda m, ids, attn, width, temperature, chunk: shared_prompt_logprobs(m, ids, attn, width,
+                                                                                       temperature, chunk)
+    return completion_logprobs
 
 
 @dataclass
@@ -116,11 +126,12 @@ def rollout_logprobs(model, rollout: Rollout, temperature: float, max_tokens: in
     padding = _padding_passes(len(passes))  # a sharded model's forward is a collective: as many on every rank
     for _ in range(padding):
         _padding_pass(model, engine, backward=False)
+    logprobs_of = _logprobs_fn(model, rollout.input_ids.shape[1])
     for rows, first, width in passes:
         ids = rollout.input_ids[rows, first: p_len + width]
         with engine.autocast():
-            logprobs, _ = completion_logprobs(model, ids, rollout.attention_mask[rows, first: p_len + width], width,
-                                              temperature, engine.logits_chunk)
+            logprobs, _ = logprobs_of(model, ids, rollout.attention_mask[rows, first: p_len + width], width,
+                                      temperature, engine.logits_chunk)
         out[rows, :width] = logprobs.float()
     return out
 
@@ -180,6 +191,7 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings, engi
     stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0, "mismatch_kl": 0.0,
              "tis_weight": 0.0, "tis_clip_fraction": 0.0}
     tokens_trained, rows_trained, skipped, updates = 0, 0, 0, 0
+    logprobs_of = _logprobs_fn(model, rollout.input_ids.shape[1])
     for epoch in range(s.mu):
         for mb in range(s.mini_batches):
             rows = (groups == mb).nonzero().squeeze(-1)
@@ -205,8 +217,8 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings, engi
                 ids = rollout.input_ids[micro, first: p_len + width]  # (m, L)
                 attn = rollout.attention_mask[micro, first: p_len + width]  # (m, L)
                 with engine.autocast():
-                    logprobs, ent = completion_logprobs(model, ids, attn, width, s.temperature,
-                                                        engine.logits_chunk)  # (m, W) each
+                    logprobs, ent = logprobs_of(model, ids, attn, width, s.temperature,
+                                                engine.logits_chunk)  # (m, W) each
                 logprobs = logprobs.float()
                 cmask = rollout.completion_mask[micro, :width]  # (m, W)
                 old = rollout.old_logprobs[micro, :width] if rollout.old_logprobs is not None else logprobs.detach()
