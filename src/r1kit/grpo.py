@@ -29,7 +29,7 @@ from r1kit.shared_prompts import can_share_prompts, shared_prompt_logprobs
 def _logprobs_fn(model, max_len: int):
     """How a micro-batch's completion log-probs are computed: each distinct prompt once (shared_prompts.py)
     where that is exact for `model` (rows of up to `max_len` tokens), else the model's own forward over every row."""
-    if can_share_prompts(model, max_len):
+    if not is_sharded(model) and can_share_prompts(model, max_len):  # FSDP2 gathers in the modules' forward
         return lambda m, ids, attn, width, temperature, chunk: shared_prompt_logprobs(m, ids, attn, width,
                                                                                        temperature, chunk)
     return completion_logprobs
