@@ -69,8 +69,48 @@ def _layer(w: dict, h: torch.Tensor, cos, sin, dims, past: tuple | None, mask: t
     return _mlp_residual(w, h, eps).view(b, T, -1), (k, v)
 
 
+def _forward(weights: dict, u_ids, c_ids, owner, angles: tuple, p_mask, c_mask, dims) -> torch.Tensor:
+    """The final hidden states that predict each completion token (B, W, C): the distinct prompts u_ids (U, Lp)
+    through every layer, then the completions c_ids (B, W) attending to their prompt's keys (`owner`: row ->
+    distinct prompt) and their own."""
+    cos_p, sin_p, cos_c, sin_c = angles
+    h_p = F.embedding(u_ids, weights["embed"])  # (U, Lp, C)
+    h_c = F.embedding(c_ids, weights["embed"])  # (B, W, C)
+    for w in weights["layers"]:
+        h_p, (k_p, v_p) = _layer(w, h_p, cos_p, sin_p, dims, None, p_mask)
+        h_c, _ = _layer(w, h_c, cos_c, sin_c, dims, (k_p[owner], v_p[owner]), c_mask)
+    eps = dims[3]
+    last = _rms_norm(h_p[:, -1], weights["norm"], eps)[owner][:, None]  # (B, 1, C): predicts completion token 0
+    return torch.cat([last, _rms_norm(h_c[:, :-1], weights["norm"], eps)], 1)  # (B, W, C)
+
+
+_COMPILED = {}
+
+
+def _compiled_forward(dims: tuple):
+    """`_forward` compiled with dynamic sizes, the model's dimensions fixed (constants of a closure)."""
+    if dims not in _COMPILED:
+        def forward(weights, u_ids, c_ids, owner, angles, p_mask, c_mask):
+            return _forward(weights, u_ids, c_ids, owner, angles, p_mask, c_mask, dims)
+
+        _COMPILED[dims] = torch.compile(forward, dynamic=False)
+    return _COMPILED[dims]
+
+
+def _mark_sizes_dynamic(u_ids, c_ids, owner, angles, p_mask, c_mask) -> None:
+    """Rows and lengths vary from micro-batch to micro-batch: one graph for all of them."""
+    from torch._dynamo import mark_dynamic
+
+    for t in (u_ids, c_ids, p_mask, c_mask, *angles):
+        mark_dynamic(t, 0)
+        mark_dynamic(t, 1)
+    mark_dynamic(owner, 0)
+    for t in (p_mask, c_mask):
+        mark_dynamic(t, 2)
+
+
 def shared_prompt_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, width: int, temperature: float = 1.0,
-                           chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                           chunk: int = 1024, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """log π and entropy (at `temperature`) of the last `width` tokens of each row, prompts computed once each.
     ids, attn (B, L): [left-padded prompt | right-padded completion of `width` columns]. Returns 2 x (B, W)."""
     inner = unwrap(model)
@@ -103,16 +143,15 @@ def shared_prompt_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, width: 
     c_ids = ids[:, Lp:]  # (B, W)
     c_causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()
     c_mask = torch.cat([prompt_mask[:, None, :].expand(B, width, Lp), c_causal[None].expand(B, width, width)], -1)
-    h_p = inner.model.embed_tokens(u_ids)  # (U, Lp, C)
-    h_c = inner.model.embed_tokens(c_ids)  # (B, W, C)
     cos_p, sin_p = angles(u_pos)
     cos_c, sin_c = angles(c_pos)
-    for w in layers:
-        h_p, (k_p, v_p) = _layer(w, h_p, cos_p, sin_p, dims, None, p_mask)
-        h_c, _ = _layer(w, h_c, cos_c, sin_c, dims, (k_p[owner], v_p[owner]), c_mask)
-    norm = inner.model.norm
-    last = norm(h_p[:, -1])[owner][:, None]  # (B, 1, C): predicts completion token 0
-    hidden = torch.cat([last, norm(h_c[:, :-1])], 1)  # (B, W, C): position t predicts token t
+    weights = {"layers": layers, "embed": inner.model.embed_tokens.weight, "norm": inner.model.norm.weight}
+    args = (weights, u_ids, c_ids, owner, (cos_p, sin_p, cos_c, sin_c), p_mask, c_mask)
+    if compiled:
+        _mark_sizes_dynamic(*args[1:])
+        hidden = _compiled_forward(dims)(*args)
+    else:
+        hidden = _forward(*args, dims)
     if chunkable(inner):  # the head chunk by chunk, each checkpointed (logprobs.py)
         both = _head_logprobs(inner.lm_head, F.pad(hidden, (0, 0, 0, 1)), c_ids, temperature, chunk)  # (B, W+1, 2)
         return both[:, :width, 0], both[:, :width, 1].detach()

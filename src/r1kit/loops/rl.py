@@ -56,6 +56,7 @@ from r1kit.prompting import format_warnings, make_prompter
 from r1kit.rewards import combine
 from r1kit.rl_config import RLConfig
 from r1kit.rollout import make_engine, resolve_backend
+from r1kit.rollout.fast import compile_wanted
 from r1kit.rollout.sampler import SamplingParams
 from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.tasks import get_task, task_options
@@ -225,17 +226,18 @@ def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine, e
         rollout.behaviour_logprobs = behaviour
     settings = UpdateSettings(cfg.rollout.temperature, a.loss_aggregation, a.beta, a.eps_low, a.eps_high, a.mu,
                               a.mini_batches, cfg.rollout.max_new_tokens, cfg.optim.grad_clip,
-                              micro_batch_tokens=a.micro_batch_tokens, tis_cap=a.tis_cap)
+                              micro_batch_tokens=a.micro_batch_tokens, tis_cap=a.tis_cap,
+                              compiled=compile_wanted(None, engine.device))
     off_policy = a.mu * a.mini_batches > 1
     with ledger.phase("training") if ledger else nullcontext() as ph:
         if off_policy and exact_sampler:
             rollout.old_logprobs = rollout.behaviour_logprobs
         elif off_policy:  # π_old from the trainer itself (every rank: a sharded forward is a collective)
             rollout.old_logprobs = rollout_logprobs(policy, rollout, cfg.rollout.temperature, a.micro_batch_tokens,
-                                                    engine)
+                                                    engine, settings.compiled)
         if a.beta > 0:  # also for a placeholder row: a sharded reference's forward is a collective
             rollout.ref_logprobs = rollout_logprobs(ref, rollout, cfg.rollout.temperature, a.micro_batch_tokens,
-                                                    engine)
+                                                    engine, settings.compiled)
         stats = train_on_rollout(policy, optimizer, rollout, settings, engine)
         ref_tokens = int(rollout.attention_mask.sum()) if a.beta > 0 and n else 0
         trained, forward = dist.all_reduce_sum([stats["tokens_trained"], ref_tokens])  # every rank's

@@ -27,6 +27,7 @@ and keys before the rotation (`q_norm`, `k_norm`).
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 
@@ -48,6 +49,17 @@ def compile_available(device: torch.device) -> bool:
             return False
         return True
     return device.type == "cpu" and (shutil.which("g++") or shutil.which("c++")) is not None
+
+
+def compile_wanted(explicit: bool | None, device: torch.device, pays: bool = True) -> bool:
+    """Whether to compile: an explicit True/False wins, then R1KIT_COMPILE=1/0, then `pays` (the work is large
+    enough for the seconds of compilation); only where torch.compile can build kernels."""
+    flag = os.environ.get("R1KIT_COMPILE", "")
+    if explicit is None and flag in ("0", "1"):
+        explicit = flag == "1"
+    if explicit is False:
+        return False
+    return (bool(explicit) or pays) and compile_available(device)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -25,14 +25,13 @@ ten architectures.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
 from r1kit.lora import unwrap
 from r1kit.packing import sliding_window
-from r1kit.rollout.fast import MIN_ROWS, MIN_SHARED_PREFIX, FastDecoder, compile_available
+from r1kit.rollout.fast import MIN_ROWS, MIN_SHARED_PREFIX, FastDecoder, compile_wanted
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 COMPILE_MIN_WORK = 2048  # rows x new tokens below which a compiled step does not pay for its compilation
@@ -289,16 +288,6 @@ def _sample_generic(model, ids, mask, params, eos, generator, want_logprobs, pad
     return Samples(out, finished, lps if want_logprobs else None)
 
 
-def _want_compile(compile: bool | None, device: torch.device, rows: int, new_tokens: int) -> bool:
-    """An explicit `compile` wins; then R1KIT_COMPILE=0/1; then: when it pays and can be built here."""
-    flag = os.environ.get("R1KIT_COMPILE", "")
-    if compile is None and flag in ("0", "1"):
-        compile = flag == "1"
-    if compile is False:
-        return False
-    return (compile or rows * new_tokens >= COMPILE_MIN_WORK) and compile_available(device)
-
-
 @torch.inference_mode()
 def sample(
     model,
@@ -329,7 +318,7 @@ def sample(
         longest = max(len(p) for p in prompts) + params.max_new_tokens
         use_fast = supports_fast_path(model, longest) if fast is None else fast
         if use_fast:
-            compiled = _want_compile(compile, device, len(prompts), params.max_new_tokens)
+            compiled = compile_wanted(compile, device, len(prompts) * params.max_new_tokens >= COMPILE_MIN_WORK)
             return _sample_fast(model, prompts, params, eos_ids, generator, return_logprobs, compiled)
         ids, mask = left_pad(prompts, pad_id, device)
         return _sample_generic(model, ids, mask, params, eos_ids, generator, return_logprobs, pad_id)
