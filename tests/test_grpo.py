@@ -362,3 +362,24 @@ def test_tis_cap_zero_reports_but_does_not_weight(tiny_model, pad):
     stats = train_on_rollout(model, torch.optim.SGD(model.parameters(), lr=1.0), rollout, _settings(tis_cap=0.0))
     assert stats["loss"] == pytest.approx(s_plain["loss"], abs=1e-7)
     assert stats["mismatch_kl"] > 1.0 and stats["tis_weight"] == 1.0
+
+
+def test_split_sorted_finds_the_cheapest_cuts():
+    from r1kit.grpo import split_sorted
+
+    # one long row among short ones: it gets a pass of its own (8 x 100 padded tokens would waste 7 x 90)
+    assert split_sorted([0] * 8, [10] * 7 + [100], 10_000, pass_cost=50) == [7, 8]
+    # equal rows: one pass (each extra pass only adds its cost)
+    assert split_sorted([5] * 6, [10] * 6, 10_000, pass_cost=50) == [6]
+    # the token budget forces cuts: 2 rows of 15 fit in 32, 3 do not
+    assert split_sorted([5] * 4, [10] * 4, 32, pass_cost=1) == [2, 4]
+    # a single row wider than the budget still gets its pass
+    assert split_sorted([5], [100], 32) == [1]
+    # padded tokens + pass costs of the chosen split are no worse than one pass or one pass per row
+    prompts, comps = [4] * 10, [1, 2, 3, 5, 8, 13, 21, 34, 55, 89]
+    ends = split_sorted(prompts, comps, 10_000, pass_cost=20)
+    cost, start = 0, 0
+    for end in ends:
+        cost += (end - start) * (max(prompts[start:end]) + max(comps[start:end])) + 20
+        start = end
+    assert cost <= min(10 * 93 + 20, sum(p + c + 20 for p, c in zip(prompts, comps)))

@@ -86,12 +86,41 @@ def completion_logits(model, ids: torch.Tensor, attn: torch.Tensor, t_len: int) 
     return out.logits[:, :-1]  # (B, T, V): position j predicts token j+1
 
 
+PASS_COST_TOKENS = 256  # what one more forward/backward pass costs beyond its tokens, in padded tokens
+
+
+def split_sorted(prompts: list[int], completions: list[int], max_tokens: int,
+                 pass_cost: int = PASS_COST_TOKENS) -> list[int]:
+    """Where to cut rows (sorted by total length) into micro-batches: the ends of the cheapest split, a
+    micro-batch [i, j) costing (j - i) x (its longest prompt + its longest completion), padding included, plus
+    `pass_cost`, within `max_tokens` unless it is a single row. Dynamic programming over the cuts, O(n²)."""
+    n = len(prompts)
+    best = [0.0] + [float("inf")] * n  # best[j]: cheapest split of rows [0, j)
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        prompt_w = comp_w = 0
+        for i in range(j - 1, -1, -1):  # the last micro-batch is rows [i, j)
+            prompt_w, comp_w = max(prompt_w, prompts[i]), max(comp_w, completions[i])
+            tokens = (j - i) * (prompt_w + comp_w)
+            if tokens > max_tokens and j - i > 1:
+                break  # taking more rows only widens it
+            cost = best[i] + tokens + pass_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    ends, j = [], n
+    while j > 0:
+        ends.append(j)
+        j = cut[j]
+    return ends[::-1]
+
+
 def micro_batches(rollout: Rollout, rows: torch.Tensor, max_tokens: int):
     """Split `rows` into micro-batches of similar length, each trimmed to the columns its rows use.
 
     Yields (rows, first column, completion width): the micro-batch's tensors are
-    `input_ids[rows, first:P + width]` and `completion_mask[rows, :width]`. Sorting by length and trimming
-    removes most padding, so the forward and backward passes cost about the real tokens, not the widest row.
+    `input_ids[rows, first:P + width]` and `completion_mask[rows, :width]`. Rows are sorted by length and cut
+    where the padded tokens plus a per-pass cost are smallest (`split_sorted`), within `max_tokens` per pass, so
+    the forward and backward passes cost about the real tokens, not the widest row.
     """
     if len(rows) == 0:
         return
@@ -101,14 +130,7 @@ def micro_batches(rollout: Rollout, rows: torch.Tensor, max_tokens: int):
     comp_len = attn[:, p_len:].sum(-1).clamp(min=1)
     order = torch.argsort(prompt_len + comp_len, stable=True)
     start = 0
-    while start < len(order):
-        end = start + 1
-        while end < len(order):  # grow while the padded micro-batch stays within the token budget
-            chunk = order[start: end + 1]
-            width = int(prompt_len[chunk].max() + comp_len[chunk].max())
-            if width * len(chunk) > max_tokens:
-                break
-            end += 1
+    for end in split_sorted(prompt_len[order].tolist(), comp_len[order].tolist(), max_tokens):
         chunk = order[start:end]
         yield rows[chunk], int(p_len - prompt_len[chunk].max()), int(comp_len[chunk].max())
         start = end
