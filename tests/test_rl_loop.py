@@ -757,3 +757,32 @@ def test_doctor_warns_when_the_engine_misses_its_weight_updates(tmp_path, make_c
     assert steps[-1]["mismatch_kl"] > 1e-3, steps
     captured = capsys.readouterr()
     assert "rollout engine's log-probs drift" in captured.out + captured.err
+
+
+# -- rollout.overlap: the next rollout sampled while this step trains ---------------------------------------------
+
+
+def test_overlapped_rollouts_are_one_step_stale_and_resume_exactly(tmp_path, make_cfg):
+    """Step 1 is on-policy; later steps train on completions sampled before the previous update (mismatch > 0,
+    corrected by TIS), and the ledger bills the wall time once. Stopped after 3 steps and resumed from the step-2
+    checkpoint, the run ends with the weights of the uninterrupted one (the prefetched rollout is checkpointed)."""
+    from r1kit.devices import ledger_for
+    from r1kit.ledger import read_ledger
+
+    def ledger(d, stage, model_config):
+        return ledger_for(d, stage, model_config=model_config)
+
+    extra = dict(eval_every=0, rollout={"overlap": True}, algo={"mini_batches": 1, "beta": 0.0})
+    whole = tmp_path / "whole"
+    run_rl(make_cfg(whole, **extra), progress=False, ledger_factory=ledger)
+    steps = [m for m in _metrics(whole) if "mismatch_kl" in m]
+    assert steps[0]["mismatch_kl"] < 1e-6  # sampled from the weights it trains
+    assert all(m["mismatch_kl"] > 1e-6 for m in steps[1:] if m["completions_trained"])  # one update behind
+    records = read_ledger(whole)
+    background = [r for r in records if r.get("phase") == "rollout" and "overlapped_s" in r]
+    assert len(background) == len(steps) - 1
+    assert all(r["generated_tokens"] > 0 for r in background)
+    cut = tmp_path / "cut"
+    run_rl(make_cfg(cut, **extra), progress=False, stop_after=3)
+    run_rl(make_cfg(cut, **extra), resume=True, progress=False)
+    _assert_same_weights(whole, cut)

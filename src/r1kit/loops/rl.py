@@ -25,7 +25,7 @@ import copy
 import json
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -149,7 +149,7 @@ def _rollout_step(step, rollout_engine, tokenizer, prompter, stream, reward_fn, 
     first = [stream[step * P + j] for j in keys]
     kept = {"prompts": [], "toks": [], "fins": [], "lps": [], "rewards": [], "problems": [], "keys": []}
     seen = {"rewards": [], "parts": [], "scores": [], "lengths": [], "fins": [], "zero_var": 0, "groups": 0}
-    problems, t_roll, t_score, n_prompt_tok, n_gen = first, 0.0, 0.0, 0, 0
+    problems, t_roll, t_score, n_prompt_tok, n_gen, longest_prompt = first, 0.0, 0.0, 0, 0, 0
     for rnd in range(cfg.rollout.max_refill_rounds + 1):
         t0 = time.perf_counter()
         with ledger.phase("rollout") if ledger else nullcontext() as ph:
@@ -167,6 +167,7 @@ def _rollout_step(step, rollout_engine, tokenizer, prompter, stream, reward_fn, 
         t_roll, t_score = t_roll + t1 - t0, t_score + time.perf_counter() - t1
         n_prompt_tok += sum(len(prompts[i]) for i in rows)
         n_gen += sum(map(len, toks))
+        longest_prompt = max(longest_prompt, max(map(len, prompts), default=0))
         seen["rewards"] += rewards
         seen["parts"] += parts
         seen["scores"] += scores
@@ -192,7 +193,8 @@ def _rollout_step(step, rollout_engine, tokenizer, prompter, stream, reward_fn, 
             break
         problems = stream.extra(missing, step, info.rank, rnd + 1) if missing > 0 else []
         keys = [info.rank + P * i for i in range(max(missing, 0))]  # refills are drawn per rank: keyed by it
-    return kept, seen, {"rollout": t_roll, "scoring": t_score, "prompt_tokens": n_prompt_tok, "generated": n_gen}
+    return kept, seen, {"rollout": t_roll, "scoring": t_score, "prompt_tokens": n_prompt_tok, "generated": n_gen,
+                        "longest_prompt": longest_prompt}
 
 
 def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine, exact_sampler: bool):
@@ -270,6 +272,7 @@ def _step_metrics(seen, stats, times, lr, t_step, info, peak_memory_mib: float) 
         **{k: stats[k] for k in ("loss", "kl", "clip_fraction", "entropy", "grad_norm", "skipped_updates",
                                  "mismatch_kl", "tis_weight", "tis_clip_fraction")},
         "lr": lr, "time_rollout": tot[10] / info.world, "time_scoring": tot[11] / info.world,
+        **({"time_rollout_waited": times["waited"]} if "waited" in times else {}),
         "time_training": stats["time_training"], "time_weight_sync": stats["time_weight_sync"], "time_step": t_step,
         "tokens_per_s": tot[9] / max(tot[10] / info.world, 1e-9), "completions_per_s": tot[0] / max(t_step, 1e-9),
     }
@@ -311,6 +314,81 @@ def _evaluate(policy, tokenizer, task, cfg, ledger, progress, engine, rollout_en
     return result
 
 
+class _Background:
+    """rollout.overlap: the next step's rollout sampled (and scored) in a thread while this step trains, from the
+    sampler's copy of the weights before this step's update: one step off-policy, corrected by TIS against the
+    trainer's log-probs (grpo.py). The torch threads are split between the two while they overlap.
+
+    The ledger bills wall time once: the rollout's record holds the time the trainer *waited* for it (its
+    tokens and FLOPs in full, its own duration as `overlapped_s`), the training record the training. A
+    checkpoint keeps the prefetched rollout, so `--resume` continues with the very completions the uninterrupted
+    run trained on."""
+
+    def __init__(self, cfg, rollout_engine, tokenizer, prompter, stream, reward_fn, engine, eos, prefetched=None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.args = (rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine)
+        self.eos = eos
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r1kit-rollout")
+        self.threads = torch.get_num_threads()
+        self.future = None
+        self.prefetched = prefetched  # (step, (kept, seen, times)) of the next step, once sampled
+
+    def _work(self, step: int):
+        torch.set_num_threads(max(1, self.threads // 2))  # this thread's share (OpenMP settings are per thread)
+        t0 = time.perf_counter()
+        rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine = self.args
+        result = _rollout_step(step, rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine, None,
+                               self.eos)
+        return step, result, time.perf_counter() - t0
+
+    def start(self, step: int) -> None:
+        self.future = self.pool.submit(self._work, step)
+
+    def wait(self, ledger) -> None:
+        """Wait for the rollout in flight (if any) and keep it as the next step's."""
+        if self.future is None:
+            return
+        t0 = time.perf_counter()
+        step, result, took = self.future.result()
+        waited = time.perf_counter() - t0
+        self.future = None
+        self.prefetched = (step, result)
+        times = result[2]
+        times["overlapped"], times["waited"] = took, waited
+        if ledger is not None:
+            cfg = self.args[5]
+            ledger.record("rollout", waited, prompt_tokens=int(times["prompt_tokens"]),
+                          generated_tokens=int(times["generated"]), overlapped_s=took,
+                          seq_len=int(times["longest_prompt"]) + cfg.rollout.max_new_tokens)
+
+    def take(self, step: int, ledger):
+        """The rollout of `step`: the prefetched one, or sampled now (the first step)."""
+        if self.prefetched is not None and self.prefetched[0] == step:
+            result, self.prefetched = self.prefetched[1], None
+            return result
+        rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine = self.args
+        return _rollout_step(step, rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine, ledger,
+                             self.eos)
+
+    @contextmanager
+    def main_threads(self):
+        """The trainer's share of the torch threads while the rollout runs beside it."""
+        if self.future is None:
+            yield
+            return
+        torch.set_num_threads(max(1, self.threads - self.threads // 2))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(self.threads)
+
+    def close(self) -> None:
+        if self.future is not None:
+            self.future.result()
+        self.pool.shutdown()
+
+
 def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger_factory=None,
            stop_after: int | None = None) -> dict:
     """Run GRPO as configured; returns a summary (held-out before/after, steps, seconds, run dir).
@@ -339,14 +417,15 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
             ref = prepare_training_model(ref, engine, frozen=True)
         sampler_model = policy  # vLLM holds its own copy; r1kit's sampler runs the policy or a copy of it
         if resolve_backend(cfg.rollout.backend, engine.device) == "r1kit":  # the policy itself when dtypes agree
-            sampler_model = inference_copy(policy, engine, _rollout_dtype(cfg, engine))
+            sampler_model = inference_copy(policy, engine, _rollout_dtype(cfg, engine),
+                                           separate=cfg.rollout.overlap)  # overlap: samples while it trains
         policy = prepare_training_model(policy, engine)
     o = cfg.optim
     optimizer = torch.optim.AdamW(policy.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
                                   weight_decay=o.weight_decay)
     doctor = Doctor(cfg.doctor.strict, cfg.doctor.truncation_limit, cfg.doctor.zero_variance_limit,
                     cfg.doctor.patience, cfg.doctor.hacking_drop, cfg.doctor.mismatch_limit)
-    start, history = 0, {}
+    start, history, state = 0, {}, {}
     if ckpt is not None:
         state = load_training_checkpoint(ckpt, policy, optimizer, ref, engine)
         doctor.load(state["doctor"])
@@ -373,8 +452,14 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
     reward_fn = combine(cfg.reward.weights)
     with ledger.phase("rollout_engine_startup") if ledger else nullcontext():
         rollout_engine = _rollout_engine(cfg, policy, sampler_model, tokenizer, prompter, task, stream.pool, engine)
-    exact_sampler = rollout_engine.name == "r1kit" and _rollout_dtype(cfg, engine) == engine.compute_dtype
+    exact_sampler = (rollout_engine.name == "r1kit" and _rollout_dtype(cfg, engine) == engine.compute_dtype
+                     and not cfg.rollout.overlap)  # overlapped rollouts are one step stale
+    if cfg.rollout.overlap and info.world > 1:
+        raise UserError("rollout.overlap runs on one process (its background rollout would interleave collectives "
+                        "with training): drop it under torchrun")
     eos = eos_ids(policy, tokenizer)
+    background = _Background(cfg, rollout_engine, tokenizer, prompter, stream, reward_fn, engine, eos,
+                             state.get("prefetched")) if cfg.rollout.overlap else None
 
     if start == 0 and cfg.eval_every:  # every rank evaluates its share
         history["before"] = _evaluate(sampler_model, tokenizer, task, cfg, ledger, progress, engine,
@@ -399,11 +484,19 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
                 copy_sharded(policy, ref)
             else:
                 ref.load_state_dict(merged_copy(policy).state_dict())
-        kept, seen, times = _rollout_step(step, rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine,
-                                          ledger, eos)
+        if background is None:
+            kept, seen, times = _rollout_step(step, rollout_engine, tokenizer, prompter, stream, reward_fn, cfg,
+                                              engine, ledger, eos)
+        else:  # this step's rollout (sampled while the last step trained), then the next one's in the background
+            kept, seen, times = background.take(step, ledger)
+            if step + 1 < cfg.steps:
+                background.start(step + 1)
         t1 = time.perf_counter()
-        stats = _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine, exact_sampler)
+        with background.main_threads() if background else nullcontext():
+            stats = _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine, exact_sampler)
         stats["time_training"] = time.perf_counter() - t1
+        if background is not None:
+            background.wait(ledger)  # the sampler's copy is free again: it can take the new weights
         t2 = time.perf_counter()
         if rollout_engine.name != "r1kit" or sampler_model is not policy:  # the engine gets the new weights
             with ledger.phase("weight_sync") if ledger else nullcontext():  # (sharded: an all-gather each)
@@ -442,7 +535,9 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         if done % cfg.checkpoint_every == 0 or done == cfg.steps or over_budget:
             with ledger.phase("checkpointing") if ledger else nullcontext():
                 save_training_checkpoint(out, done, policy, sampler_model, tokenizer, optimizer, ref,
-                                         {"doctor": doctor.state(), "history": history}, cfg.keep_checkpoints, engine)
+                                         {"doctor": doctor.state(), "history": history,
+                                          "prefetched": background.prefetched if background else None},
+                                         cfg.keep_checkpoints, engine)
         if over_budget:
             break
     seconds = time.perf_counter() - t_run
@@ -471,6 +566,8 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
             summary["eval"] = result
         write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})
     log.close()
+    if background is not None:
+        background.close()
     rollout_engine.close()
     return summary
 

@@ -91,12 +91,12 @@ def prepare_training_model(model, engine: Engine, *, frozen: bool = False):
     return model
 
 
-def inference_copy(model, engine: Engine, dtype: torch.dtype | None = None):
+def inference_copy(model, engine: Engine, dtype: torch.dtype | None = None, separate: bool = False):
     """The model the sampler runs: a plain full copy in `dtype` (default: the compute dtype), made before sharding,
-    on every rank of a sharded run and on one process whose sampler dtype is not the master dtype (kept current by
-    `sync_weights`); else the policy itself."""
+    on every rank of a sharded run, on one process whose sampler dtype is not the master dtype, and whenever
+    `separate` (a sampler running while the policy trains) — kept current by `sync_weights`; else the policy."""
     dtype = dtype or engine.compute_dtype
-    if not engine.sharded and dtype == engine.master_dtype:
+    if not engine.sharded and dtype == engine.master_dtype and not separate:
         return model
     twin = engine.place(copy.deepcopy(model), dtype)
     if getattr(twin, "is_activation_checkpointing", False):  # a copy made after checkpointing was turned on
