@@ -13,7 +13,7 @@ LAYERS = {
     "doctor": 0, "rl_config": 0, "memplan": 0,
     "losses": 1, "devices": 1, "packing": 1, "logprobs": 1,
     "parallel": 2,  # device and precision, process groups, FSDP2, sharded checkpoints (over checkpoint.py)
-    "modeling": 2, "lora": 2, "prompting": 2, "importer": 2, "sft": 2, "rollout": 2, "checkpoint": 2, "grpo": 2, "runlog": 2, "modelcard": 2, "estimate": 4, "costview": 4, "calibration": 4,
+    "modeling": 2, "lora": 2, "prompting": 2, "importer": 2, "sft": 2, "rollout": 2, "shared_prompts": 2, "checkpoint": 2, "grpo": 2, "runlog": 2, "modelcard": 2, "estimate": 4, "costview": 4, "calibration": 4,
     "evaluate": 3, "report": 4, "pipeline": 4, "recipe": 4, "summary": 4, "preflight": 4,
     "loops": 4,
     "cli": 5, "commands": 5, "__main__": 5, "__init__": 0,
