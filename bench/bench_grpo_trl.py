@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-baseline", action="store_true", help="skip evaluating the starting model")
     ap.add_argument("--work-dir", help="where the runs and logs go (default: a new temporary directory)")
     ap.add_argument("--json", help="also write the full report to this path")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs of each trainer, alternating r1kit, TRL, r1kit, ...; the table gives medians")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                    help="fp32, or bf16 autocast over fp32 weights (r1kit parallel.dtype=bf16, TRL bf16=True)")
+    ap.add_argument("--r1kit-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an r1kit config override (e.g. rollout.overlap=true), to measure one lever")
+    ap.add_argument("--no-trl", action="store_true", help="run r1kit only (lever measurements)")
     ap.add_argument("--role", choices=ROLES, help=argparse.SUPPRESS)  # set by the parent for its children
+    ap.add_argument("--repeat", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if min(args.steps, args.prompts, args.max_new_tokens, args.threads, args.eval_n, args.eval_k) < 1:
         ap.error("--steps, --prompts, --max-new-tokens, --threads, --eval-n and --eval-k must be at least 1")
@@ -102,10 +111,11 @@ def child_start(args, work: Path) -> dict:
 
 
 def child_r1kit(args, work: Path) -> dict:
+    from r1kit.config import ParallelConfig, apply_overrides, build, to_dict
     from r1kit.loops.rl import run_rl
     from r1kit.rl_config import AlgoConfig, OptimConfig, RLConfig, RolloutConfig
 
-    run_dir = work / "r1kit"
+    run_dir = work / f"r1kit{args.repeat}"
     cfg = RLConfig(
         model=args.model,
         task=args.task,
@@ -123,7 +133,10 @@ def child_r1kit(args, work: Path) -> dict:
         optim=OptimConfig(lr=args.lr),
         eval=_eval_config(args),
         checkpoint_every=args.steps,
+        parallel=ParallelConfig(dtype=args.dtype),
     )
+    if args.r1kit_set:
+        cfg = build(RLConfig, apply_overrides(to_dict(cfg), args.r1kit_set))
     t0 = time.perf_counter()
     summary = run_rl(cfg, progress=False)
     call_seconds = time.perf_counter() - t0  # loading, the loop, saving and run_rl's own evaluation
@@ -155,14 +168,17 @@ def child_trl(args, work: Path) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from r1kit.modeling import load_model, save_model
+    from r1kit.prompting import make_prompter
     from r1kit.tasks import get_task
 
     task = get_task(args.task)
     problems = task.problems("train", args.train_problems, seed=args.seed)
     by_id = {p.id: p for p in problems}
+    model, tokenizer = load_model(args.model, trainable=True)  # padding side left, pad token set
+    prompter = make_prompter(task, tokenizer)  # the prompt text r1kit's run tokenizes (a chat template rendered)
     dataset = Dataset.from_dict(
         {
-            "prompt": [task.prompt(p) for p in problems],  # plain text: a base model, no chat template
+            "prompt": [prompter.text(p) for p in problems],
             "problem_id": [p.id for p in problems],
             "answer": [p.answer for p in problems],
         }
@@ -170,10 +186,10 @@ def child_trl(args, work: Path) -> dict:
 
     # r1kit's default reward, {"accuracy": 1, "format": 1}, from the same verifier; TRL sums the two.
     def accuracy_reward(prompts, completions, problem_id, **kwargs) -> list[float]:
-        return [float(task.score(by_id[i], c).correct) for i, c in zip(problem_id, completions)]
+        return [float(prompter.score(by_id[i], c).correct) for i, c in zip(problem_id, completions)]
 
     def format_reward(prompts, completions, problem_id, **kwargs) -> list[float]:
-        return [float(task.score(by_id[i], c).formatted) for i, c in zip(problem_id, completions)]
+        return [float(prompter.score(by_id[i], c).formatted) for i, c in zip(problem_id, completions)]
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -188,7 +204,7 @@ def child_trl(args, work: Path) -> dict:
 
     batch = args.prompts * args.group
     config = GRPOConfig(
-        output_dir=str(work / "trl" / "trainer"),
+        output_dir=str(work / f"trl{args.repeat}" / "trainer"),
         max_steps=args.steps,
         per_device_train_batch_size=batch,  # completions per optimiser step
         gradient_accumulation_steps=1,
@@ -212,7 +228,7 @@ def child_trl(args, work: Path) -> dict:
         scale_rewards="group",
         mask_truncated_completions=False,
         **{_checkpointing_flag(GRPOConfig): False},  # TRL turns it on by default
-        bf16=False,
+        bf16=args.dtype == "bf16",
         fp16=False,
         use_cpu=True,
         disable_dropout=True,
@@ -224,7 +240,6 @@ def child_trl(args, work: Path) -> dict:
         dataloader_num_workers=0,
         seed=args.seed,
     )
-    model, tokenizer = load_model(args.model, trainable=True)  # padding side left, pad token set
     timer = StepTimer()
     trainer = GRPOTrainer(
         model=model,
@@ -237,7 +252,7 @@ def child_trl(args, work: Path) -> dict:
     t0 = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - t0
-    model_dir = work / "trl" / "model"
+    model_dir = work / f"trl{args.repeat}" / "model"
     save_model(trainer.accelerator.unwrap_model(trainer.model), tokenizer, model_dir)
     logs = [h for h in trainer.state.log_history if "reward" in h]
     return {
@@ -326,11 +341,21 @@ def _summary(r: dict, steps: int) -> dict:
     }
 
 
+def _median_summary(runs: list[dict], steps: int) -> dict:
+    """Medians over the repeats of each figure (peak RSS: the largest), and the repeats' own figures."""
+    each = [_summary(r, steps) for r in runs]
+    out = {k: statistics.median(e[k] for e in each) for k in each[0]}
+    out["peak_rss_mib"] = max(e["peak_rss_mib"] for e in each)
+    out["repeats"] = len(each)
+    out["each"] = each
+    return out
+
+
 def format_table(report: dict) -> str:
     s, v = report["settings"], report["environment"]
     lines = [
         f"GRPO: r1kit vs TRL {v['trl']} GRPOTrainer (torch {v['torch']}, transformers {v['transformers']}, "
-        f"{s['threads']} threads, {v['cpu']})",
+        f"{s['threads']} threads, {s['dtype']}, {v['cpu']})",
         f"model {s['model']}, task {s['task']}: {s['steps']} steps × {s['prompts']} prompts × {s['group']} "
         f"completions, ≤{s['max_new_tokens']} tokens at T={s['temperature']}, lr {s['lr']}, β {s['beta']}; "
         f"held-out pass@1 over {s['eval_n']} test problems × k={s['eval_k']} (T=0.6, top-p 0.95)",
@@ -344,15 +369,20 @@ def format_table(report: dict) -> str:
             f"| starting model | – | – | – | – | {100 * e['pass@1']:.1f}% ± {100 * e['pass@1_ci95']:.1f} | "
             f"{100 * e['format_rate']:.1f}% |"
         )
-    for name in ("r1kit", "trl"):
+    for name in report["summary"]:
         m = report["summary"][name]
         lines.append(
             f"| {name} | {m['s_per_step']:.2f} | {m['s_per_step_steps_only']:.2f} | {m['completions_per_s']:.1f} | "
             f"{m['peak_rss_mib']:.0f} | {100 * m['pass@1']:.1f}% ± {100 * m['pass@1_ci95']:.1f} | "
             f"{100 * m['format_rate']:.1f}% |"
         )
-    a, b = report["summary"]["r1kit"], report["summary"]["trl"]
-    lines += ["", f"r1kit / TRL: {b['s_per_step'] / a['s_per_step']:.2f}× faster per step (wall)"]
+    if "trl" in report["summary"]:
+        a, b = report["summary"]["r1kit"], report["summary"]["trl"]
+        lines += ["", f"r1kit / TRL: {b['s_per_step'] / a['s_per_step']:.2f}× faster per step (wall), "
+                  f"{a['completions_per_s'] / b['completions_per_s']:.2f}× the completions/s "
+                  f"(medians of {a['repeats']} alternating runs each)"]
+    if s.get("r1kit_set"):
+        lines.append(f"r1kit settings: {', '.join(s['r1kit_set'])}")
     return "\n".join(lines)
 
 
@@ -371,11 +401,17 @@ def main(argv: list[str] | None = None) -> dict | None:
     passed = [
         item
         for key, value in vars(args).items()
-        if key not in ("role", "json", "work_dir", "no_baseline")
+        if key not in ("role", "json", "work_dir", "no_baseline", "r1kit_set", "no_trl", "repeat")
         for item in (f"--{key.replace('_', '-')}", str(value))
-    ]
+    ] + [item for kv in args.r1kit_set for item in ("--r1kit-set", kv)]
     print(f"work dir: {work}", flush=True)
-    results = {role: spawn(role, passed, work, args.threads) for role in ("r1kit", "trl")}
+    trainers = ("r1kit",) if args.no_trl else ("r1kit", "trl")
+    runs = {name: [] for name in trainers}
+    for repeat in range(args.repeats):  # alternating, so slow spells of a shared machine hit both
+        order = trainers if repeat % 2 == 0 else trainers[::-1]
+        for name in order:
+            runs[name].append(spawn(name, [*passed, "--repeat", str(repeat)], work, args.threads))
+    results = {name: rs[0] for name, rs in runs.items()}
     if not args.no_baseline:
         results["start"] = spawn("start", passed, work, args.threads)
     settings = {k: v for k, v in vars(args).items() if k not in ("role", "json")}
@@ -384,10 +420,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         "benchmark": "grpo_trl",
         "settings": settings,
         "environment": _versions(),
-        "summary": {name: _summary(results[name], args.steps) for name in ("r1kit", "trl")},
+        "summary": {name: _median_summary(rs, args.steps) for name, rs in runs.items()},
         "start": results.get("start"),
-        "r1kit": results["r1kit"],
-        "trl": results["trl"],
+        "runs": runs,
     }
     print()
     print(format_table(report))

@@ -39,8 +39,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from r1kit.devices import cpu_model
+from r1kit.devices import cpu_model, cpu_peak_flops  # noqa: E402
+from r1kit.ledger import flops_per_token  # noqa: E402
 from r1kit.modeling import eos_ids, load_model, new_model, save_model, train_tokenizer  # noqa: E402
+from r1kit.parallel.engine import Engine  # noqa: E402
+from r1kit.prompting import make_prompter  # noqa: E402
 from r1kit.rollout import make_engine, vllm_installed  # noqa: E402
 from r1kit.rollout.sampler import SamplingParams, left_pad, sample, supports_fast_path  # noqa: E402
 from r1kit.tasks import get_task  # noqa: E402
@@ -202,14 +205,39 @@ def format_table(report: dict) -> str:
             f"| {r['batch']} | {a['tokens_per_s_median']:.0f} | {b['tokens_per_s_median']:.0f} | "
             f"{r['speedup']:.2f}× | {a['tokens_per_row_mean']:.1f} / {b['tokens_per_row_mean']:.1f} |"
         )
-    at64 = [r for r in report["results"] if r["batch"] == 64]
-    if at64:
-        verdict = "met" if at64[0]["speedup"] >= 2 else "not met"
-        lines += ["", f"target r1kit ≥ 2× at batch 64: {verdict} ({at64[0]['speedup']:.2f}×)"]
+    big = report["results"][-1]
+    a = big["r1kit"]
+    lines += ["", f"achieved at batch {big['batch']}: r1kit {a['achieved_flops'] / 1e9:.1f} GFLOP/s "
+              f"({100 * a['share_of_peak']:.0f}% of the probed {s['probed_peak_flops'] / 1e9:.0f} GFLOP/s {s['dtype']} "
+              f"peak), transformers {big['transformers']['achieved_flops'] / 1e9:.1f}"
+              + (f", vLLM {big['vllm']['achieved_flops'] / 1e9:.1f}" if "vllm" in big else "")]
+    checks = [f"≥ 3× generate: {big['speedup']:.2f}× ({'met' if big['speedup'] >= 3 else 'not met'})"]
+    if "speedup_vs_vllm" in big:
+        checks.append(f"≥ 2× vLLM: {big['speedup_vs_vllm']:.2f}× ({'met' if big['speedup_vs_vllm'] >= 2 else 'not met'})")
+    if s.get("target_tokens_per_s"):
+        ok = a["tokens_per_s_median"] >= s["target_tokens_per_s"]
+        checks.append(f"≥ {s['target_tokens_per_s']:.0f} tokens/s: {a['tokens_per_s_median']:.0f} "
+                      f"({'met' if ok else 'not met'})")
+    lines.append(f"targets at batch {big['batch']}: " + "; ".join(checks))
     return "\n".join(lines)
 
 
-def start_vllm(model, tokenizer, model_dir, prompts, params, batch: int, seed: int):
+def add_flops(report: dict, model, prompts, dtype: str) -> None:
+    """Achieved FLOP/s of each sampler (the ledger's count: 2N + attention per generated token, at the average
+    context) against this CPU's probed matmul peak in the same dtype (r1kit.devices.cpu_peak_flops)."""
+    s = report["settings"]
+    context = statistics.mean(len(p) for p in prompts) + s["max_new_tokens"] / 2
+    per_token = flops_per_token(model.config.to_dict(), int(context), training=False)
+    peak = cpu_peak_flops(dtype=dtype)
+    s.update(flops_per_token=per_token, probed_peak_flops=peak)
+    for r in report["results"]:
+        for name in ("r1kit", "transformers", "vllm"):
+            if name in r:
+                achieved = r[name]["tokens_per_s_median"] * per_token
+                r[name].update(achieved_flops=achieved, share_of_peak=achieved / peak)
+
+
+def start_vllm(model, tokenizer, model_dir, prompts, params, batch: int, seed: int, dtype: str = "fp32"):
     """(engine, start-up seconds): r1kit's vLLM backend on `model`, from `model_dir` (or a saved copy of an
     in-memory model), with room for `batch` sequences of the longest prompt plus the completion budget."""
     if model_dir is None:
@@ -223,7 +251,7 @@ def start_vllm(model, tokenizer, model_dir, prompts, params, batch: int, seed: i
         tokenizer=tokenizer,
         max_len=max_len,
         seed=seed,
-        options={"max_num_seqs": batch},
+        options={"max_num_seqs": batch, "dtype": {"fp32": "float32", "bf16": "bfloat16"}[dtype]},
     )
     return engine, engine.startup_s
 
@@ -242,6 +270,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the full report (every run) to this path")
     ap.add_argument("--no-vllm", action="store_true", help="leave vLLM out even when it is installed")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                    help="the weights (and KV cache) of all three samplers")
+    ap.add_argument("--target", type=float, default=None,
+                    help="tokens/s r1kit must reach at the largest batch (besides 3x generate and 2x vLLM)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",") if b]
@@ -249,19 +281,23 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--batches needs positive sizes and --reps at least 1")
 
     task = get_task(args.task)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     if args.model:
         model, tokenizer = load_model(args.model)
         model_name, note = args.model, "as given"
     else:
         model, tokenizer = build_untrained(task, args.seed)
         model_name, note = "tiny, untrained", "rarely samples EOS: rows run to max_new_tokens"
+    model = Engine(torch.device("cpu"), "fp32").place(model, dtype).eval()  # rotary tables kept in fp32
     problems = task.problems("test", max(batches), seed=args.seed)
-    prompts = [tokenizer(task.prompt(p)).input_ids for p in problems]
+    prompter = make_prompter(task, tokenizer)  # as evaluation and RL prompt it (a chat template when there is one)
+    prompts = prompter.encode(problems)
     params = SamplingParams(TEMPERATURE, TOP_P, args.max_new_tokens)
 
     engine, startup_s = None, None
     if vllm_installed() and not args.no_vllm:
-        engine, startup_s = start_vllm(model, tokenizer, args.model, prompts, params, max(batches), args.seed)
+        engine, startup_s = start_vllm(model, tokenizer, args.model, prompts, params, max(batches), args.seed,
+                                       args.dtype)
     results = []
     try:
         for b in batches:
@@ -290,11 +326,15 @@ def main(argv: list[str] | None = None) -> dict:
             "reps": args.reps,
             "seed": args.seed,
             "prompt_tokens_mean": statistics.mean(len(p) for p in prompts),
+            "prompt_format": prompter.settings(),
+            "dtype": args.dtype,
             "vllm_startup_s": startup_s,
+            "target_tokens_per_s": args.target,
         },
         "environment": environment(args.threads),
         "results": results,
     }
+    add_flops(report, model, prompts, args.dtype)
     print()
     print(format_table(report))
     if args.json:
