@@ -127,6 +127,9 @@ def shared_prompt_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, width: 
     distinct, owner = torch.unique(key, dim=0, return_inverse=True)  # (U, Lp), (B,)
     U = distinct.shape[0]
     any_row = torch.zeros(U, dtype=torch.long, device=ids.device).scatter_(0, owner, torch.arange(B, device=ids.device))
+    compiled = compiled and min(B, Lp, width) >= 2  # torch.compile specialises sizes of 1: eager for those
+    if compiled and U == 1:
+        any_row = torch.cat([any_row, any_row])  # a second copy of the one prompt, never read (`owner` is 0)
     u_ids, u_mask = prompt_ids[any_row], prompt_mask[any_row]  # (U, Lp): a row of each distinct prompt
     rotary = inner.model.rotary_emb
     u_pos = (u_mask.long().cumsum(-1) - 1).clamp(min=0)  # (U, Lp)
