@@ -50,12 +50,16 @@ def calibration_from_run(run_dir: str | Path, steps: int | None = None, skip_fir
     config = (
         json.loads((run_dir / "run.json").read_text())["config"] if (run_dir / "run.json").is_file() else {}
     )
-    by_step, current, evals, saves = [], [], [], []
+    by_step, current, evals, saves, syncs, startups = [], [], [], [], [], []
     for r in records:
         if r["phase"] == "evaluation":
             evals.append(r)
         elif r["phase"] == "checkpointing":
             saves.append(r)
+        elif r["phase"] == "weight_sync":
+            syncs.append(r)
+        elif r["phase"] == "rollout_engine_startup":
+            startups.append(r)
         elif r["phase"] in ("rollout", "scoring", "training"):
             current.append(r)
             if r["phase"] == "training":
@@ -95,6 +99,8 @@ def calibration_from_run(run_dir: str | Path, steps: int | None = None, skip_fir
         "scoring_s_per_completion": sum(r["wall_s"] for r in timed_flat if r["phase"] == "scoring")
         / max(timed_sampled, 1),
         "seconds_per_save": sum(r["wall_s"] for r in saves) / len(saves) if saves else None,
+        "engine_startup_s": sum(r["wall_s"] for r in startups),
+        "weight_sync_s_per_step": sum(r["wall_s"] for r in syncs) / len(by_step),
         "wall_s": sum(r["wall_s"] for r in records),
     }
     for phase in ("rollout", "training"):

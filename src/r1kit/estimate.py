@@ -50,7 +50,8 @@ from r1kit.ledger import (
 from r1kit.rl_config import RLConfig
 
 ESTIMATE_FILE = "estimate.json"
-PHASES = ("rollout", "scoring", "training", "evaluation", "checkpointing")
+PHASES = ("rollout_engine_startup", "rollout", "scoring", "training", "weight_sync", "evaluation",
+          "checkpointing")
 FLOP_PHASES = ("rollout", "training", "evaluation")
 
 # MFU assumed on a datacenter GPU when no calibration on it is possible here: an assumption, not a measurement.
@@ -216,6 +217,8 @@ def estimate_rl(
     seconds = {p: flops[p] / (peak_each * device_count * mfus[p]) for p in FLOP_PHASES}
     seconds["scoring"] = sampled * cal.get("scoring_s_per_completion", 0.0)
     seconds["checkpointing"] = saves * (cal.get("seconds_per_save") or 0.0)
+    seconds["rollout_engine_startup"] = cal.get("engine_startup_s", 0.0)  # once per run (vLLM's: seconds)
+    seconds["weight_sync"] = steps * cal.get("weight_sync_s_per_step", 0.0)  # a separate engine or copy
     if not cal:
         notes.append("scoring and checkpointing time not predicted without a calibration (counted as 0)")
 
