@@ -84,17 +84,23 @@ def test_models_it_does_not_cover_take_their_own_forward(tokenizer, tiny_model):
 
 
 def test_grpo_update_is_the_same(tokenizer, tiny_model, monkeypatch):
-    """train_on_rollout with prompts shared and with the plain forward: the same loss and the same weights."""
+    """train_on_rollout with prompts shared and without (algo.share_prompts = false): the same loss and the same
+    weights; the shared path really ran (it is not the model's own forward)."""
     from r1kit import grpo
 
+    calls = []
+    monkeypatch.setattr(grpo, "shared_prompt_logprobs",
+                        lambda *a, **k: (calls.append(1), shared_prompt_logprobs(*a, **k))[1])
     rollout = _batch(tiny_model.config.vocab_size, groups=2, group_size=4)
-    settings = UpdateSettings(1.0, "seq_mean", 0.0, 0.2, 0.2, 1, 1, 8, 0.0, skip_zero_advantage=False)
     results = []
     for share in (True, False):
         model = copy.deepcopy(tiny_model)
-        monkeypatch.setattr(grpo, "can_share_prompts", lambda m, n, share=share: share)
+        settings = UpdateSettings(1.0, "seq_mean", 0.0, 0.2, 0.2, 1, 1, 8, 0.0, skip_zero_advantage=False,
+                                  share_prompts=share)
         stats = train_on_rollout(model, torch.optim.SGD(model.parameters(), lr=1.0), copy.deepcopy(rollout),
                                  settings)
+        assert bool(calls) == share
+        calls.clear()
         results.append((stats, [p.detach().clone() for p in model.parameters()]))
     (a, pa), (b, pb) = results
     assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)

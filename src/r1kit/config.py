@@ -156,10 +156,18 @@ class ParallelConfig:
     reshard_after_forward: bool = True  # FSDP2: free each layer's gathered weights after its forward (ZeRO-3)
     activation_checkpointing: str = "auto"  # recompute each decoder layer in the backward; auto: on for RL on GPUs
     logits_chunk: int = 1024  # positions per chunk of log-prob/entropy: bounds the fp32 (tokens, vocab) buffer
+    compile: str = "auto"  # torch.compile the sampler's decoding step and the shared-prompt training forward:
+    # auto (when a C++ compiler / Triton is there and the work pays; R1KIT_COMPILE=0/1 decides first) | on | off
+
+    @property
+    def compile_flag(self) -> bool | None:
+        """True/False when set, None for auto (r1kit.rollout.fast.compile_wanted decides)."""
+        return {"on": True, "off": False}.get(self.compile)
 
     def __post_init__(self) -> None:
         checks = [(self.device, DEVICES, "device"), (self.dtype, DTYPES, "dtype"),
-                  (self.activation_checkpointing, ACTIVATION_CHECKPOINTING, "activation_checkpointing")]
+                  (self.activation_checkpointing, ACTIVATION_CHECKPOINTING, "activation_checkpointing"),
+                  (self.compile, ("auto", "on", "off"), "compile")]
         for value, allowed, name in checks:
             if value not in allowed:
                 raise UserError(f"parallel.{name} = {value!r}: use one of {', '.join(allowed)}")

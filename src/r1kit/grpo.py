@@ -26,11 +26,11 @@ from r1kit.parallel.fsdp import grad_norm, is_sharded
 from r1kit.shared_prompts import can_share_prompts, shared_prompt_logprobs
 
 
-def _logprobs_fn(model, max_len: int, compiled: bool = False):
+def _logprobs_fn(model, max_len: int, compiled: bool = False, share: bool = True):
     """How a micro-batch's completion log-probs are computed: each distinct prompt once (shared_prompts.py;
     compiled when asked) where that is exact for `model` (rows of up to `max_len` tokens), else the model's own
     forward over every row."""
-    if not is_sharded(model) and can_share_prompts(model, max_len):  # FSDP2 gathers in the modules' forward
+    if share and not is_sharded(model) and can_share_prompts(model, max_len):  # FSDP2 gathers in module hooks
         return lambda m, ids, attn, width, temperature, chunk: shared_prompt_logprobs(
             m, ids, attn, width, temperature, chunk, compiled=compiled)
     return completion_logprobs
@@ -138,7 +138,7 @@ def micro_batches(rollout: Rollout, rows: torch.Tensor, max_tokens: int):
 
 @torch.no_grad()
 def rollout_logprobs(model, rollout: Rollout, temperature: float, max_tokens: int = 8192,
-                     engine: Engine | None = None, compiled: bool = False) -> torch.Tensor:
+                     engine: Engine | None = None, compiled: bool = False, share: bool = True) -> torch.Tensor:
     """log π(completion tokens) under `model` (e.g. the reference), no grad. Returns (N, T), 0 past the ends."""
     engine = engine or Engine(torch.device("cpu"), "fp32")
     rollout = rollout.to(engine.device)
@@ -149,7 +149,7 @@ def rollout_logprobs(model, rollout: Rollout, temperature: float, max_tokens: in
     padding = _padding_passes(len(passes))  # a sharded model's forward is a collective: as many on every rank
     for _ in range(padding):
         _padding_pass(model, engine, backward=False)
-    logprobs_of = _logprobs_fn(model, rollout.input_ids.shape[1], compiled)
+    logprobs_of = _logprobs_fn(model, rollout.input_ids.shape[1], compiled, share)
     for rows, first, width in passes:
         ids = rollout.input_ids[rows, first: p_len + width]
         with engine.autocast():
@@ -174,6 +174,7 @@ class UpdateSettings:
     skip_zero_advantage: bool = True  # β = 0: no forward/backward for rows whose advantage is exactly 0
     tis_cap: float = 2.0  # truncated importance sampling against behaviour_logprobs; 0: off
     compiled: bool = False  # the shared-prompt forward/backward compiled (torch.compile; shared_prompts.py)
+    share_prompts: bool = True  # each distinct prompt computed once per micro-batch where that is exact
 
 
 def _padding_passes(n_local: int) -> int:
@@ -215,7 +216,7 @@ def train_on_rollout(model, optimizer, rollout: Rollout, s: UpdateSettings, engi
     stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0, "grad_norm": 0.0, "mismatch_kl": 0.0,
              "tis_weight": 0.0, "tis_clip_fraction": 0.0}
     tokens_trained, rows_trained, skipped, updates = 0, 0, 0, 0
-    logprobs_of = _logprobs_fn(model, rollout.input_ids.shape[1], s.compiled)
+    logprobs_of = _logprobs_fn(model, rollout.input_ids.shape[1], s.compiled, s.share_prompts)
     for epoch in range(s.mu):
         for mb in range(s.mini_batches):
             rows = (groups == mb).nonzero().squeeze(-1)

@@ -60,6 +60,8 @@ class AlgoConfig:
     mask_truncated: bool = False  # truncated completions carry no loss (DAPO's overlong filtering)
     micro_batch_tokens: int = 8192  # padded tokens per forward/backward pass (gradients accumulate); lower it to
     # cut activation memory (a 135M model with a 49K vocabulary holds ~2 GB per 1,000 tokens)
+    share_prompts: bool = True  # compute each distinct prompt once per micro-batch (exact; shared_prompts.py)
+    skip_zero_advantage: bool = True  # β = 0: rows whose advantage is exactly 0 skip the forward/backward (exact)
     tis_cap: float = 2.0  # truncated importance sampling: each token's loss is weighted by
     # min(π_trainer/π_rollout, tis_cap), correcting for the rollout engine's log-probs differing from the
     # trainer's (another engine or precision, or a one-step-stale policy with rollout.overlap); 0 turns it off

@@ -229,17 +229,18 @@ def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine, e
     settings = UpdateSettings(cfg.rollout.temperature, a.loss_aggregation, a.beta, a.eps_low, a.eps_high, a.mu,
                               a.mini_batches, cfg.rollout.max_new_tokens, cfg.optim.grad_clip,
                               micro_batch_tokens=a.micro_batch_tokens, tis_cap=a.tis_cap,
-                              compiled=compile_wanted(None, engine.device))
+                              compiled=compile_wanted(cfg.parallel.compile_flag, engine.device),
+                              share_prompts=a.share_prompts, skip_zero_advantage=a.skip_zero_advantage)
     off_policy = a.mu * a.mini_batches > 1
     with ledger.phase("training") if ledger else nullcontext() as ph:
         if off_policy and exact_sampler:
             rollout.old_logprobs = rollout.behaviour_logprobs
         elif off_policy:  # π_old from the trainer itself (every rank: a sharded forward is a collective)
             rollout.old_logprobs = rollout_logprobs(policy, rollout, cfg.rollout.temperature, a.micro_batch_tokens,
-                                                    engine, settings.compiled)
+                                                    engine, settings.compiled, a.share_prompts)
         if a.beta > 0:  # also for a placeholder row: a sharded reference's forward is a collective
             rollout.ref_logprobs = rollout_logprobs(ref, rollout, cfg.rollout.temperature, a.micro_batch_tokens,
-                                                    engine, settings.compiled)
+                                                    engine, settings.compiled, a.share_prompts)
         stats = train_on_rollout(policy, optimizer, rollout, settings, engine)
         ref_tokens = int(rollout.attention_mask.sum()) if a.beta > 0 and n else 0
         trained, forward = dist.all_reduce_sum([stats["tokens_trained"], ref_tokens])  # every rank's
@@ -582,7 +583,7 @@ def _rollout_engine(cfg: RLConfig, policy, sampler_model, tokenizer, prompter, t
     model directory and given `policy`'s current weights (room for the longest training or evaluation prompt)."""
     backend = resolve_backend(cfg.rollout.backend, engine.device)
     if backend == "r1kit":
-        return make_engine(backend, sampler_model, device=engine.device)
+        return make_engine(backend, sampler_model, device=engine.device, compile=cfg.parallel.compile_flag)
     problems = list(pool) + task.problems(cfg.eval.split, cfg.eval.n, seed=cfg.eval.seed)
     longest = max(len(p) for p in prompter.encode(problems))
     dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[_rollout_dtype(cfg, engine)]

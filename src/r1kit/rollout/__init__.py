@@ -48,12 +48,13 @@ class SamplerEngine:
 
     name = "r1kit"
 
-    def __init__(self, model):
+    def __init__(self, model, compile: bool | None = None):
         self.model = model
+        self.compile = compile  # None: the sampler decides (rollout/sampler.py)
 
     def sample(self, prompts, params, *, eos_ids, pad_id, generator=None, return_logprobs=False) -> Samples:
         return sample(self.model, prompts, params, eos_ids=eos_ids, pad_id=pad_id, generator=generator,
-                      return_logprobs=return_logprobs)
+                      return_logprobs=return_logprobs, compile=self.compile)
 
     def update_weights(self, policy) -> None:
         from r1kit.parallel.fsdp import sync_weights
@@ -81,7 +82,8 @@ def resolve_backend(name: str, device: torch.device) -> str:
 
 
 def make_engine(name: str, model, *, source: str | None = None, tokenizer=None, max_len: int = 2048,
-                seed: int = 0, device: torch.device | None = None, options: dict | None = None) -> RolloutEngine:
+                seed: int = 0, device: torch.device | None = None, options: dict | None = None,
+                compile: bool | None = None) -> RolloutEngine:
     """The rollout engine `name` for `model` (the sampler's model: the policy or its inference copy).
 
     vLLM is built from `source` (the model directory: config and tokenizer) and then given `model`'s weights, so
@@ -89,7 +91,7 @@ def make_engine(name: str, model, *, source: str | None = None, tokenizer=None, 
     device = device or next(model.parameters()).device
     resolved = resolve_backend(name, device)
     if resolved == "r1kit":
-        return SamplerEngine(model)
+        return SamplerEngine(model, compile)
     from r1kit.rollout.vllm import VLLMEngine
 
     engine = VLLMEngine(source, tokenizer=tokenizer, max_len=max_len, seed=seed, device=device, **(options or {}))
