@@ -157,15 +157,16 @@ SYSTEM = "System: you are a careful calculator who writes every step. "
 @pytest.mark.parametrize("fast", WITH_COMPILED)
 def test_next_token_logits_match_the_models_forward(busy_model, tokenizer, prompts, fast, shared, monkeypatch):
     seen: list[torch.Tensor] = []
+    pick = sampler._pick
 
-    def spy(logits, params, generator):
+    def spy(logits, *args):
         seen.append(logits.clone())
-        return choose_tokens(logits, params, generator)
+        return pick(logits, *args)
 
     if shared:  # a common prefix of >= MIN_SHARED_PREFIX tokens, and repeated prompts (GRPO groups)
         prompts = [tokenizer(SYSTEM + t).input_ids for t in TEXTS for _ in range(2)][:-1]
         assert sampler._common_prefix([tuple(p) for p in prompts]) >= sampler.MIN_SHARED_PREFIX
-    monkeypatch.setattr(sampler, "choose_tokens", spy)
+    monkeypatch.setattr(sampler, "_pick", spy)
     out = _run(busy_model, tokenizer, prompts, fast, temperature=0.0, max_new_tokens=5)
     assert len(seen) == 5
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)  # (B, P)
@@ -312,3 +313,21 @@ def test_empty_inputs(busy_model):
     assert sample(busy_model, [], params, eos_ids=NEVER, pad_id=0) == Samples([], [], None)
     with pytest.raises(ValueError):
         sample(busy_model, [[5], []], params, eos_ids=NEVER, pad_id=0)
+
+
+@pytest.mark.parametrize("probs, top_p", [([0.5, 0.3, 0.15, 0.05], 0.7), ([0.15, 0.5, 0.05, 0.3], 0.7),
+                                           ([0.05, 0.15, 0.3, 0.5], 0.95), ([0.5, 0.3, 0.15, 0.05], 1.0)])
+def test_compiled_token_choice_samples_the_nucleus(probs, top_p):
+    """The compiled token choice (CDF inversion + nucleus test, no sorting) draws from the renormalised nucleus,
+    like choose_tokens, and returns log-probs of the temperature-scaled distribution."""
+    params = SamplingParams(temperature=1.0, top_p=top_p)
+    logits = _logits(probs, 6000)
+    tok, lp = sampler._pick(logits, params, torch.Generator().manual_seed(0), True, True)
+    p = torch.tensor(probs)
+    order = p.argsort(descending=True)
+    keep = torch.zeros(4, dtype=torch.bool)
+    keep[order] = p[order].cumsum(0) - p[order] <= top_p
+    expected = torch.where(keep, p, 0) / p[keep].sum()
+    counts = torch.bincount(tok, minlength=4).float() / len(tok)
+    assert torch.allclose(counts, expected, atol=0.02), (counts, expected)
+    torch.testing.assert_close(lp, p.log()[tok], atol=1e-5, rtol=1e-5)

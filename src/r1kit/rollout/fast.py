@@ -125,6 +125,38 @@ def _decode_step(tok, pos, slot, bias, k_caches, v_caches, layers, shared, dims)
 
 
 _COMPILED: dict[str, object] = {}
+SHORTLIST = 32  # top-p first looks at this many most likely tokens (sampler.choose_tokens)
+ATTEMPTS = 2  # draws per row and step of the compiled token choice (`_pick_nucleus`)
+
+
+def _pick_nucleus(logits: torch.Tensor, uniform: torch.Tensor, temperature: float, top_p: float):
+    """Top-p sampling without sorting, for a compiled step: (tokens (B,), their log-probs under the temperature
+    (B,), whether every row got one). Each of the `uniform` (B, R) draws picks a token from the whole distribution
+    by inverting its CDF (vocabulary order); a token is in the nucleus iff the mass of the tokens more likely than
+    it is at most top_p, and the first draw that lands in it is taken: a draw from the distribution restricted to
+    the nucleus and renormalised, as top-p defines it. A row whose R draws all miss (probability (1 - nucleus
+    mass)^R) is redone by the caller."""
+    scaled = logits.float() / temperature  # (B, V)
+    lse = scaled.logsumexp(-1, keepdim=True)  # (B, 1)
+    probs = (scaled - lse).exp()  # (B, V)
+    cdf = probs.cumsum(-1)
+    drawn = torch.searchsorted(cdf, uniform * cdf[:, -1:]).clamp(max=logits.shape[-1] - 1)  # (B, R)
+    if top_p >= 1.0:
+        tok = drawn[:, :1]
+        return tok.squeeze(-1), (scaled.gather(-1, tok) - lse).squeeze(-1), torch.ones((), dtype=torch.bool)
+    p_drawn = probs.gather(-1, drawn)  # (B, R)
+    above = torch.where(probs[:, None, :] > p_drawn[..., None], probs[:, None, :], 0.0).sum(-1)  # (B, R)
+    inside = above <= top_p
+    tok = drawn.gather(-1, inside.int().argmax(-1, keepdim=True))  # (B, 1): the first draw inside
+    return tok.squeeze(-1), (scaled.gather(-1, tok) - lse).squeeze(-1), inside.any(-1).all()
+
+
+def compiled_pick(device: torch.device):
+    """`_pick_nucleus` compiled for this device (rows dynamic; one graph per temperature and top-p)."""
+    key = f"pick-{device.type}"
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(_pick_nucleus, fullgraph=True, dynamic=False)
+    return _COMPILED[key]
 
 
 class _Buffers:
@@ -169,18 +201,46 @@ class _Buffers:
             self.busy = False
 
 
-def compiled_decode_step(device: torch.device):
-    """`_decode_step` compiled for this device type (one wrapper per process; a graph per shape set)."""
-    key = device.type
+def compiled_step(name: str, device: torch.device):
+    """`_decode_step` or `_prefill_step` compiled for this device type (one wrapper per process)."""
+    key = f"{name}-{device.type}"
     if key not in _COMPILED:
         import torch._dynamo
 
-        for name in ("recompile_limit", "cache_size_limit"):  # a graph per model shape, dtype and device
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
-        mode = "reduce-overhead" if device.type == "cuda" else None  # CUDA graphs on a GPU
-        _COMPILED[key] = torch.compile(_decode_step, fullgraph=True, dynamic=False, mode=mode)
+        for limit in ("recompile_limit", "cache_size_limit"):  # a graph per model shape, dtype and device
+            if hasattr(torch._dynamo.config, limit):
+                setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))
+        mode = "reduce-overhead" if device.type == "cuda" and name == "decode" else None  # CUDA graphs on a GPU
+        fn = _decode_step if name == "decode" else _prefill_step
+        _COMPILED[key] = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
     return _COMPILED[key]
+
+
+def _prefill_step(ids, cos, sin, mask, past, layers, shared, dims):
+    """The prompt tokens ids (b, T) through every layer, attending to `past` (per layer keys and values (b, Hkv,
+    P, D) of the slots before, or None) and to each other as `mask` (b, T, P+T) allows. Returns the logits of the
+    last position (b, V), float32, and the new keys and values (per layer (b, Hkv, T, D)) for the cache."""
+    n_heads, n_kv, d, eps = dims
+    b, T = ids.shape
+    h = F.embedding(ids, shared["embed"])  # (b, T, C)
+    new_k, new_v = [], []
+    for i, w in enumerate(layers):
+        q, k, v = _project_qkv(w, _rms_norm(h, w["ln1"], eps), dims)  # (b, T, H|Hkv, D)
+        if w["q_norm"] is not None:
+            q, k = _rms_norm(q, w["q_norm"], eps), _rms_norm(k, w["k_norm"], eps)
+        q = _rotate(q, cos, sin).transpose(1, 2)  # (b, H, T, D)
+        k, v = _rotate(k, cos, sin).transpose(1, 2), v.transpose(1, 2)  # (b, Hkv, T, D)
+        new_k.append(k)
+        new_v.append(v)
+        keys, values = (torch.cat((past[0][i], k), 2), torch.cat((past[1][i], v), 2)) if past else (k, v)
+        o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None],
+                                           enable_gqa=n_kv != n_heads)  # (b, H, T, D)
+        h = torch.addmm(h.reshape(b * T, -1), o.transpose(1, 2).reshape(b * T, -1), w["o_t"])
+        if w["o_b"] is not None:
+            h = h + w["o_b"]
+        h = _mlp_residual(w, h, eps).view(b, T, -1)
+    last = _rms_norm(h[:, -1], shared["norm"], eps)  # (b, C)
+    return F.linear(last, shared["head"], shared["head_b"]).float(), new_k, new_v
 
 
 class FastDecoder:
@@ -252,31 +312,30 @@ class FastDecoder:
         self.buffers.release()
 
     def prefill(self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor,
-                rows: slice = slice(None)) -> torch.Tensor:
+                rows: slice = slice(None), compiled: bool = False) -> torch.Tensor:
         """Write ids (b, T) at positions (b, T) into slots [start, start+T) of cache rows `rows`; mask (b, T,
         start+T) says which slots each query sees. Returns the logits of the last position (b, V), float32."""
-        n_heads, n_kv, d, eps = self.dims
         b, T = ids.shape
         end = start + T
-        h = F.embedding(ids, self.shared["embed"])  # (b, T, C)
         cos = self.shared["cos"][positions][:, :, None]  # (b, T, 1, D)
         sin = self.shared["sin"][positions][:, :, None]
-        for w, k_cache, v_cache in zip(self.layers, self.k, self.v):
-            q, k, v = _project_qkv(w, _rms_norm(h, w["ln1"], eps), self.dims)  # (b, T, H|Hkv, D)
-            if w["q_norm"] is not None:
-                q, k = _rms_norm(q, w["q_norm"], eps), _rms_norm(k, w["k_norm"], eps)
-            q = _rotate(q, cos, sin).transpose(1, 2)  # (b, H, T, D)
-            k_cache[rows, :, start:end] = _rotate(k, cos, sin).transpose(1, 2)
-            v_cache[rows, :, start:end] = v.transpose(1, 2)
-            o = F.scaled_dot_product_attention(q, k_cache[rows, :, :end], v_cache[rows, :, :end],
-                                               attn_mask=mask[:, None], enable_gqa=n_kv != n_heads)  # (b, H, T, D)
-            flat = h.reshape(b * T, -1)
-            h = torch.addmm(flat, o.transpose(1, 2).reshape(b * T, -1), w["o_t"])
-            if w["o_b"] is not None:
-                h = h + w["o_b"]
-            h = _mlp_residual(w, h, eps).view(b, T, -1)
-        last = _rms_norm(h[:, -1], self.shared["norm"], eps)  # (b, C)
-        return F.linear(last, self.shared["head"], self.shared["head_b"]).float()  # (b, V)
+        past = ([c[rows, :, :start] for c in self.k], [c[rows, :, :start] for c in self.v]) if start else None
+        args = (ids, cos, sin, mask, past, self.layers, self.shared, self.dims)
+        if compiled and min(b, T) >= 2 and start != 1:  # sizes of 1 would be specialised: eager for those
+            from torch._dynamo import mark_dynamic
+
+            for t, dims in ((ids, (0, 1)), (cos, (0, 1)), (sin, (0, 1)), (mask, (0, 1, 2))):
+                for dim in dims:
+                    mark_dynamic(t, dim)
+            for t in past[0] + past[1] if past else ():
+                mark_dynamic(t, 0)
+                mark_dynamic(t, 2)
+            logits, new_k, new_v = compiled_step("prefill", self.device)(*args)
+        else:
+            logits, new_k, new_v = _prefill_step(*args)
+        for cache, new in zip(self.k + self.v, new_k + new_v):
+            cache[rows, :, start:end] = new
+        return logits
 
     def decode(self, tok: torch.Tensor, pos: torch.Tensor, slot: int, bias: torch.Tensor,
                compiled: bool) -> torch.Tensor:
@@ -297,5 +356,5 @@ class FastDecoder:
             mark_dynamic(t, 2)
         for t in (bias, self.shared["cos"], self.shared["sin"]):  # slots; positions of this call's longest row
             mark_dynamic(t, 1 if t is bias else 0)
-        step = compiled_decode_step(self.device)
+        step = compiled_step("decode", self.device)
         return step(tok, pos, at, bias, k, v, self.layers, self.shared, self.dims)

@@ -11,7 +11,9 @@ Two paths, one contract:
 
 Tokens are drawn by the exponential race (Gumbel-max): argmax_i log p_i - log E_i with E_i ~ Exp(1) picks i with
 probability p_i, so one elementwise pass replaces `multinomial`; top-p first looks at a shortlist of the most
-likely tokens (exact when they hold top_p of the mass, else the whole row is sorted).
+likely tokens (exact when they hold top_p of the mass, else the whole row is sorted). The compiled fast path
+draws from the same distribution without sorting (rollout/fast.py `_pick_nucleus`: CDF inversion, then a
+nucleus-membership test of the draw).
 
 Compilation (`compile=None`): on when torch.compile can build kernels here (a C++ compiler on the CPU, Triton on
 CUDA) and the call decodes at least `COMPILE_MIN_WORK` row-steps; the environment variable R1KIT_COMPILE=0
@@ -31,7 +33,15 @@ import torch
 
 from r1kit.lora import unwrap
 from r1kit.packing import sliding_window
-from r1kit.rollout.fast import MIN_ROWS, MIN_SHARED_PREFIX, FastDecoder, compile_wanted
+from r1kit.rollout.fast import (
+    ATTEMPTS,
+    MIN_ROWS,
+    MIN_SHARED_PREFIX,
+    SHORTLIST,
+    FastDecoder,
+    compile_wanted,
+    compiled_pick,
+)
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 COMPILE_MIN_WORK = 2048  # rows x new tokens below which a compiled step does not pay for its compilation
@@ -66,7 +76,7 @@ def _race(logprobs: torch.Tensor, generator: torch.Generator | None) -> torch.Te
 
 
 def choose_tokens(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None, shortlist: int = 32
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None, shortlist: int = SHORTLIST
 ) -> torch.Tensor:
     """Next tokens from logits (B, V) by temperature and top-p; greedy at temperature 0. Returns (B,).
 
@@ -152,6 +162,26 @@ class _Layout:
         return self.prefix + self.suffix_ids.shape[1]
 
 
+def _pick(logits, params, generator, want_logprobs: bool, compiled: bool):
+    """(next tokens, their log-probs under the sampling temperature or None) from logits (B, V): compiled, one
+    fused graph without sorting (rollout/fast.py `_pick_nucleus`; a step where a row's draws all missed its
+    nucleus is redone here); else `choose_tokens` and a log-softmax. Both draw from the same distribution."""
+    if compiled and params.temperature > 0:
+        from torch._dynamo import mark_dynamic
+
+        uniform = torch.rand(logits.shape[0], ATTEMPTS, device=logits.device, generator=generator)
+        for t in (logits, uniform):
+            mark_dynamic(t, 0)
+        tok, lp, done = compiled_pick(logits.device)(logits, uniform, params.temperature, params.top_p)
+        if bool(done):
+            return tok, lp
+    tok = choose_tokens(logits, params, generator)  # (B,)
+    if not want_logprobs:
+        return tok, None
+    scaled = logits / (params.temperature or 1.0)
+    return tok, scaled.gather(-1, tok[:, None]).squeeze(-1) - scaled.logsumexp(-1)
+
+
 def _sample_fast(model, prompts, params, eos, generator, want_logprobs, compiled):
     """The fast path (rollout/fast.py): shared prompts prefilled once, one compiled step, finished rows dropped."""
     layout = _Layout.of(prompts, next(model.parameters()).device)
@@ -173,14 +203,14 @@ def _decode(dec, layout: _Layout, n: int, params, eos, generator, want_logprobs,
     if c:  # the shared prefix: one row of prefill, copied to the others
         causal = torch.ones(c, c, dtype=torch.bool, device=dev).tril()[None]  # (1, c, c)
         dec.prefill(torch.tensor([distinct[0][:c]], device=dev), torch.arange(c, device=dev)[None], 0, causal,
-                    rows=slice(0, 1))
+                    rows=slice(0, 1), compiled=compiled)
         for cache in dec.k + dec.v:
             cache[1:, :, :c] = cache[:1, :, :c]
     positions = c + (suffix_mask.long().cumsum(-1) - 1).clamp(min=0)  # (U, Ps)
     causal = torch.ones(Ps, Ps, dtype=torch.bool, device=dev).tril()
     own = (causal[None] & suffix_mask[:, None, :]) | torch.eye(Ps, dtype=torch.bool, device=dev)[None]
     sees = torch.cat([torch.ones(U, Ps, c, dtype=torch.bool, device=dev), own], -1)  # (U, Ps, c + Ps)
-    logits = dec.prefill(suffix_ids, positions, c, sees)  # (U, V)
+    logits = dec.prefill(suffix_ids, positions, c, sees, compiled=compiled)  # (U, V)
     # Rows: the B prompts' rows, then (compiled, one prompt) a copy of row 0 as filler, never recorded.
     on_cuda = dev.type == "cuda"
     index = torch.tensor(owner + [owner[0]] * (n - B), device=dev)  # (n,) unique prompt of each row
@@ -195,11 +225,10 @@ def _decode(dec, layout: _Layout, n: int, params, eos, generator, want_logprobs,
     segments: list[tuple[torch.Tensor, list, list]] = [(rows, [], [])]  # per stretch of fixed rows: tokens, lps
     eos_t = torch.tensor(eos, dtype=torch.long, device=dev)
     for t in range(T):
-        tok = choose_tokens(logits, params, generator)  # (n,)
+        tok, lp = _pick(logits, params, generator, want_logprobs, compiled)  # (n,) each
         segments[-1][1].append(tok)
         if want_logprobs:
-            scaled = logits / (params.temperature or 1.0)
-            segments[-1][2].append(scaled.gather(-1, tok[:, None]).squeeze(-1) - scaled.logsumexp(-1))
+            segments[-1][2].append(lp)
         done = torch.isin(tok, eos_t) & alive
         if done.any():
             alive &= ~done
@@ -261,9 +290,7 @@ def _sample_generic(model, ids, mask, params, eos, generator, want_logprobs, pad
     finished = [False] * B
     eos_t = torch.tensor(eos, dtype=torch.long, device=ids.device)
     for t in range(params.max_new_tokens):
-        tok = choose_tokens(logits, params, generator)
-        if want_logprobs:
-            lp = (logits / (params.temperature or 1.0)).log_softmax(-1).gather(-1, tok[:, None]).squeeze(-1)
+        tok, lp = _pick(logits, params, generator, want_logprobs, False)
         tok_list = tok.tolist()  # one device-to-host copy per step, not one per row
         lp_list = lp.tolist() if want_logprobs else None
         for r in range(B):
