@@ -19,6 +19,7 @@ At the end the judge kills every other process of the sandbox (`kill(-1)` from p
 one report line to fd 1: JSON whose free text is base64, carrying the nonce. The host trusts nothing else.
 """
 
+import _thread
 import binascii
 import marshal
 import os
@@ -46,6 +47,10 @@ class Stop(Exception):
 
 class ProgramError(Exception):
     """The program process raised, died, or answered nonsense while a test called one of its functions."""
+
+
+class ProgramDied(ProgramError):
+    """The program process ended (exit, signal) while a test called one of its functions."""
 
 
 # ---- framing -------------------------------------------------------------------------------------------
@@ -128,6 +133,80 @@ def send_message(fd, obj):
     write_all(fd, _FRAME.pack(len(data)) + data)
 
 
+# ---- seccomp: system calls the program never needs, refused ------------------------------------------------
+
+# seccomp_data: nr at 0, arch at 4, args[0] (low 32 bits, little-endian) at 16. Return values and BPF opcodes from
+# linux/seccomp.h and linux/filter.h.
+_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_DENY = {  # name: (x86_64, aarch64) syscall numbers
+    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271), "unshare": (272, 97),
+    "setns": (308, 268), "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
+    "bpf": (321, 280), "perf_event_open": (298, 241), "userfaultfd": (323, 282), "keyctl": (250, 219),
+    "add_key": (248, 217), "request_key": (249, 218), "kexec_load": (246, 104), "kexec_file_load": (320, 294),
+    "init_module": (175, 105), "finit_module": (313, 273), "delete_module": (176, 106),
+    "name_to_handle_at": (303, 264), "open_by_handle_at": (304, 265), "acct": (163, 89), "swapon": (167, 224),
+    "swapoff": (168, 225), "reboot": (169, 142), "open_tree": (428, 428), "move_mount": (429, 429),
+    "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433),
+    "mount_setattr": (442, 442), "io_uring_setup": (425, 425), "io_uring_enter": (426, 426),
+    "io_uring_register": (427, 427),
+}
+_CLONE, _CLONE3, _PRLIMIT64 = (56, 220), 435, (302, 261)
+_NEW_NAMESPACES = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+_LD_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
+_ALLOW, _KILL, _ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
+_EPERM, _ENOSYS = 1, 38
+
+
+def seccomp_filter(machine):
+    """The classic-BPF program as (code, jt, jf, k) tuples; None on an architecture without a table here."""
+    if machine not in _ARCH:
+        return None
+    col = 0 if machine == "x86_64" else 1
+    deny = _ERRNO | _EPERM
+    prog = [(_LD_ABS, 0, 0, 4), (_JEQ, 1, 0, _ARCH[machine]), (_RET, 0, 0, _KILL), (_LD_ABS, 0, 0, 0)]
+    if machine == "x86_64":  # the x32 ABI's numbers would get past the table
+        prog += [(_JGE, 0, 1, 0x40000000), (_RET, 0, 0, deny)]
+    for numbers in _DENY.values():
+        prog += [(_JEQ, 0, 1, numbers[col]), (_RET, 0, 0, deny)]
+    prog += [(_JEQ, 0, 1, _CLONE3), (_RET, 0, 0, _ERRNO | _ENOSYS)]  # libc falls back to clone, checked below
+    # prlimit64 on another process (the judge shares the program's uid): refused; on itself (pid 0) allowed
+    prog += [(_JEQ, 0, 4, _PRLIMIT64[col]), (_LD_ABS, 0, 0, 16), (_JEQ, 0, 1, 0), (_RET, 0, 0, _ALLOW),
+             (_RET, 0, 0, deny), (_LD_ABS, 0, 0, 0)]
+    prog += [(_JEQ, 0, 3, _CLONE[col]), (_LD_ABS, 0, 0, 16), (_JSET, 0, 1, _NEW_NAMESPACES), (_RET, 0, 0, deny),
+             (_RET, 0, 0, _ALLOW)]
+    return prog
+
+
+def install_seccomp():
+    """Load the filter into this process (inherited by its children and threads); False where there is none."""
+    import ctypes
+
+    prog = seccomp_filter(os.uname().machine)
+    if prog is None:
+        return False
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+    array = (SockFilter * len(prog))(*[SockFilter(*ins) for ins in prog])
+    fprog = SockFprog(len(prog), ctypes.cast(array, ctypes.POINTER(SockFilter)))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:  # NO_NEW_PRIVS, SECCOMP
+        raise OSError(ctypes.get_errno(), "could not install the seccomp filter")
+    return True
+
+
+def become(uid):
+    """Drop to `uid` (a fresh one per execution when the host runs bwrap as root: see run.py): no groups, no
+    capabilities left."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+
+
 # ---- the program process -------------------------------------------------------------------------------
 
 
@@ -160,7 +239,11 @@ def program(a, out_w, err_w, req_r, res_w):
         os.closerange(len(keep), 1 << 16)  # everything else the judge had open
         if not a["sandboxed"]:
             os.setpgid(0, 0)  # its own group, so the judge can kill it and its children
+        if a["uid"] is not None:
+            become(a["uid"])
         set_limits(a["limits"])
+        if a["seccomp"] and not install_seccomp():
+            print("r1kit sandbox: no seccomp filter for this architecture", file=sys.stderr)
         namespace = {"__name__": "__main__", "__builtins__": __builtins__}
         if a["mode"] == "program":
             code = run_main(a["source"], namespace)
@@ -172,11 +255,7 @@ def program(a, out_w, err_w, req_r, res_w):
         except BaseException:
             pass
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
+        flush()
         os._exit(code)
 
 
@@ -204,6 +283,14 @@ def run_main(source, namespace):
         return 1
 
 
+def flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+
+
 def serve(source, namespace):
     """Run the source, say which names it defined, then answer the judge's calls until it hangs up."""
     try:
@@ -212,9 +299,11 @@ def serve(source, namespace):
         return exit_code(e)
     except BaseException as e:
         sys.excepthook(*sys.exc_info())
+        flush()
         send_message(4, {"load": "error", "detail": f"{type(e).__name__}: {e}"[:2000]})
         return 1
     names = sorted(k for k, v in namespace.items() if callable(v) and not k.startswith("__"))
+    flush()  # the program is killed, not exited, once the tests are done: its output goes out now
     send_message(4, {"load": "ok", "names": names})
     while True:
         try:
@@ -222,26 +311,38 @@ def serve(source, namespace):
         except EOFError:
             return 0
         try:
+            answer = {"id": request["id"]}
             fn = namespace.get(request["name"])
             if fn is None:
                 raise NameError(f"the program defines no {request['name']!r}")
             args, kwargs = decode(request["args"]), decode(request["kwargs"])
-            answer = {"value": encode(fn(*args, **kwargs))}
+            answer["value"] = encode(fn(*args, **kwargs))
         except BaseException as e:
-            answer = {"raise": type(e).__name__, "message": str(e)[:2000]}
+            answer.update({"raise": type(e).__name__, "message": str(e)[:2000]})
+        flush()
         send_message(4, answer)
 
 
 # ---- the judge -----------------------------------------------------------------------------------------
 
 
+def prctl(option, value, what):
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({what}) failed")
+
+
 def non_dumpable():
     """PR_SET_DUMPABLE 0: no process without CAP_SYS_PTRACE may ptrace the judge, read its memory or open its
     /proc/PID/{mem,environ,fd/*} (the program runs with no capabilities)."""
-    import ctypes
+    prctl(4, 0, "PR_SET_DUMPABLE, 0")
 
-    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+def die_with_bwrap():
+    """PR_SET_PDEATHSIG SIGKILL again: changing uid clears the one bwrap's --die-with-parent set. (Were bwrap gone
+    in between, reading the request's second part fails and the judge exits: the namespace goes with it.)"""
+    prctl(1, SIGKILL, "PR_SET_PDEATHSIG")
 
 
 class Watch:
@@ -279,8 +380,9 @@ class Watch:
             if len(self.res) > MAX_MESSAGE + 4:
                 raise Stop("error", f"the program sent a message over {MAX_MESSAGE >> 20} MB")
         else:
-            self.out[fd] += chunk
-            if len(self.out[self.out_fd]) + len(self.out[self.err_fd]) > self.cap:
+            room = self.cap - len(self.out[self.out_fd]) - len(self.out[self.err_fd])
+            self.out[fd] += chunk[:room]
+            if len(chunk) > room:
                 raise Stop("error", f"output limit exceeded ({self.cap // 1024} KB)")
 
     def pump(self, want_message):
@@ -323,22 +425,28 @@ class Watch:
 
 
 def make_proxy(watch, name):
+    """A stand-in for the program's function `name`: each call is one request with a fresh random id, and only an
+    answer carrying that id counts (answers sent ahead of the question cannot match)."""
     def proxy(*args, **kwargs):
-        data = json.dumps({"name": name, "args": encode(list(args)), "kwargs": encode(kwargs)}).encode()
+        call_id = binascii.hexlify(os.urandom(8)).decode()
+        data = json.dumps({"id": call_id, "name": name, "args": encode(list(args)),
+                           "kwargs": encode(kwargs)}).encode()
         try:
             watch.send(_FRAME.pack(len(data)) + data)
         except OSError:
-            raise ProgramError(f"{name}(): the program is gone") from None
+            raise ProgramDied(f"{name}(): the program is gone") from None
         msg = watch.pump(want_message=True)
         if msg is None:
-            raise ProgramError(f"{name}(): the program exited during the call")
+            raise ProgramDied(f"{name}(): the program exited during the call")
         try:
             answer = json.loads(msg)
+            if answer["id"] != call_id:
+                raise ValueError("an answer to another call")
             if "value" in answer:
                 return decode(answer["value"])
             kind, message = str(answer["raise"]), str(answer["message"])
         except Exception:
-            raise ProgramError(f"{name}(): the program answered with something that is not a value") from None
+            raise ProgramError(f"{name}(): the program answered with something that is not its answer") from None
         raise safe_exception(kind)(message)
 
     proxy.__name__ = proxy.__qualname__ = name
@@ -384,7 +492,7 @@ def run_tests(watch, b):
                 line = tb.tb_lineno
             tb = tb.tb_next
         where = f" (tests line {line})" if line else ""
-        return "fail", f"{type(e).__name__}{where}: {e}"[:2000]
+        return "error" if isinstance(e, ProgramDied) else "fail", f"{type(e).__name__}{where}: {e}"[:2000]
     return "pass", ""
 
 
@@ -415,6 +523,18 @@ def kill_all(pid, sandboxed):
         pass
 
 
+def watch_host(pid, sandboxed):
+    """The host holds fd 0 open until it has the report: EOF before that means it gave up on this execution (or
+    died), and the judge ends everything at once. (A uid change cleared the parent-death signal; see run.py.)"""
+    try:
+        while os.read(0, 1 << 12):
+            pass
+    except OSError:
+        pass
+    kill_all(pid, sandboxed)
+    os._exit(3)
+
+
 def main():
     start = time.monotonic()
     non_dumpable()
@@ -433,8 +553,11 @@ def main():
     for fd in (out_w, err_w, req_r, res_w):
         if fd is not None:
             os.close(fd)
+    if a["uid"] is not None:
+        become(a["uid"])
+        die_with_bwrap()
     b = marshal.loads(read_frame(0))  # the secrets, read only now that the program's memory is its own
-    os.close(0)
+    _thread.start_new_thread(watch_host, (pid, a["sandboxed"]))
     resource.setrlimit(resource.RLIMIT_CPU, (int(limits["wall_s"]) * 2 + 2,) * 2)
     watch = Watch(pid, out_r, err_r, req_w, res_r, start + limits["wall_s"], limits["output_kb"] * 1024,
                   limits["wall_s"])

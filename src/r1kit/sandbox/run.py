@@ -37,6 +37,7 @@ STATUSES = ("pass", "fail", "timeout", "error")
 STARTUP_GRACE_S = 3.0  # beyond wall_s, for bwrap and the interpreter to start and the judge to report
 REPORT_CAP = 4 << 20  # bytes of the judge's report (stdout and stderr kept are base64 inside it)
 SANDBOX_UID = 1000  # the program's uid inside its user namespace (no capabilities)
+FRESH_UIDS = (1 << 20, 1 << 29)  # run as root: each execution's uid is drawn from [2^20, 2^20 + 2^29)
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
 _HARNESS = (Path(__file__).with_name("harness.py")).read_text(encoding="utf-8") + "\nmain()\n"
 
@@ -194,7 +195,13 @@ def _python_mounts() -> tuple[str, list[str]]:
         roots.append(prefix)
     if not any(exe == r or exe.startswith(r + "/") for r in roots):
         roots.append(exe)
-    for path in roots:
+    made: set[str] = set()
+    for path in roots:  # parents made world-traversable (bwrap run by root makes them 0700)
+        parents = [str(p) for p in reversed(Path(path).parents) if str(p) != "/"]
+        for parent in parents:
+            if parent not in made:
+                made.add(parent)
+                args += ["--perms", "0755", "--dir", parent]
         args += ["--ro-bind", path, path]
     hidden = [d for r in roots if os.path.isdir(r) for pattern in ("python3*/site-packages", "python3*/dist-packages",
               "python3/dist-packages") for d in glob.glob(os.path.join(r, "lib", pattern)) + glob.glob(
@@ -204,15 +211,23 @@ def _python_mounts() -> tuple[str, list[str]]:
     return exe, args
 
 
+def _as_root() -> bool:
+    return os.geteuid() == 0
+
+
 def _bwrap_argv(bwrap: str, limits: Limits) -> list[str]:
     exe, mounts = _python_mounts()
-    argv = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-            "--die-with-parent", "--new-session", "--as-pid-1", "--hostname", "sandbox", *mounts,
-            "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
-            "--size", str(int(limits.tmp_mb) << 20), "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp",
-            "--clearenv"]
-    if "--disable-userns" in _bwrap_help(bwrap):
-        argv.insert(7, "--disable-userns")  # no nested user namespaces: less kernel to attack
+    if _as_root():  # no user namespace: the judge keeps only CAP_SETUID/SETGID, to drop to a fresh uid itself
+        argv = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+                "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        argv = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
+        if "--disable-userns" in _bwrap_help(bwrap):
+            argv.append("--disable-userns")  # no nested user namespaces: less kernel to attack
+    argv += ["--die-with-parent", "--new-session", "--as-pid-1", "--hostname", "sandbox", *mounts,
+             "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
+             "--perms", "1777", "--size", str(int(limits.tmp_mb) << 20), "--tmpfs", "/tmp", "--remount-ro", "/",
+             "--chdir", "/tmp", "--clearenv"]
     for key, value in _SANDBOX_ENV.items():
         argv += ["--setenv", key, value]
     return argv + ["--", exe, "-I", "-S", "-B", "-X", "utf8", "-c", _HARNESS]
@@ -228,7 +243,11 @@ def _request(job: Job, sandboxed: bool, nonce: str) -> bytes:
     mode = "program" if job.tests is None else "tests"
     limits = asdict(job.limits)
     limits["cpu_s"] = int(max(1, round(job.limits.cpu_s)))
-    a = {"mode": mode, "source": job.source, "stdin": job.stdin, "limits": limits, "sandboxed": sandboxed}
+    # Run by root, bwrap maps the sandbox to uid 0 outside, and the kernel never applies RLIMIT_NPROC to uid 0:
+    # the judge and the program drop to a fresh uid instead (random, so concurrent sandboxes count apart).
+    uid = FRESH_UIDS[0] + secrets.randbelow(FRESH_UIDS[1]) if sandboxed and _as_root() else None
+    a = {"mode": mode, "source": job.source, "stdin": job.stdin, "limits": limits, "sandboxed": sandboxed,
+         "uid": uid, "seccomp": sandboxed}
     b = {"nonce": nonce, "tests": job.tests or "", "setup": job.setup, "call": list(job.call) if job.call else None}
     frames = [marshal.dumps(a), marshal.dumps(b)]
     return b"".join(len(f).to_bytes(4, "big") + f for f in frames)
@@ -247,7 +266,7 @@ def _run_one(job: Job, mode: str, bwrap: str | None = None) -> Result:
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=_HOST_ENV if sandboxed else {**_HOST_ENV, **_SANDBOX_ENV, "HOME": tmp},
-                                cwd=cwd, close_fds=True, start_new_session=not sandboxed)
+                                cwd=cwd, close_fds=True, start_new_session=not sandboxed, umask=0o022)
         out, err, timed_out = _communicate(proc, _request(job, sandboxed, nonce),
                                            t0 + job.limits.wall_s + STARTUP_GRACE_S, sandboxed)
         _, _, usage = os.wait4(proc.pid, 0)
@@ -277,7 +296,7 @@ def _communicate(proc: subprocess.Popen, request: bytes, deadline: float, sandbo
     """Write the request, read stdout and stderr (each capped at REPORT_CAP), kill at the deadline."""
     try:
         proc.stdin.write(request)
-        proc.stdin.close()
+        proc.stdin.flush()  # kept open: the judge takes its EOF for "the host gave up" (harness.watch_host)
     except BrokenPipeError:  # the judge died before reading it all; its report (none) says the rest
         pass
     chunks = {proc.stdout: [], proc.stderr: []}
@@ -302,20 +321,59 @@ def _communicate(proc: subprocess.Popen, request: bytes, deadline: float, sandbo
                     sizes[key.fileobj] += len(data)
     if timed_out or overflow:
         _kill(proc, sandboxed)
-    for f in chunks:
-        f.close()
+    for f in (proc.stdin, *chunks):
+        try:
+            f.close()
+        except BrokenPipeError:
+            pass
     out = b"" if overflow else b"".join(chunks[proc.stdout])
     return out, b"".join(chunks[proc.stderr]), timed_out
 
 
 def _kill(proc: subprocess.Popen, sandboxed: bool) -> None:
-    try:
-        if sandboxed:
-            proc.kill()  # bwrap; --die-with-parent SIGKILLs pid 1, and a pid namespace dies with its pid 1
-        else:
+    """SIGKILL the sandbox: its pid 1 (the judge, bwrap's child; a pid namespace dies with its pid 1), then bwrap.
+    Not left to bwrap's --die-with-parent alone: the judge's change of uid clears that parent-death signal, and
+    bwrap, which keeps no capabilities, may not signal a process of another uid anyway."""
+    targets = _children(proc.pid) + [proc.pid] if sandboxed else []
+    for pid in targets:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.perf_counter() + 2.0  # a pid 1 is gone only once every process of its namespace is
+    while sandboxed and time.perf_counter() < deadline and any(_alive(pid) for pid in targets[:-1]):
+        time.sleep(0.01)
+    if not sandboxed:
+        try:
             os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    """Not yet reaped, and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    """Host pids whose parent is `pid` (/proc/PID/task/PID/children, else a scan of /proc/*/stat)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
         pass
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = Path(f"/proc/{name}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(name))
+    return found
 
 
 def _parse_report(out: bytes, nonce: str) -> dict | None:
