@@ -120,7 +120,7 @@ def test_result_passed():
 def test_seccomp_program_is_well_formed(machine):
     prog = harness.seccomp_filter(machine)
     assert prog[0] == (0x20, 0, 0, 4) and prog[1][3] == harness._ARCH[machine]
-    for i, (code, jt, jf, k) in enumerate(prog):
+    for i, (code, jt, jf, _) in enumerate(prog):
         if code & 0x07 == 0x05:  # a jump: both targets inside the program
             assert i + 1 + max(jt, jf) < len(prog)
     assert prog[-1] == (0x06, 0, 0, harness._ALLOW)
