@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-HARNESS_MARK = b"The code that runs inside the sandbox"  # the first line of harness.py: in every sandbox cmdline
+HARNESS_MARK = b"r1kit-sandbox-harness"  # the first line of the bootstrap: in every sandbox process's cmdline
 
 requires_sandbox = pytest.mark.skipif(
     shutil.which("bwrap") is None and os.environ.get("R1KIT_REQUIRE_SANDBOX") != "1",

@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from r1kit.sandbox import Limits, run_python
-from sandbox_helpers import processes_with, requires_sandbox, survivors
+from sandbox_helpers import HARNESS_MARK, processes_with, requires_sandbox, survivors
 
 pytestmark = requires_sandbox
 
@@ -578,4 +578,4 @@ def test_benign_helpers_from_a_trusted_setup():
 
 
 def test_no_sandbox_process_left_after_the_suite():
-    assert not processes_with(b"The code that runs inside the sandbox")
+    assert not processes_with(HARNESS_MARK)
