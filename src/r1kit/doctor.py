@@ -6,7 +6,9 @@ Checks, each over `patience` consecutive steps unless noted:
   for the model; use dynamic sampling, or change difficulty / group size);
 - format stuck at 0: no completion is ever well formatted (check the template and the base model);
 - non-finite loss or gradients (immediately; the update is skipped and no checkpoint is written);
-- reward hacking: training reward rising between two held-out evaluations while held-out pass@1 falls.
+- reward hacking: training reward rising between two held-out evaluations while held-out pass@1 falls;
+- sandbox timeouts (code tasks): most completions' programs hit the sandbox's time limit (the step's
+  `execution_timeout_rate` and `execution_crash_rate` are in metrics.jsonl).
 Warnings are returned as strings; in strict mode `DoctorStop` is raised with the same message. Pure Python.
 """
 
@@ -29,7 +31,7 @@ class Doctor:
     zero_variance_limit: float = 0.95
     patience: int = 5
     hacking_drop: float = 0.05
-    streaks: dict = field(default_factory=lambda: {"truncation": 0, "zero_variance": 0, "format": 0})
+    streaks: dict = field(default_factory=lambda: {"truncation": 0, "zero_variance": 0, "format": 0, "timeouts": 0})
     last_eval: tuple | None = None  # (mean train reward since the previous eval, held-out pass@1)
     rewards_since_eval: list = field(default_factory=list)
     warned: set = field(default_factory=set)
@@ -72,9 +74,12 @@ class Doctor:
             ("format", m.get("format_rate", 1) == 0,
              "no completion is well formatted (<think>..</think> <answer>..</answer>): check the template and "
              "that the model can produce the tags"),
+            ("timeouts", m.get("execution_timeout_rate", 0) > 0.5,
+             "most completions' programs time out in the sandbox: look at samples.jsonl (endless loops?), give "
+             "the task more time, or penalise length"),
         ]
         for key, bad, message in rules:
-            self.streaks[key] = self.streaks[key] + 1 if bad else 0
+            self.streaks[key] = self.streaks.get(key, 0) + 1 if bad else 0
             if self.streaks[key] >= self.patience:
                 out += self._report(key, f"step {step}: for {self.streaks[key]} steps {message}")
         if "reward_mean" in m:

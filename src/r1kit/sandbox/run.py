@@ -123,7 +123,7 @@ class Job:
 
 def run_python(source: str, *, stdin: str | None = None, tests: str | None = None, setup: str = "",
                call: list[str] | tuple[str, ...] | None = None, expected_stdout: str | None = None,
-               limits: Limits | None = None, unsafe_local_exec: bool = False) -> Result:
+               limits: Limits | None = None, unsafe_local_exec: bool | None = None) -> Result:
     """Run untrusted Python `source` in the sandbox and judge it.
 
     - Program mode (no `tests`): `source` runs as `__main__` with `stdin`; it passes when it exits with status 0
@@ -135,13 +135,13 @@ def run_python(source: str, *, stdin: str | None = None, tests: str | None = Non
       (None, bool, int, float, complex, str, bytes, list, tuple, dict, set). Pass = the tests ran to their end.
 
     Without bubblewrap this raises UserError, unless `unsafe_local_exec` (the program then runs unconfined but
-    for rlimits: see r1kit.sandbox)."""
+    for rlimits: see r1kit.sandbox); None follows `allow_unsafe_local_exec` (the CLI's --unsafe-local-exec)."""
     job = Job(source, stdin, tests, setup, None if call is None else tuple(call), expected_stdout,
               limits or Limits())
     return run_many([job], unsafe_local_exec=unsafe_local_exec)[0]
 
 
-def run_many(jobs: list[Job], *, workers: int | None = None, unsafe_local_exec: bool = False) -> list[Result]:
+def run_many(jobs: list[Job], *, workers: int | None = None, unsafe_local_exec: bool | None = None) -> list[Result]:
     """Run jobs in parallel, results in the jobs' order. Default: two workers per core (a worker mostly waits on its
     sandbox: bwrap's namespace setup and teardown sleep; bench/bench_sandbox.py measured 73/s with one per core
     and 95/s with two on 2 cores)."""
@@ -158,6 +158,15 @@ def run_many(jobs: list[Job], *, workers: int | None = None, unsafe_local_exec: 
 # ---- is there a sandbox? -------------------------------------------------------------------------------
 
 _warned_unsafe = threading.Event()
+_unsafe_allowed = threading.Event()  # set by allow_unsafe_local_exec (the CLI's --unsafe-local-exec)
+
+
+def allow_unsafe_local_exec(allowed: bool = True) -> None:
+    """Where bubblewrap is missing, run programs unconfined instead of refusing (the CLI's --unsafe-local-exec)."""
+    if allowed:
+        _unsafe_allowed.set()
+    else:
+        _unsafe_allowed.clear()
 
 
 @lru_cache(maxsize=1)
@@ -177,12 +186,15 @@ def _bwrap_status() -> tuple[str | None, str]:
     return path, ""
 
 
-def check_sandbox(unsafe_local_exec: bool = False) -> str:
+def check_sandbox(unsafe_local_exec: bool | None = None) -> str:
     """'bwrap' when the sandbox works here; 'unsafe-local' when it does not and `unsafe_local_exec` was asked for
-    (with a loud warning, once); else a one-line UserError saying what to install."""
+    (None: as allow_unsafe_local_exec said), with a loud warning, once; else a one-line UserError saying what to
+    install."""
     path, why = _bwrap_status()
     if path is not None:
         return "bwrap"
+    if unsafe_local_exec is None:
+        unsafe_local_exec = _unsafe_allowed.is_set()
     if not unsafe_local_exec:
         raise UserError(f"{why} (or pass --unsafe-local-exec to run model-written code unconfined on this machine)")
     if not _warned_unsafe.is_set():
