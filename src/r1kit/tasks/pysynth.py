@@ -150,7 +150,7 @@ class PySynthTask:
     def careful(self, family: str, a: int, b: int) -> str:
         """The checked search: b and a read off, the families tried against f(2), the survivor against f(3)."""
         value = FAMILIES[family][1]
-        f1, f2, f3 = value(a, b, 1), value(a, b, 2), value(a, b, 3)
+        f1, f2 = value(a, b, 1), value(a, b, 2)
         steps = [f"b={b}, a={f1}-{b}={a}."]
         checks = {"line": (f"{a}*2+{b}", lambda x: a * x + b), "square": (f"{a}*4+{b}", lambda x: a * x * x + b),
                   "parity": (f"{b}", lambda x: b if x % 2 == 0 else a + b)}
