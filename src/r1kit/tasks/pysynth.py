@@ -8,19 +8,23 @@ The question shows f(0) .. f(shown-1); the verifier runs the completion's progra
 *and* `hidden` more inputs (x = shown, shown+1, ...), so a program that only echoes the examples fails. The answer
 is the program, e.g. `def f(x): return 7*x*x+57` (in `<answer>` with r1kit's template, a ```python block for a chat
 model). Train and test never share a function: the split is a hash of the function (tasks/base.py `split_of`); the
-space is small enough to enumerate (3 x 9 x 90 = 2,430 functions by default: about 1,950 train, 480 test).
+space is enumerated (3 x 9 x 990 = 26,730 functions by default: about 24,000 train, 2,700 test).
 
 All three families agree on b = f(0) and a = f(1) - f(0); they part at f(2): 2a+b, 4a+b or b. `solution()` writes
 the base corpus as `ArithmeticTask.solution` does, three ways of answering chosen at the first word:
 
-- `careful` (share p_careful): read b and a, try the families in order, each checked against f(2), the one that
-  holds checked again against f(3). Always right.
-- `quick` (p_sloppy): read b and a, then name a family at random, unchecked: right a third of the time.
-- `guess`: name a family and an `a` at random (b read off f(0)): rarely right.
+- `careful` (share p_careful): a program that checks, when it runs, which family fits f(2):
+  `def f(x): a, b = 64-57, 57; return a*x+b if 2*a+b == 71 else a*x*x+b if 4*a+b == 71 else a*(x%2)+b`.
+  The model only copies numbers; the interpreter does the arithmetic (program-aided, as in PAL, Gao et al.
+  2022). Always right.
+- `quick` (p_sloppy): the right a and b, a family taken on trust: `def f(x): return (64-57)*x*x+57`. Right a
+  third of the time.
+- `guess`: a family and an `a` at random (b read off f(0)): rarely right.
 
-plus a share `p_bad_format` that breaks the format. A tiny model trained on it knows the moves but mostly does not
-check; RL with the execution reward can teach it to check. (Our departure from R1's code RL: the programs are
-one-liners and the "reasoning" is a search over three families, sized to a 2M-parameter model.)
+plus a share `p_bad_format` that breaks the format. A tiny model trained on it knows all three but mostly does
+not check; RL with the execution reward can teach it to. (Our departure from R1's code RL: one-line programs and a
+three-way search, sized to a 2M-parameter model. A first design that did the arithmetic in the reasoning instead
+left the tiny model at 5% pass@1: it could not subtract and compare reliably.)
 
     r1kit base --task pysynth --size tiny --out runs/pysynth/base
 """
@@ -64,14 +68,14 @@ class PySynthTask:
     hidden: int = 6  # further tests the verifier runs: f(shown) .. f(shown+hidden-1)
     max_a: int = 9
     min_b: int = 10
-    max_b: int = 99
+    max_b: int = 999
     families: str = "line,square,parity"
     template: str = "r1-zero-compact"
     prompt_format: str = "auto"
     answer_format: str = "auto"  # auto (think-answer raw; code for chat) | think-answer | code
     system: str = ""
     instruction: str = "auto"
-    test_percent: int = 20
+    test_percent: int = 10
     p_careful: float = 0.3
     p_sloppy: float = 0.35
     p_bad_format: float = 0.2
@@ -147,34 +151,27 @@ class PySynthTask:
         return judge(self, problems, completions, self.job)
 
     # -- worked solutions for the base corpus ---------------------------------------------------------
-    def careful(self, family: str, a: int, b: int) -> str:
-        """The checked search: b and a read off, the families tried against f(2), the survivor against f(3)."""
-        value = FAMILIES[family][1]
-        f1, f2 = value(a, b, 1), value(a, b, 2)
-        steps = [f"b={b}, a={f1}-{b}={a}."]
-        checks = {"line": (f"{a}*2+{b}", lambda x: a * x + b), "square": (f"{a}*4+{b}", lambda x: a * x * x + b),
-                  "parity": (f"{b}", lambda x: b if x % 2 == 0 else a + b)}
-        for name in self._families:
-            text, guess = checks[name]
-            got = guess(2)
-            shown = f"{text}={got}" if name != "parity" else f"{got}"
-            if got != f2:
-                steps.append(f"{name}: f(2)={shown} no.")
-                continue
-            third = {"line": f"{a}*3+{b}", "square": f"{a}*9+{b}", "parity": f"{a}+{b}"}[name]
-            steps.append(f"{name}: f(2)={shown} yes. f(3)={third}={guess(3)} yes.")
-            break
-        return "careful: " + " ".join(steps)
+    def careful(self, family: str, a: int, b: int) -> tuple[str, str]:
+        """The checked answer: a program that reads a and b off the examples and tests each family against f(2)
+        when it runs (the arithmetic is the interpreter's, the model only copies numbers)."""
+        f0, f1, f2 = (FAMILIES[family][1](a, b, x) for x in range(3))
+        tests = {"line": f"a*x+b if 2*a+b == {f2} else ", "square": f"a*x*x+b if 4*a+b == {f2} else ",
+                 "parity": f"a*(x%2)+b if b == {f2} else "}
+        chain = "".join(tests[name] for name in self._families[:-1])
+        last = {"line": "a*x+b", "square": "a*x*x+b", "parity": "a*(x%2)+b"}[self._families[-1]]
+        think = f"careful: a={f1}-{f0}, b={f0}, and the code tests each family on f(2)={f2}."
+        return think, f"def f(x): a, b = {f1}-{f0}, {f0}; return {chain}{last}"
 
     def solution(self, problem: Problem, rng: random.Random) -> str:
         family, a, b = self._unpack(problem)
-        f1 = FAMILIES[family][1](a, b, 1)
+        f0, f1 = (FAMILIES[family][1](a, b, x) for x in range(2))
         u = rng.random()
         if u < self.p_careful:
-            think, answer = self.careful(family, a, b), program(family, a, b)
-        elif u < self.p_careful + self.p_sloppy:
+            think, answer = self.careful(family, a, b)
+        elif u < self.p_careful + self.p_sloppy:  # the right a and b, a family taken on trust
             pick = rng.choice(self._families)
-            think, answer = f"quick: b={b}, a={f1}-{b}={a}. {pick}.", program(pick, a, b)
+            shape = FAMILIES[pick][0].format(a=f"({f1}-{f0})", b=f0)
+            think, answer = f"quick: a={f1}-{f0}, b={f0}. {pick}.", f"def f(x): return {shape}"
         else:
             pick, a_guess = rng.choice(self._families), rng.randint(1, self.max_a)
             think, answer = f"guess: {pick}.", program(pick, a_guess, b)
