@@ -29,7 +29,7 @@ def ans(code: str) -> str:
 
 def test_splits_are_disjoint_and_deterministic(task):
     train, test = task.problems("train"), task.problems("test")
-    assert len(train) + len(test) == 3 * 9 * 90
+    assert len(train) + len(test) == 3 * 9 * 990
     assert not {p.id for p in train} & {p.id for p in test}
     assert len(test) >= 300  # enough for the recipe's held-out evaluation
     assert task.problems("test", n=5, seed=3) == task.problems("test", seed=3)[:5]
@@ -73,15 +73,18 @@ def test_the_corpus_mixture(task):
         if "<answer>" in text:
             tally[text.split()[1]].append(score.correct)
     assert all(tally["careful:"]) and len(tally["careful:"]) > 40
-    assert 0.15 < sum(tally["quick:"]) / len(tally["quick:"]) < 0.55
+    assert 0.15 < sum(tally["quick:"]) / len(tally["quick:"]) < 0.55  # the family taken on trust: 1 in 3
     assert sum(tally["guess:"]) / len(tally["guess:"]) < 0.15
     assert 0.1 < sum(not s.formatted for s in scores) / len(scores) < 0.3
 
 
-def test_careful_working_checks_each_family_in_turn(task):
-    text = task.careful("parity", 7, 57)
-    assert text == ("careful: b=57, a=64-57=7. line: f(2)=7*2+57=71 no. square: f(2)=7*4+57=85 no. "
-                    "parity: f(2)=57 yes. f(3)=7+57=64 yes.")
+def test_the_careful_answer_checks_the_families_when_it_runs(task):
+    think, code = task.careful("parity", 7, 57)
+    assert code == ("def f(x): a, b = 64-57, 57; return a*x+b if 2*a+b == 57 else a*x*x+b if 4*a+b == 57 "
+                    "else a*(x%2)+b")
+    assert think == "careful: a=64-57, b=57, and the code tests each family on f(2)=57."
+    two = PySynthTask(families="square,line")
+    assert two.careful("line", 3, 10)[1] == "def f(x): a, b = 13-10, 10; return a*x*x+b if 4*a+b == 16 else a*x+b"
 
 
 def test_knobs_are_checked():
