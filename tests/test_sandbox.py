@@ -173,3 +173,18 @@ def test_codec_round_trip_and_refusals():
     for junk in ({"x": 1}, {"t": 1}, {"d": [[1]]}, {"c": ["a", 1]}, {"t": [], "s": []}):
         with pytest.raises(ValueError):
             harness.decode(junk)
+
+
+def test_the_cli_flag_allows_unconfined_runs(monkeypatch):
+    from r1kit.cli import build_parser
+
+    args = build_parser().parse_args(["eval", "--model", "m", "--task", "pysynth", "--unsafe-local-exec"])
+    assert args.unsafe_local_exec
+    assert not build_parser().parse_args(["rl", "--model", "m"]).unsafe_local_exec
+    monkeypatch.setattr(sandbox_run, "_bwrap_status", lambda: (None, "no bwrap here"))
+    monkeypatch.setattr(sandbox_run, "_unsafe_allowed", type(sandbox_run._unsafe_allowed)())
+    monkeypatch.setattr(sandbox_run, "_warned_unsafe", type(sandbox_run._warned_unsafe)())
+    with pytest.raises(UserError):
+        sandbox_run.check_sandbox()
+    sandbox_run.allow_unsafe_local_exec()
+    assert sandbox_run.check_sandbox() == "unsafe-local"
