@@ -142,9 +142,9 @@ def run_python(source: str, *, stdin: str | None = None, tests: str | None = Non
 
 
 def run_many(jobs: list[Job], *, workers: int | None = None, unsafe_local_exec: bool | None = None) -> list[Result]:
-    """Run jobs in parallel, results in the jobs' order. Default: two workers per core (a worker mostly waits on its
-    sandbox: bwrap's namespace setup and teardown sleep; bench/bench_sandbox.py measured 73/s with one per core
-    and 95/s with two on 2 cores)."""
+    """Run jobs in parallel, results in the jobs' order. Default: two workers per core (a worker also waits on its
+    sandbox, bwrap's namespace setup and teardown; bench/bench_sandbox.py on 2 cores: 95 executions/s with one
+    worker per core, 101/s with two, and two held up better while another job shared the cores, 73/s -> 95/s)."""
     mode = check_sandbox(unsafe_local_exec)
     if not jobs:
         return []
