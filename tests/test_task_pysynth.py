@@ -155,3 +155,18 @@ def test_rl_scores_a_step_in_the_sandbox_and_bills_it(task, tokenizer, tmp_path,
     stats["rows_trained"] = 8
     m = rl._step_metrics(seen, stats, times, 1e-5, 1.0, engine.info, 0.0)
     assert m["execution_timeout_rate"] == pytest.approx(1 / 8) and m["execution_crash_rate"] == pytest.approx(1 / 8)
+
+
+def test_a_chat_tokenizer_gets_the_code_format(tokenizer):
+    """With a chat template and answer_format auto, a code task is answered in a ```python block."""
+    import copy
+
+    from r1kit.prompting import make_prompter
+    from r1kit.tasks.formats import INSTRUCTIONS
+
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+                          "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    prompter = make_prompter(PySynthTask(), chat)
+    assert prompter.chat and prompter.answer_format == "code" and prompter.instruction == INSTRUCTIONS["code"]
+    assert make_prompter(get_task("arithmetic"), chat).answer_format == "boxed"  # other tasks as before

@@ -22,6 +22,7 @@ one report line to fd 1: JSON whose free text is base64, carrying the nonce. The
 
 import _thread
 import binascii
+import fcntl
 import marshal
 import os
 import resource
@@ -269,6 +270,7 @@ def program(a, out_w, err_w, req_r, res_w):
             write_all(stdin, a["stdin"].encode())
             os.lseek(stdin, 0, os.SEEK_SET)
         keep = [stdin, out_w, err_w] + ([req_r, res_w] if a["mode"] == "tests" else [])
+        keep = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in keep]  # out of the way of 0-4 first
         for target, fd in enumerate(keep):  # fds 0-2 were the host's pipes: replaced
             os.dup2(fd, target)
         os.closerange(len(keep), 1 << 16)  # everything else the judge had open

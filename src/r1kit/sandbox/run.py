@@ -1,14 +1,16 @@
 """The host side of the sandbox: build the bubblewrap command, send the request, read the one report, and run many
 executions at once.
 
-Each execution is one `bwrap` process (a fresh user, pid, network, IPC, UTS and cgroup namespace) whose pid 1 is
-the judge (harness.py). The host writes the request to its stdin in two frames (marshal; see harness.py for why
-two), reads at most `REPORT_CAP` bytes of its stdout, and waits at most `wall_s + STARTUP_GRACE_S`; past that it
-SIGKILLs bwrap, and `--die-with-parent` takes pid 1 and so the whole namespace with it. A report is believed only
-when it is one JSON line carrying this call's random nonce.
+Each execution is one `bwrap` process whose pid 1 is the judge (harness.py): fresh pid, network, IPC, UTS and
+cgroup namespaces, and a user namespace unless r1kit runs as root (see r1kit.sandbox for why). The host writes to
+its stdin the harness (a marshalled code object, compiled once) and the request in two frames (marshal; see
+harness.py for why two), and keeps stdin open: the judge takes EOF for "the host gave up". It reads at most a
+report's size (the output cap in base64 + 1 MB) of stdout and waits at most `wall_s + STARTUP_GRACE_S`; past that
+it SIGKILLs the judge (the namespace dies with its pid 1) and bwrap. A report is believed only when it is one JSON
+line carrying this call's random nonce.
 
 `run_many` runs jobs on a thread pool (each thread waits on its own bwrap process; the GIL is released while it
-does), one worker per core by default.
+does), two workers per core by default.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from r1kit.errors import UserError
 
 STATUSES = ("pass", "fail", "timeout", "error")
 STARTUP_GRACE_S = 3.0  # beyond wall_s, for bwrap and the interpreter to start and the judge to report
-REPORT_CAP = 4 << 20  # bytes of the judge's report (stdout and stderr kept are base64 inside it)
+REPORT_SLACK = 1 << 20  # bytes of a report beyond its base64 output (at most output_kb): anything longer is no report
 SANDBOX_UID = 1000  # the program's uid inside its user namespace (no capabilities)
 FRESH_UIDS = (1 << 20, 1 << 29)  # run as root: each execution's uid is drawn from [2^20, 2^20 + 2^29)
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
@@ -302,8 +304,9 @@ def _run_one(job: Job, mode: str, bwrap: str | None = None) -> Result:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=_HOST_ENV if sandboxed else {**_HOST_ENV, **_SANDBOX_ENV, "HOME": tmp},
                                 cwd=cwd, close_fds=True, start_new_session=not sandboxed, umask=0o022)
+        cap = int(job.limits.output_kb * 1024 * 4 / 3) + REPORT_SLACK
         out, err, timed_out = _communicate(proc, _request(job, sandboxed, nonce),
-                                           t0 + job.limits.wall_s + STARTUP_GRACE_S, sandboxed)
+                                           t0 + job.limits.wall_s + STARTUP_GRACE_S, sandboxed, cap)
         _, _, usage = os.wait4(proc.pid, 0)
         proc.returncode = -1  # reaped here (wait4 gives the sandbox's CPU time; Popen.wait would not)
     finally:
@@ -327,8 +330,8 @@ def _run_one(job: Job, mode: str, bwrap: str | None = None) -> Result:
                   {"max_rss_kb": report["max_rss_kb"], "program_cpu_s": report["program_cpu_s"]})
 
 
-def _communicate(proc: subprocess.Popen, request: bytes, deadline: float, sandboxed: bool):
-    """Write the request, read stdout and stderr (each capped at REPORT_CAP), kill at the deadline."""
+def _communicate(proc: subprocess.Popen, request: bytes, deadline: float, sandboxed: bool, cap: int):
+    """Write the request, read stdout and stderr (each capped at `cap` bytes), kill at the deadline."""
     try:
         proc.stdin.write(request)
         proc.stdin.flush()  # kept open: the judge takes its EOF for "the host gave up" (harness.watch_host)
@@ -349,7 +352,7 @@ def _communicate(proc: subprocess.Popen, request: bytes, deadline: float, sandbo
                 data = os.read(key.fd, 1 << 16)
                 if not data:
                     sel.unregister(key.fileobj)
-                elif sizes[key.fileobj] + len(data) > REPORT_CAP:
+                elif sizes[key.fileobj] + len(data) > cap:
                     overflow = True  # no judge writes that much: whatever it is, it is not a report
                 else:
                     chunks[key.fileobj].append(data)
