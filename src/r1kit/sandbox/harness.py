@@ -8,7 +8,9 @@ The judge (under bubblewrap it is pid 1 of the sandbox's pid namespace) makes it
 of the request from fd 0 (mode, limits, the program and its stdin: what the program may know), forks the program
 process, and only then reads part B (the tests, the trusted setup code, the names the tests call, and the
 call's nonce: what the program must not know). The program process closes every descriptor it inherited except
-its own pipes, sets its rlimits (hard = soft, so they cannot be raised), and runs the source.
+its own pipes, drops to the execution's uid (when bwrap runs as root; the judge does too), sets its rlimits
+(hard = soft, so they cannot be raised), installs the seccomp filter, and runs the source. A thread of the judge
+waits on fd 0: EOF there means the host gave up, and the judge ends everything.
 
 - `program` mode: the program runs as `__main__` with its stdin; the verdict is its exit status.
 - `tests` mode: the program defines functions; the judge runs the tests in *its own* interpreter, where every
