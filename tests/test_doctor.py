@@ -189,7 +189,7 @@ def test_state_round_trip_continues_streaks_and_remembers_warnings():
     assert resumed.last_eval == doctor.last_eval and isinstance(resumed.last_eval, tuple)
     assert resumed.rewards_since_eval == [0.9]
     # the streaks (here reset by the healthy steps 3 and 4) and the NaN warning carry over
-    assert resumed.streaks == {"truncation": 0, "zero_variance": 0, "format": 0, "mismatch": 0}
+    assert resumed.streaks == {"truncation": 0, "zero_variance": 0, "format": 0, "mismatch": 0, "timeouts": 0}
     assert resumed.warned == {"nan4"}
 
 
@@ -210,3 +210,20 @@ def test_load_of_empty_last_eval():
     doctor = Doctor()
     doctor.load(Doctor().state())
     assert doctor.last_eval is None and doctor.warned == set()
+
+
+def test_most_programs_timing_out_is_reported():
+    doctor = Doctor(patience=2)
+    slow = {**HEALTHY, "execution_timeout_rate": 0.75, "execution_crash_rate": 0.1}
+    assert doctor.check_step(1, slow) == []
+    warnings = doctor.check_step(2, slow)
+    assert len(warnings) == 1 and "time out in the sandbox" in warnings[0]
+    assert doctor.check_step(3, {**HEALTHY, "execution_timeout_rate": 0.5}) == []  # half is not most
+
+
+def test_state_of_a_doctor_saved_before_the_timeout_check_loads():
+    doctor = Doctor(patience=2)
+    doctor.load({"streaks": {"truncation": 0, "zero_variance": 0, "format": 0}, "last_eval": None,
+                 "rewards_since_eval": [], "warned": []})
+    doctor.check_step(1, {**HEALTHY, "execution_timeout_rate": 1.0})
+    assert doctor.streaks["timeouts"] == 1

@@ -11,6 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "r1kit"
 LAYERS = {
     "errors": 0, "config": 0, "tasks": 0, "rewards": 0, "ledger": 0, "cost_paper": 0, "metrics": 0,
     "doctor": 0, "rl_config": 0, "memplan": 0,
+    "sandbox": 0,  # runs model-written programs in bubblewrap (subprocesses; no torch)
     "losses": 1, "devices": 1, "packing": 1, "logprobs": 1,
     "parallel": 2,  # device and precision, process groups, FSDP2, sharded checkpoints (over checkpoint.py)
     "modeling": 2, "lora": 2, "prompting": 2, "importer": 2, "sft": 2, "rollout": 2, "shared_prompts": 2, "checkpoint": 2, "grpo": 2, "runlog": 2, "modelcard": 2, "estimate": 4, "costview": 4, "calibration": 4,

@@ -60,7 +60,7 @@ def calibration_from_run(run_dir: str | Path, steps: int | None = None, skip_fir
             syncs.append(r)
         elif r["phase"] == "rollout_engine_startup":
             startups.append(r)
-        elif r["phase"] in ("rollout", "scoring", "training"):
+        elif r["phase"] in ("rollout", "scoring", "sandbox", "training"):  # sandbox: a code task's scoring
             current.append(r)
             if r["phase"] == "training":
                 by_step.append(current)
@@ -96,7 +96,7 @@ def calibration_from_run(run_dir: str | Path, steps: int | None = None, skip_fir
         "trained_share": sum(trained) / (nominal * len(by_step)),
         "flops_per_s": {},
         "mfu": {},
-        "scoring_s_per_completion": sum(r["wall_s"] for r in timed_flat if r["phase"] == "scoring")
+        "scoring_s_per_completion": sum(r["wall_s"] for r in timed_flat if r["phase"] in ("scoring", "sandbox"))
         / max(timed_sampled, 1),
         "seconds_per_save": sum(r["wall_s"] for r in saves) / len(saves) if saves else None,
         "engine_startup_s": sum(r["wall_s"] for r in startups),

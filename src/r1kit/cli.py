@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RUN_DIR/report.html: curves, evaluation, cost, lineage")
     p.add_argument("run_dir", help="a run (or pipeline) directory")
     p.add_argument("--out", default=None, help="the HTML file to write (default RUN_DIR/report.html)")
+    for name in ("base", "eval", "rl", "generate", "run", "demo"):  # the commands that may score code tasks
+        sub.choices[name].add_argument(
+            "--unsafe-local-exec", action="store_true",
+            help="code tasks without bubblewrap installed: run the model's programs UNCONFINED on this machine "
+            "(default: refuse; see r1kit.sandbox)")
     return parser
 
 
@@ -447,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"r1kit: error: `r1kit {args.command}` runs on one process; under torchrun only `r1kit rl` runs "
               "(sharded over the ranks): launch this command without torchrun", file=sys.stderr)
         return 2
+    if getattr(args, "unsafe_local_exec", False):  # code tasks without bubblewrap: unconfined, loudly
+        from r1kit.sandbox import allow_unsafe_local_exec
+
+        allow_unsafe_local_exec()
     try:
         if args.command in TAKES_OVERRIDES:
             return TAKES_OVERRIDES[args.command](args, extra)

@@ -70,6 +70,8 @@ def compare(estimate: Mapping[str, Any], records: list[dict]) -> dict:
     for phase in [*PHASES, "total"]:
         e = estimate["total"] if phase == "total" else estimate["phases"].get(phase, {})
         m = s["stages"].get(stage) if phase == "total" else measured_phases.get(phase)
+        if phase == "scoring" and m is None:  # a code task's scoring is the ledger's sandbox phase
+            m = measured_phases.get("sandbox")
         if m is None and not e:
             continue
         row = {}

@@ -8,7 +8,9 @@ Checks, each over `patience` consecutive steps unless noted:
 - non-finite loss or gradients (immediately; the update is skipped and no checkpoint is written);
 - reward hacking: training reward rising between two held-out evaluations while held-out pass@1 falls;
 - engine drift: the rollout engine's log-probs of its samples differ from the trainer's (mismatch KL per token
-  above `mismatch_limit`: a stale or wrongly loaded engine, or a precision too low for the model).
+  above `mismatch_limit`: a stale or wrongly loaded engine, or a precision too low for the model);
+- sandbox timeouts (code tasks): most completions' programs hit the sandbox's time limit (the step's
+  `execution_timeout_rate` and `execution_crash_rate` are in metrics.jsonl).
 Warnings are returned as strings; in strict mode `DoctorStop` is raised with the same message. Pure Python.
 """
 
@@ -33,7 +35,7 @@ class Doctor:
     hacking_drop: float = 0.05
     mismatch_limit: float = 0.01
     streaks: dict = field(default_factory=lambda: {"truncation": 0, "zero_variance": 0, "format": 0,
-                                                   "mismatch": 0})
+                                                   "mismatch": 0, "timeouts": 0})
     last_eval: tuple | None = None  # (mean train reward since the previous eval, held-out pass@1)
     rewards_since_eval: list = field(default_factory=list)
     warned: set = field(default_factory=set)
@@ -80,9 +82,12 @@ class Doctor:
              f"the rollout engine's log-probs drift from the trainer's (mismatch KL {m.get('mismatch_kl', 0):.3g} "
              f"per token > {self.mismatch_limit}): check that the engine gets the new weights after every step, "
              "or sample in the training precision (rollout.dtype)"),
+            ("timeouts", m.get("execution_timeout_rate", 0) > 0.5,
+             "most completions' programs time out in the sandbox: look at samples.jsonl (endless loops?), give "
+             "the task more time, or penalise length"),
         ]
         for key, bad, message in rules:
-            self.streaks[key] = self.streaks[key] + 1 if bad else 0
+            self.streaks[key] = self.streaks.get(key, 0) + 1 if bad else 0
             if self.streaks[key] >= self.patience:
                 out += self._report(key, f"step {step}: for {self.streaks[key]} steps {message}")
         if "reward_mean" in m:

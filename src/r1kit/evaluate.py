@@ -22,6 +22,7 @@ from r1kit.prompting import make_prompter
 from r1kit.rollout import RolloutEngine, SamplerEngine
 from r1kit.rollout.sampler import SamplingParams
 from r1kit.runlog import progress_bar
+from r1kit.tasks.base import sandbox_usage
 
 
 def evaluate(
@@ -68,9 +69,10 @@ def evaluate(
             batch = [prompt_ids[i] for i, _ in chunk]
             out = (engine or SamplerEngine(model)).sample(batch, params, eos_ids=stops, pad_id=tokenizer.pad_token_id,
                                                           generator=gen)
-            for (i, j), toks, fin in zip(chunk, out.tokens, out.finished):
-                text = tokenizer.decode(toks, skip_special_tokens=True)
-                results[(i, j)] = (prompter.score(problems[i], text), len(toks), fin, text)
+            texts = [tokenizer.decode(toks, skip_special_tokens=True) for toks in out.tokens]
+            scores = prompter.score_many([problems[i] for i, _ in chunk], texts)  # code tasks: in parallel
+            for (i, j), toks, fin, text, score in zip(chunk, out.tokens, out.finished, texts, scores):
+                results[(i, j)] = (score, len(toks), fin, text)
             n_prompt += sum(len(b) for b in batch)
             n_gen += out.num_tokens
             bar.update(len(chunk) * world)
@@ -82,6 +84,7 @@ def evaluate(
                 prompt_tokens=n_prompt,
                 generated_tokens=n_gen,
                 seq_len=max(len(p) for p in prompt_ids) + cfg.max_new_tokens,
+                **sandbox_usage([r[0] for r in results.values()]),
             )
     seconds = time.perf_counter() - t0
 

@@ -1,8 +1,10 @@
 """The cost ledger: what a run spent, per stage and per phase, as plain JSONL.
 
 Every run directory holds `ledger.jsonl`; each line is one entry into a phase (rollout, scoring, training,
-evaluation, checkpointing) of one stage, with wall seconds, devices, device-hours, tokens, FLOPs, MFU, energy
-and dollars. A pipeline's ledger is the sum of its stages' files. Lines are self-describing JSON (`schema`
+evaluation, checkpointing; `sandbox` is the scoring of a code task, whose programs run in r1kit.sandbox) of one
+stage, with wall seconds, devices, device-hours, tokens, FLOPs, MFU, energy and dollars; a sandbox entry adds the
+sandboxes' own CPU-seconds (`sandbox_cpu_s`), `executions`, `timeouts` and `crashes` (an evaluation entry of a code
+task carries the same fields: its sandbox time is inside its wall). A pipeline's ledger is the sum of its stages' files. Lines are self-describing JSON (`schema`
 field), so any tool can read them without r1kit.
 
 FLOPs follow Kaplan et al. 2020 (arXiv 2001.08361, table 1): a forward pass costs 2N per token, where N counts
@@ -106,6 +108,8 @@ _SUMMED = (
     "flops",
     "energy_j",
     "usd",
+    "sandbox_cpu_s",  # code tasks: CPU-seconds of the sandboxes that ran the completions' programs
+    "executions",
 )
 
 
@@ -418,6 +422,11 @@ def format_table(summary: dict[str, Any]) -> str:
         for r in [header, *rows]
     ]
     lines.insert(1, "-+-".join("-" * w for w in widths))
+    for stage, phases in summary["phases"].items():  # code tasks: what the sandbox ran
+        for phase, t in phases.items():
+            if t.get("executions"):
+                lines.append(f"{stage}/{phase}: {t['executions']:,} sandboxed executions, "
+                             f"{t['sandbox_cpu_s']:,.1f} sandbox CPU-s")
     return "\n".join(lines)
 
 

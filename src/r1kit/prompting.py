@@ -4,8 +4,9 @@
 of a loop (tasks/formats.py names them):
 
 - prompt format `auto` -> `chat` when the tokenizer has a chat template, else the task's raw template;
-- answer format `auto` -> `think-answer` for a raw R1-Zero template; for chat, `think-boxed` when the template
-  pre-fills `<think>` (as the R1-distilled models' templates do), else `boxed`; for a literal template, `boxed`
+- answer format `auto` -> `think-answer` for a raw R1-Zero template; for chat, the task's `chat_answer_format` when
+  it has one (the code tasks: `code`), else `think-boxed` when the template pre-fills `<think>` (as the
+  R1-distilled models' templates do), else `boxed`; for a literal template, `boxed`
   when it mentions `\\boxed`, else `think-answer`;
 - instruction `auto` -> the answer format's (`r1-math` for the boxed formats, none for R1-Zero's tags).
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from r1kit.errors import UserError
-from r1kit.tasks.base import Problem, Score
+from r1kit.tasks.base import Problem, Score, score_all
 from r1kit.tasks.formats import (
     AUTO,
     CHAT,
@@ -71,6 +72,10 @@ class Prompter:
 
     def score(self, problem: Problem, text: str) -> Score:
         return self.task.score(problem, self.completion(text))
+
+    def score_many(self, problems: list[Problem], texts: list[str]) -> list[Score]:
+        """`score` of each pair, in one batch for tasks that judge in parallel (the code tasks' sandbox)."""
+        return score_all(self.task, problems, [self.completion(t) for t in texts])
 
     def settings(self) -> dict:
         """The resolved formats, for a run's resolved config."""
@@ -131,7 +136,9 @@ def make_prompter(task, tokenizer) -> Prompter:
     prefill = chat_prefill(tokenizer, system) if fmt == CHAT else ""
     answer = check_answer_format(getattr(task, "answer_format", AUTO))
     if answer == AUTO:
-        if fmt == CHAT:
+        if fmt == CHAT and getattr(task, "chat_answer_format", None):  # a code task: a ```python block
+            answer = task.chat_answer_format
+        elif fmt == CHAT:
             answer = "think-boxed" if prefill else "boxed"
         elif fmt in TEMPLATES:
             answer = "think-answer"

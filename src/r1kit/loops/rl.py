@@ -60,6 +60,7 @@ from r1kit.rollout.fast import compile_wanted
 from r1kit.rollout.sampler import SamplingParams
 from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.tasks import get_task, task_options
+from r1kit.tasks.base import sandbox_usage, score_all
 
 
 def learning_rate(step: int, cfg) -> float:
@@ -127,16 +128,15 @@ def _sample_groups(rollout_engine, tokenizer, prompter, problems, keys, step, rn
 
 
 def _score(prompter, tokenizer, reward_fn, cfg, problems, rows, toks, fins):
-    rewards, parts_all, scores = [], [], []
-    for i, t, fin in zip(rows, toks, fins):
-        text = prompter.completion(tokenizer.decode(t, skip_special_tokens=True))
-        score = prompter.task.score(problems[i], text)
+    texts = [prompter.completion(tokenizer.decode(t, skip_special_tokens=True)) for t in toks]
+    scores = score_all(prompter.task, [problems[i] for i in rows], texts)  # a code task: in parallel, sandboxed
+    rewards, parts_all = [], []
+    for i, t, fin, text, score in zip(rows, toks, fins, texts, scores):
         ctx = {"max_new_tokens": cfg.rollout.max_new_tokens, "length": len(t), "truncated": not fin,
                "language": cfg.reward.language, "overlong_buffer": cfg.reward.overlong_buffer}
         total, parts = reward_fn(problems[i], text, score, ctx)
         rewards.append(total)
         parts_all.append(parts)
-        scores.append(score)
     return rewards, parts_all, scores
 
 
@@ -162,8 +162,11 @@ def _rollout_step(step, rollout_engine, tokenizer, prompter, stream, reward_fn, 
                 ph.add(prompt_tokens=int(n_p), generated_tokens=int(n_g),
                        seq_len=int(longest) + cfg.rollout.max_new_tokens)
         t1 = time.perf_counter()
-        with ledger.phase("scoring") if ledger else nullcontext():
+        with ledger.phase("sandbox" if getattr(prompter.task, "executes_code", False) else "scoring") if ledger \
+                else nullcontext() as ph:
             rewards, parts, scores = _score(prompter, tokenizer, reward_fn, cfg, problems, rows, toks, fins)
+            if ph is not None:
+                ph.add(**sandbox_usage(scores))
         t_roll, t_score = t_roll + t1 - t0, t_score + time.perf_counter() - t1
         n_prompt_tok += sum(len(prompts[i]) for i in rows)
         n_gen += sum(map(len, toks))
@@ -260,6 +263,8 @@ def _step_metrics(seen, stats, times, lr, t_step, info, peak_memory_mib: float) 
             stats["rows_trained"]]  # not len(kept): with β = 0 rows of zero advantage skip the backward
     names = sorted({k for p in seen["parts"] for k in p})
     sums += [sum(p.get(k, 0.0) for p in seen["parts"]) for k in names]
+    statuses = [getattr(s.execution, "status", None) for s in seen["scores"]]  # code tasks: the sandbox's verdicts
+    sums += [statuses.count("timeout"), statuses.count("error")]  # last: read as tot[-2], tot[-1]
     tot = dist.all_reduce_sum(sums)
     max_len = dist.all_gather_objects(max(seen["lengths"], default=0))
     count = max(tot[0], 1)
@@ -278,6 +283,8 @@ def _step_metrics(seen, stats, times, lr, t_step, info, peak_memory_mib: float) 
         "tokens_per_s": tot[9] / max(tot[10] / info.world, 1e-9), "completions_per_s": tot[0] / max(t_step, 1e-9),
     }
     m.update({f"reward/{k}": v / count for k, v in zip(names, tot[13:])})
+    if any(st is not None for st in statuses):
+        m["execution_timeout_rate"], m["execution_crash_rate"] = tot[-2] / count, tot[-1] / count
     m["peak_memory_mib"] = dist.all_reduce_max([peak_memory_mib])[0]  # the fullest rank's
     return m
 

@@ -1,6 +1,7 @@
 """Tasks by name. A task spec is `NAME` or `NAME:key=value,key=value` (for jsonl: `jsonl:PATH[,key=value]`; for
 reasoning-gym's datasets: `rg:DATASET[:key=value,...]`; for datasets: `data:PATH`, `hf:NAME[:CONFIG]`, presets
-`gsm8k`, `math500`, `aime24`, `aime25`, see tasks/dataset.py)."""
+`gsm8k`, `math500`, `aime24`, `aime25`, see tasks/dataset.py; code, judged in r1kit.sandbox: `humaneval`,
+`pysynth`)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,18 @@ def _reasoning_gym(**kw):
     return ReasoningGymTask(**kw)
 
 
+def _humaneval(**kw):
+    from r1kit.tasks.humaneval import HumanEvalTask
+
+    return HumanEvalTask(**kw)
+
+
+def _pysynth(**kw):
+    from r1kit.tasks.pysynth import PySynthTask
+
+    return PySynthTask(**kw)
+
+
 def _dataset(**kw):
     from r1kit.tasks.dataset import DatasetTask
 
@@ -52,7 +65,8 @@ def _preset(name: str):
 
 PRESETS = ("gsm8k", "math500", "aime24", "aime25")  # tasks/dataset.py's PRESETS: hub benchmarks, columns mapped
 TASKS = {"arithmetic": _arithmetic, "countdown": _countdown, "jsonl": _jsonl, "rg": _reasoning_gym,
-         "data": _dataset, "hf": _dataset, **{name: _preset(name) for name in PRESETS}}
+         "data": _dataset, "hf": _dataset, "humaneval": _humaneval, "pysynth": _pysynth,
+         **{name: _preset(name) for name in PRESETS}}
 POSITIONAL = {"jsonl": "path", "data": "path", "hf": "hub"}  # the option a spec's bare first item sets
 
 

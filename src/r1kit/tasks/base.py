@@ -43,11 +43,14 @@ class Problem:
 
 @dataclass(frozen=True)
 class Score:
-    """The verdict on one completion. `answer` is the extracted, normalised answer (used for majority vote)."""
+    """The verdict on one completion. `answer` is the extracted, normalised answer (used for majority vote).
+    `execution`: for tasks that run the completion's program, the sandbox's Result (status, cpu_s, wall_s), which
+    the RL loop's ledger and run doctor read; None otherwise."""
 
     correct: bool
     formatted: bool
     answer: str | None
+    execution: object = field(default=None, compare=False, repr=False)
 
 
 class Task(Protocol):
@@ -69,6 +72,9 @@ class Task(Protocol):
         ...
 
     def score(self, problem: Problem, completion: str) -> Score: ...
+
+    # Optional: `score_many(problems, completions) -> list[Score]`, the same verdicts for many completions at once
+    # (the code tasks run them in parallel in the sandbox); callers use it when a task has it (score_all below).
 
     def solution(self, problem: Problem, rng: random.Random) -> str:
         """A worked completion (think + answer) for the synthetic pre-training corpus; may be imperfect."""
@@ -152,6 +158,23 @@ def split_of(key: str, test_percent: int = 10) -> str:
     """Deterministic split of a problem key: the same key is always in the same split, so splits never share one."""
     bucket = int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big") % 100
     return "test" if bucket < test_percent else "train"
+
+
+def score_all(task, problems: list[Problem], completions: list[str]) -> list[Score]:
+    """`task.score` of each (problem, completion) pair, through the task's `score_many` when it has one."""
+    if hasattr(task, "score_many"):
+        return task.score_many(problems, completions)
+    return [task.score(p, c) for p, c in zip(problems, completions)]
+
+
+def sandbox_usage(scores: list[Score]) -> dict:
+    """What the sandbox spent on these scores, as ledger fields ({} when none ran a program)."""
+    runs = [s.execution for s in scores if s.execution is not None]
+    if not runs:
+        return {}
+    statuses = [r.status for r in runs]
+    return {"sandbox_cpu_s": sum(r.cpu_s for r in runs), "executions": len(runs),
+            "timeouts": statuses.count("timeout"), "crashes": statuses.count("error")}
 
 
 def check_split(split: str) -> None:

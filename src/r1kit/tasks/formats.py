@@ -19,7 +19,10 @@ by the one verifier (`Task.score`), so the format reward and the format-rate met
 - `think-boxed`: `…</think> … \\boxed{…}`: the last `\\boxed{}` after the reasoning (R1 and the distilled models;
   a `\\boxed{}` inside the reasoning only, or an unterminated think block, gives no answer);
 - `boxed`: the last `\\boxed{}` anywhere;
-- `gsm8k`: GSM8K's `#### N` (the last such line).
+- `gsm8k`: GSM8K's `#### N` (the last such line);
+- `code`: the last fenced code block (```python ... ```), after the reasoning when there is a `</think>`: how
+  chat models write programs (the code tasks' default for chat prompts; with `think-answer` a program is read
+  from `<answer>`, a fence inside it unwrapped: see tasks/code.py).
 
 `\\boxed{}` is read with its braces balanced (`\\boxed{\\frac{1}{2}}` gives `\\frac{1}{2}`); `\\fbox{}` counts too.
 Pure Python.
@@ -52,6 +55,7 @@ INSTRUCTIONS = {
     "r1-math": "Please reason step by step, and put your final answer within \\boxed{}.",
     "r1-zero": "Think inside <think> </think>, then give the answer inside <answer> </answer>.",
     "gsm8k": "Solve it step by step, then give the final answer on its own line as '#### ' followed by the number.",
+    "code": "Write the complete Python function in one ```python code block.",
     "none": "",
 }
 
@@ -63,6 +67,7 @@ _THINK_ANSWER_RE = re.compile(
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _GSM8K_RE = re.compile(r"^[ \t]*####[ \t]*(\S.*?)[ \t]*$", re.MULTILINE)  # a bare "####" line is no answer
+_FENCE_RE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
 def boxed_contents(text: str) -> list[str]:
@@ -135,6 +140,18 @@ def _gsm8k(completion: str) -> tuple[str | None, bool]:
     return answer, answer is not None
 
 
+def last_fenced(text: str) -> str | None:
+    """The content of the last complete ``` fenced block (```python, ```py or bare); None when there is none."""
+    found = _FENCE_RE.findall(text)
+    return found[-1] if found else None
+
+
+def _code(completion: str) -> tuple[str | None, bool]:
+    rest = _after_think(completion) if "</think>" in completion else completion
+    answer = last_fenced(rest) if rest is not None else None
+    return answer, answer is not None
+
+
 @dataclass(frozen=True)
 class AnswerFormat:
     name: str
@@ -150,6 +167,7 @@ ANSWER_FORMATS: dict[str, AnswerFormat] = {
                                 "...</think> then the last \\boxed{} after the reasoning (R1, distilled models)"),
     "boxed": AnswerFormat("boxed", _boxed, "r1-math", "the last \\boxed{} anywhere"),
     "gsm8k": AnswerFormat("gsm8k", _gsm8k, "gsm8k", "the last '#### N' line (GSM8K)"),
+    "code": AnswerFormat("code", _code, "code", "the last ```python fenced block (after </think> if any)"),
 }
 
 
@@ -198,7 +216,7 @@ class PromptConfig:
     """The `[prompt]` section of a recipe: format options set over the task spec's (None keeps the spec's)."""
 
     prompt_format: str | None = None  # auto | chat | r1-zero | r1-zero-compact | a template with {question}
-    answer_format: str | None = None  # auto | think-answer | think-boxed | boxed | gsm8k
+    answer_format: str | None = None  # auto | think-answer | think-boxed | boxed | gsm8k | code
     system: str | None = None  # system prompt of a chat prompt
     instruction: str | None = None  # appended to the question: auto | r1-math | r1-zero | gsm8k | none | text
 
