@@ -112,6 +112,7 @@ def child_start(args, work: Path) -> dict:
 
 def child_r1kit(args, work: Path) -> dict:
     from r1kit.config import ParallelConfig, apply_overrides, build, to_dict
+    from r1kit.devices import ledger_for
     from r1kit.loops.rl import run_rl
     from r1kit.rl_config import AlgoConfig, OptimConfig, RLConfig, RolloutConfig
 
@@ -138,7 +139,7 @@ def child_r1kit(args, work: Path) -> dict:
     if args.r1kit_set:
         cfg = build(RLConfig, apply_overrides(to_dict(cfg), args.r1kit_set))
     t0 = time.perf_counter()
-    summary = run_rl(cfg, progress=False)
+    summary = run_rl(cfg, progress=False, ledger_factory=lambda d, stage, mc: ledger_for(d, stage, model_config=mc))
     call_seconds = time.perf_counter() - t0  # loading, the loop, saving and run_rl's own evaluation
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "time_step" in r]
@@ -152,7 +153,28 @@ def child_r1kit(args, work: Path) -> dict:
         "run_rl_eval_pass@1": (summary.get("after") or {}).get("pass@1"),  # same config: a cross-check
         "eval": _evaluate_dir(run_dir / "model", args),
         "run_dir": str(run_dir),
+        "phases": _ledger_phases(run_dir),
     }
+
+
+def _ledger_phases(run_dir: Path) -> dict:
+    """Per ledger phase of the run: wall seconds, FLOPs, achieved FLOP/s and its share of the probed CPU peak.
+
+    The ledger's peak is per thread on a CPU (a phase's MFU = FLOPs / (wall x threads x per-thread peak)).
+    """
+    from r1kit.ledger import read_ledger
+
+    out: dict[str, dict] = {}
+    for r in read_ledger(run_dir):
+        ph = out.setdefault(r["phase"], {"wall_s": 0.0, "flops": 0.0, "budget": 0.0})
+        ph["wall_s"] += r["wall_s"]
+        ph["flops"] += r.get("flops") or 0.0
+        ph["budget"] += r["wall_s"] * (r.get("peak_flops") or 0.0) * r.get("device_count", 1)
+    for ph in out.values():
+        ph["achieved_flops_per_s"] = ph["flops"] / ph["wall_s"] if ph["wall_s"] > 0 else None
+        budget = ph.pop("budget")
+        ph["share_of_peak"] = ph["flops"] / budget if budget > 0 else None
+    return out
 
 
 def _checkpointing_flag(config_cls) -> str:
@@ -383,7 +405,26 @@ def format_table(report: dict) -> str:
                   f"(medians of {a['repeats']} alternating runs each)"]
     if s.get("r1kit_set"):
         lines.append(f"r1kit settings: {', '.join(s['r1kit_set'])}")
+    phases = _median_phases(report["runs"].get("r1kit", []))
+    if phases:
+        lines += ["", "r1kit's ledger per phase (medians over the repeats; FLOP/s against the probed CPU peak):", "",
+                  "| phase | seconds | FLOPs | achieved FLOP/s | share of peak |", "|---|---:|---:|---:|---:|"]
+        for name, ph in phases.items():
+            share = "–" if ph["share_of_peak"] is None else f"{100 * ph['share_of_peak']:.1f}%"
+            rate = "–" if ph["achieved_flops_per_s"] is None else f"{ph['achieved_flops_per_s'] / 1e9:.1f} G"
+            lines.append(f"| {name} | {ph['wall_s']:.1f} | {ph['flops'] / 1e12:.2f} T | {rate} | {share} |")
     return "\n".join(lines)
+
+
+def _median_phases(runs: list[dict]) -> dict:
+    """Each ledger phase's figures, median over the r1kit runs that recorded it."""
+    names = [n for r in runs for n in r.get("phases", {})]
+    out = {}
+    for name in dict.fromkeys(names):
+        rows = [r["phases"][name] for r in runs if name in r.get("phases", {})]
+        out[name] = {k: (None if any(x[k] is None for x in rows) else statistics.median(x[k] for x in rows))
+                     for k in rows[0]}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict | None:
