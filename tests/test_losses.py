@@ -89,6 +89,18 @@ def test_kl_k3_is_zero_when_equal_and_never_negative():
     assert (kl >= 0).all() and (kl > 0).all()
 
 
+def test_kl_k3_resolves_small_float32_differences():
+    # fp32 rollouts against an fp32 trainer differ by ~1e-6 per token: e^δ - δ - 1 computed naively rounds to 0
+    # there, and the mismatch metric would read exactly 0 whatever the engine did; expm1 keeps δ²/2
+    lp = torch.full((1, 3), -1.0)
+    delta = torch.tensor([[1e-3, 1e-5, -3e-6]])
+    ref = lp + delta
+    exact = (ref.double() - lp.double()).pow(2) / 2  # the δ that fp32 actually holds
+    torch.testing.assert_close(kl_k3(lp, ref).double(), exact, rtol=1e-3, atol=0)
+    kl = kl_k3(lp, ref)
+    assert (kl > 0).all()
+
+
 def test_kl_k3_gradient_vanishes_at_equality():
     # d/dlp [e^(ref-lp) - (ref-lp) - 1] = -e^(ref-lp) + 1 = 0 when ref == lp: the KL term does not push at step 0
     lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)

@@ -35,7 +35,10 @@ ADVANTAGES = {"std": advantages_std, "none": advantages_centered}
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimate of KL(π_θ || π_ref) = exp(ref - lp) - (ref - lp) - 1 ≥ 0. Shapes (B, T)."""
     delta = (ref_logprobs - logprobs).clamp(-20, 20)  # (B, T)
-    return torch.exp(delta) - delta - 1
+    # Computed as written, e^δ - δ - 1 ≈ δ²/2 rounds to 0 in fp32 for |δ| < ~3e-4, which is where an engine's
+    # log-probs sit against the trainer's: small δ take the series (error ~δ⁵/120), the rest expm1(δ) - δ.
+    series = delta * delta * (0.5 + delta * (1 / 6 + delta / 24))
+    return torch.where(delta.abs() < 1e-2, series, torch.expm1(delta) - delta)
 
 
 def truncated_is_weights(log_ratio: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
