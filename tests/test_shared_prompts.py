@@ -127,3 +127,18 @@ def test_compiled_forward_gives_the_same_values_and_gradients(tokenizer):
         torch.testing.assert_close(out[1][1][mask], out[0][1][mask], atol=2e-5, rtol=1e-5)
         for name, g in out[0][2].items():
             torch.testing.assert_close(out[1][2][name], g, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_training_compiles_on_a_cpu_only_for_narrow_models():
+    """`parallel.compile = auto`: the compiled training step pays on GPUs and for narrow models on a CPU; SmolLM2's
+    width (576) trained no faster compiled on this CPU after minutes of compilation, so it trains eagerly there."""
+    from types import SimpleNamespace
+
+    from r1kit.rollout.fast import CPU_TRAIN_COMPILE_MAX_HIDDEN, training_compile_pays
+
+    narrow = SimpleNamespace(config=SimpleNamespace(hidden_size=192))
+    wide = SimpleNamespace(config=SimpleNamespace(hidden_size=576))
+    assert CPU_TRAIN_COMPILE_MAX_HIDDEN < 576
+    assert training_compile_pays(narrow, torch.device("cpu"))
+    assert not training_compile_pays(wide, torch.device("cpu"))
+    assert training_compile_pays(wide, torch.device("cuda"))

@@ -37,7 +37,7 @@ from r1kit.errors import UserError
 from r1kit.evaluate import evaluate, finish_model
 from r1kit.grpo import UpdateSettings, build_rollout, rollout_logprobs, train_on_rollout
 from r1kit.ledger import read_ledger, spent_flops
-from r1kit.lora import load_for_training, merged_copy
+from r1kit.lora import load_for_training, merged_copy, unwrap
 from r1kit.losses import ADVANTAGES
 from r1kit.modeling import eos_ids, load_model
 from r1kit.parallel import dist
@@ -56,7 +56,7 @@ from r1kit.prompting import format_warnings, make_prompter
 from r1kit.rewards import combine
 from r1kit.rl_config import RLConfig
 from r1kit.rollout import make_engine, resolve_backend
-from r1kit.rollout.fast import compile_wanted
+from r1kit.rollout.fast import compile_wanted, training_compile_pays
 from r1kit.rollout.sampler import SamplingParams
 from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.tasks import get_task, task_options
@@ -232,7 +232,8 @@ def _train(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, engine, e
     settings = UpdateSettings(cfg.rollout.temperature, a.loss_aggregation, a.beta, a.eps_low, a.eps_high, a.mu,
                               a.mini_batches, cfg.rollout.max_new_tokens, cfg.optim.grad_clip,
                               micro_batch_tokens=a.micro_batch_tokens, tis_cap=a.tis_cap,
-                              compiled=compile_wanted(cfg.parallel.compile_flag, engine.device),
+                              compiled=compile_wanted(cfg.parallel.compile_flag, engine.device,
+                                                      training_compile_pays(unwrap(policy), engine.device)),
                               share_prompts=a.share_prompts, skip_zero_advantage=a.skip_zero_advantage)
     off_policy = a.mu * a.mini_batches > 1
     with ledger.phase("training") if ledger else nullcontext() as ph:

@@ -62,6 +62,21 @@ def compile_wanted(explicit: bool | None, device: torch.device, pays: bool = Tru
     return (bool(explicit) or pays) and compile_available(device)
 
 
+# On a CPU, compiling the training forward/backward removes per-operation overhead, which matters for narrow models
+# only: hidden size 192 (the tiny preset) trains 1.4x faster per step compiled; SmolLM2-135M (576) trained no
+# faster after ~190 s of compilation (BENCHMARKS.md, GRPO levers). Above this width `auto` trains eagerly on a CPU.
+CPU_TRAIN_COMPILE_MAX_HIDDEN = 256
+
+
+def training_compile_pays(model, device: torch.device) -> bool:
+    """Whether compiling the training forward/backward is worth its seconds (`auto`): on GPUs yes, on a CPU only
+    for narrow models (CPU_TRAIN_COMPILE_MAX_HIDDEN)."""
+    if device.type != "cpu":
+        return True
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    return hidden is None or hidden <= CPU_TRAIN_COMPILE_MAX_HIDDEN
+
+
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if x.dtype == torch.float32:
         return F.rms_norm(x, weight.shape, weight, eps)
