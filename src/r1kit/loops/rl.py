@@ -333,11 +333,11 @@ class _Background:
     checkpoint keeps the prefetched rollout, so `--resume` continues with the very completions the uninterrupted
     run trained on."""
 
-    def __init__(self, cfg, rollout_engine, tokenizer, prompter, stream, reward_fn, engine, eos, prefetched=None):
+    def __init__(self, cfg, rollout, prefetched=None):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.args = (rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine)
-        self.eos = eos
+        self.cfg = cfg
+        self.rollout = rollout  # rollout(step, ledger) -> (kept, seen, times): `_rollout_step` of this run
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="r1kit-rollout")
         self.threads = torch.get_num_threads()
         self.future = None
@@ -346,9 +346,7 @@ class _Background:
     def _work(self, step: int):
         torch.set_num_threads(max(1, self.threads // 2))  # this thread's share (OpenMP settings are per thread)
         t0 = time.perf_counter()
-        rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine = self.args
-        result = _rollout_step(step, rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine, None,
-                               self.eos)
+        result = self.rollout(step, None)  # billed by `wait`
         return step, result, time.perf_counter() - t0
 
     def start(self, step: int) -> None:
@@ -366,19 +364,16 @@ class _Background:
         times = result[2]
         times["overlapped"], times["waited"] = took, waited
         if ledger is not None:
-            cfg = self.args[5]
             ledger.record("rollout", waited, prompt_tokens=int(times["prompt_tokens"]),
                           generated_tokens=int(times["generated"]), overlapped_s=took,
-                          seq_len=int(times["longest_prompt"]) + cfg.rollout.max_new_tokens)
+                          seq_len=int(times["longest_prompt"]) + self.cfg.rollout.max_new_tokens)
 
     def take(self, step: int, ledger):
         """The rollout of `step`: the prefetched one, or sampled now (the first step)."""
         if self.prefetched is not None and self.prefetched[0] == step:
             result, self.prefetched = self.prefetched[1], None
             return result
-        rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine = self.args
-        return _rollout_step(step, rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine, ledger,
-                             self.eos)
+        return self.rollout(step, ledger)
 
     @contextmanager
     def main_threads(self):
@@ -467,8 +462,11 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
         raise UserError("rollout.overlap runs on one process (its background rollout would interleave collectives "
                         "with training): drop it under torchrun")
     eos = eos_ids(policy, tokenizer)
-    background = _Background(cfg, rollout_engine, tokenizer, prompter, stream, reward_fn, engine, eos,
-                             state.get("prefetched")) if cfg.rollout.overlap else None
+
+    def rollout(step: int, ledger):
+        return _rollout_step(step, rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine, ledger, eos)
+
+    background = _Background(cfg, rollout, state.get("prefetched")) if cfg.rollout.overlap else None
 
     if start == 0 and cfg.eval_every:  # every rank evaluates its share
         history["before"] = _evaluate(sampler_model, tokenizer, task, cfg, ledger, progress, engine,
@@ -494,8 +492,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, progress: bool = True, ledger
             else:
                 ref.load_state_dict(merged_copy(policy).state_dict())
         if background is None:
-            kept, seen, times = _rollout_step(step, rollout_engine, tokenizer, prompter, stream, reward_fn, cfg,
-                                              engine, ledger, eos)
+            kept, seen, times = rollout(step, ledger)
         else:  # this step's rollout (sampled while the last step trained), then the next one's in the background
             kept, seen, times = background.take(step, ledger)
             if step + 1 < cfg.steps:
