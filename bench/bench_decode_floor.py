@@ -107,6 +107,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
+    if not Path(args.model, "config.json").is_file():
+        ap.error(f"--model {args.model!r} is not a Hugging Face model directory (no config.json)")
     import torch
 
     torch.set_num_threads(args.threads)

@@ -158,23 +158,17 @@ def child_r1kit(args, work: Path) -> dict:
 
 
 def _ledger_phases(run_dir: Path) -> dict:
-    """Per ledger phase of the run: wall seconds, FLOPs, achieved FLOP/s and its share of the probed CPU peak.
+    """Per ledger phase of the run: wall seconds, FLOPs, achieved FLOP/s and its share of the probed CPU peak
+    (the ledger's MFU: FLOPs / (wall x threads x per-thread peak))."""
+    from r1kit.ledger import read_ledger, summarize
 
-    The ledger's peak is per thread on a CPU (a phase's MFU = FLOPs / (wall x threads x per-thread peak)).
-    """
-    from r1kit.ledger import read_ledger
-
-    out: dict[str, dict] = {}
-    for r in read_ledger(run_dir):
-        ph = out.setdefault(r["phase"], {"wall_s": 0.0, "flops": 0.0, "budget": 0.0})
-        ph["wall_s"] += r["wall_s"]
-        ph["flops"] += r.get("flops") or 0.0
-        ph["budget"] += r["wall_s"] * (r.get("peak_flops") or 0.0) * r.get("device_count", 1)
-    for ph in out.values():
-        ph["achieved_flops_per_s"] = ph["flops"] / ph["wall_s"] if ph["wall_s"] > 0 else None
-        budget = ph.pop("budget")
-        ph["share_of_peak"] = ph["flops"] / budget if budget > 0 else None
-    return out
+    phases = summarize(read_ledger(run_dir))["phases"].get("rl", {})
+    return {
+        name: {"wall_s": t["wall_s"], "flops": t["flops"] or 0.0,
+               "achieved_flops_per_s": (t["flops"] or 0.0) / t["wall_s"] if t["wall_s"] else None,
+               "share_of_peak": t["mfu"]}
+        for name, t in phases.items()
+    }
 
 
 def _checkpointing_flag(config_cls) -> str:

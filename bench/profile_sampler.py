@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -75,4 +76,6 @@ def main(model_dir: str, runs: int = 7) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or not Path(sys.argv[1], "config.json").is_file():
+        raise SystemExit("usage: bench/profile_sampler.py MODEL_DIR (a Hugging Face model directory, e.g. runs/bench/base)")
     main(sys.argv[1])
