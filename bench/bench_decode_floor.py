@@ -76,7 +76,7 @@ def gemm_streaming(dtype_name: str, reps: int = 7) -> dict:
 def sampler_steps(model_dir: str, dtype_name: str, batches: list[int], new_tokens: int, reps: int) -> dict:
     import torch
 
-    from r1kit.modeling import load_model
+    from r1kit.models.modeling import load_model
     from r1kit.rollout.sampler import SamplingParams, sample
 
     model, tok = load_model(model_dir)

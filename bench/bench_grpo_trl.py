@@ -12,7 +12,7 @@ Each trainer runs in its own subprocess, so `ru_maxrss` (the resident-set high-w
 the child, after training and the held-out evaluation) is per trainer; the TRL child also pays for importing
 trl/datasets/pandas/pyarrow. The parent runs the children one after another and collects the JSON each prints on
 its last stdout line. After training, both final models are saved, loaded back and evaluated by the same call,
-`r1kit.evaluate.evaluate` (pass@1 over k samples at T=0.6, top-p 0.95, on the test split); a third child
+`r1kit.evaluation.evaluate.evaluate` (pass@1 over k samples at T=0.6, top-p 0.95, on the test split); a third child
 evaluates the starting model the same way (skip it with `--no-baseline`).
 
 Timing: "s/step" is the training call's wall time over the steps (r1kit: its step loop, including the final
@@ -90,15 +90,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _eval_config(args):
-    from r1kit.metrics import EvalConfig
+    from r1kit.evaluation.metrics import EvalConfig
 
     return EvalConfig(n=args.eval_n, k=args.eval_k, max_new_tokens=args.max_new_tokens, seed=args.seed)
 
 
 def _evaluate_dir(model_dir: Path | str, args) -> dict:
     """The held-out metrics of a saved model: loaded from disk and evaluated the same way for every trainer."""
-    from r1kit.evaluate import evaluate
-    from r1kit.modeling import load_model
+    from r1kit.evaluation.evaluate import evaluate
+    from r1kit.models.modeling import load_model
     from r1kit.tasks import get_task
 
     model, tokenizer = load_model(model_dir)
@@ -111,10 +111,10 @@ def child_start(args, work: Path) -> dict:
 
 
 def child_r1kit(args, work: Path) -> dict:
+    from r1kit.algo.rl_config import AlgoConfig, OptimConfig, RLConfig, RolloutConfig
     from r1kit.config import ParallelConfig, apply_overrides, build, to_dict
-    from r1kit.devices import ledger_for
+    from r1kit.cost.devices import ledger_for
     from r1kit.loops.rl import run_rl
-    from r1kit.rl_config import AlgoConfig, OptimConfig, RLConfig, RolloutConfig
 
     run_dir = work / f"r1kit{args.repeat}"
     cfg = RLConfig(
@@ -160,7 +160,7 @@ def child_r1kit(args, work: Path) -> dict:
 def _ledger_phases(run_dir: Path) -> dict:
     """Per ledger phase of the run: wall seconds, FLOPs, achieved FLOP/s and its share of the probed CPU peak
     (the ledger's MFU: FLOPs / (wall x threads x per-thread peak))."""
-    from r1kit.ledger import read_ledger, summarize
+    from r1kit.cost.ledger import read_ledger, summarize
 
     phases = summarize(read_ledger(run_dir))["phases"].get("rl", {})
     return {
@@ -183,9 +183,9 @@ def child_trl(args, work: Path) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from r1kit.modeling import load_model, save_model
-    from r1kit.prompting import make_prompter
+    from r1kit.models.modeling import load_model, save_model
     from r1kit.tasks import get_task
+    from r1kit.tasks.prompting import make_prompter
 
     task = get_task(args.task)
     problems = task.problems("train", args.train_problems, seed=args.seed)

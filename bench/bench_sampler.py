@@ -39,14 +39,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from r1kit.devices import cpu_model, cpu_peak_flops  # noqa: E402
-from r1kit.ledger import flops_per_token  # noqa: E402
-from r1kit.modeling import eos_ids, load_model, new_model, save_model, train_tokenizer  # noqa: E402
+from r1kit.cost.devices import cpu_model, cpu_peak_flops  # noqa: E402
+from r1kit.cost.ledger import flops_per_token  # noqa: E402
+from r1kit.models.modeling import eos_ids, load_model, new_model, save_model, train_tokenizer  # noqa: E402
 from r1kit.parallel.engine import Engine  # noqa: E402
-from r1kit.prompting import make_prompter  # noqa: E402
 from r1kit.rollout import make_engine, vllm_installed  # noqa: E402
 from r1kit.rollout.sampler import SamplingParams, left_pad, sample, supports_fast_path  # noqa: E402
 from r1kit.tasks import get_task  # noqa: E402
+from r1kit.tasks.prompting import make_prompter  # noqa: E402
 
 TEMPERATURE, TOP_P = 0.6, 0.95
 
@@ -224,7 +224,7 @@ def format_table(report: dict) -> str:
 
 def add_flops(report: dict, model, prompts, dtype: str) -> None:
     """Achieved FLOP/s of each sampler (the ledger's count: 2N + attention per generated token, at the average
-    context) against this CPU's probed matmul peak in the same dtype (r1kit.devices.cpu_peak_flops)."""
+    context) against this CPU's probed matmul peak in the same dtype (r1kit.cost.devices.cpu_peak_flops)."""
     s = report["settings"]
     context = statistics.mean(len(p) for p in prompts) + s["max_new_tokens"] / 2
     per_token = flops_per_token(model.config.to_dict(), int(context), training=False)

@@ -18,7 +18,7 @@ import platform
 import time
 from pathlib import Path
 
-from r1kit.devices import cpu_model
+from r1kit.cost.devices import cpu_model
 from r1kit.sandbox import Job, Limits, run_many
 
 PROGRAMS = {

@@ -10,7 +10,7 @@ still leaves the others' results (bench/gpu_check.sh installs r1kit and the carr
   timing    GRPO steps of random-initialised Qwen2.5-0.5B- and 1.5B-shaped models (the real Qwen2 shapes, the
             151,936-token vocabulary, a tiny arithmetic tokenizer: ids it lacks decode to nothing): `r1kit rl`
             with G=8 x 32 prompts x 512 new tokens; from metrics.jsonl the seconds per phase and peak memory,
-            from ledger.jsonl the FLOPs, hence MFU against the bf16 peak of r1kit.ledger.DEVICE_PEAKS
+            from ledger.jsonl the FLOPs, hence MFU against the bf16 peak of r1kit.cost.ledger.DEVICE_PEAKS
 
 The first step of a timing run is a warm-up (CUDA kernels, allocator) and is left out of its means. A random
 model almost never samples EOS, so every completion runs the full 512 tokens: the step is the worst case.
@@ -19,7 +19,7 @@ model almost never samples EOS, so every completion runs the full 512 tokens: th
     .venv/bin/python bench/gpu_check.py --cpu-smoke --out /tmp/smoke.json   # the same parts, tiny, on the CPU
 
 `--cpu-smoke` runs every part at tiny sizes for 2 steps on the CPU (fp32): it tests this script, not the GPU.
-The models are built here rather than by `r1kit.modeling.new_model`, which makes a Llama sized to the tokenizer's
+The models are built here rather than by `r1kit.models.modeling.new_model`, which makes a Llama sized to the tokenizer's
 vocabulary; the timing needs Qwen2's architecture and its full vocabulary (a quarter of the 0.5B's parameters and
 most of its logits' cost). Layer: a bench script; it imports torch only in its `--build-model`/`--probe-env` modes.
 """
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))  # the working tree's r1kit, installed or not
 
-from r1kit.ledger import DEVICE_PEAKS, param_count  # noqa: E402  (pure Python: no torch)
+from r1kit.cost.ledger import DEVICE_PEAKS, param_count  # noqa: E402  (pure Python: no torch)
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "gpu_check.json"
 
@@ -112,7 +112,7 @@ def build_model(name: str, out: Path, seed: int = 0, device: str = "cpu") -> dic
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from r1kit.loops.base import build_corpus
-    from r1kit.modeling import count_params, save_model, train_tokenizer
+    from r1kit.models.modeling import count_params, save_model, train_tokenizer
     from r1kit.tasks import get_task
 
     tokenizer = train_tokenizer(build_corpus(get_task("arithmetic"), 2000, seed), vocab_size=512)
@@ -298,7 +298,7 @@ def probe_env() -> dict:
 
     info["r1kit_path"] = str(Path(r1kit.__file__).parent)
     if torch.cuda.is_available():
-        from r1kit.devices import gpu_kind
+        from r1kit.cost.devices import gpu_kind
 
         props = torch.cuda.get_device_properties(0)
         kind = gpu_kind(props.name)
@@ -399,9 +399,9 @@ def plan_against(model_dir: Path, rl_command: list[str], device_kind: str | None
     GPU; on a CPU the peak RSS, which also holds the runtime the plan allows for separately)."""
     import types
 
-    from r1kit.cli import rl_config_from
-    from r1kit.ledger import DEVICE_MEMORY_BYTES
-    from r1kit.memplan import memory_plan
+    from r1kit.cli.main import rl_config_from
+    from r1kit.cost.ledger import DEVICE_MEMORY_BYTES
+    from r1kit.cost.memplan import memory_plan
 
     overrides = [a for a in rl_command if a.startswith("--") and "=" in a]
     flags = types.SimpleNamespace(config=None, model=str(model_dir), task="arithmetic", out="unused",

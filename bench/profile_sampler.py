@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 import r1kit.rollout.sampler as S
-from r1kit.modeling import load_model
-from r1kit.prompting import make_prompter
+from r1kit.models.modeling import load_model
 from r1kit.tasks import get_task
+from r1kit.tasks.prompting import make_prompter
 
 PARTS = {"decode": "decode", "prefill": "prefill", "select_rows": "row compaction"}
 

@@ -52,7 +52,7 @@ def tiny_config() -> dict:
 
 @pytest.fixture(scope="session")
 def tokenizer(torch_threads):
-    from r1kit import modeling
+    from r1kit.models import modeling
 
     return modeling.train_tokenizer(arithmetic_documents())
 
@@ -60,7 +60,7 @@ def tokenizer(torch_threads):
 @pytest.fixture(scope="module")
 def tiny_model(tiny_config, tokenizer):
     """A freshly initialised tiny Llama (seed 0), in eval mode; tests must not change its weights."""
-    from r1kit import modeling
+    from r1kit.models import modeling
 
     model = modeling.new_model(tiny_config, tokenizer, seed=0)
     model.eval()

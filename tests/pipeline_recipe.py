@@ -5,7 +5,7 @@ import io
 import json
 import random
 
-from r1kit.cli import main
+from r1kit.cli.main import main
 
 EVAL_N = 4
 
@@ -111,14 +111,14 @@ def header_of(text: str, name: str) -> int:
 
 
 def ledger_factory(run_dir, stage, model_config=None):
-    from r1kit.devices import ledger_for
+    from r1kit.cost.devices import ledger_for
 
     return ledger_for(run_dir, stage, model_config=model_config)
 
 
 def _no_probe(monkeypatch):
     """The CPU peak is a matmul benchmark when not cached: a constant keeps these tests fast and quiet."""
-    monkeypatch.setattr("r1kit.devices.cpu_peak_flops", lambda *a, **k: 1e10)
+    monkeypatch.setattr("r1kit.cost.devices.cpu_peak_flops", lambda *a, **k: 1e10)
 
 
 def _ledger_lines(folder) -> int:

@@ -25,16 +25,16 @@ import pytest
 import torch
 import transformers
 
-from r1kit.evaluate import evaluate
-from r1kit.grpo import build_rollout, rollout_logprobs
+from r1kit.algo.grpo import build_rollout, rollout_logprobs
+from r1kit.algo.rl_config import AlgoConfig, OptimConfig, RewardConfig, RLConfig, RolloutConfig
+from r1kit.evaluation.evaluate import evaluate
+from r1kit.evaluation.metrics import EvalConfig
 from r1kit.loops.distill import DistillConfig, run_distill
 from r1kit.loops.generate import GenerateConfig, run_generate
 from r1kit.loops.rl import run_rl
 from r1kit.loops.sft import SFTConfig, run_sft
-from r1kit.metrics import EvalConfig
-from r1kit.modeling import eos_ids, load_model, save_model
-from r1kit.packing import Example, collate, packed_logits
-from r1kit.rl_config import AlgoConfig, OptimConfig, RewardConfig, RLConfig, RolloutConfig
+from r1kit.models.modeling import eos_ids, load_model, save_model
+from r1kit.models.packing import Example, collate, packed_logits
 from r1kit.rollout.sampler import SamplingParams, left_pad, sample, supports_fast_path
 from r1kit.tasks import get_task
 from r1kit.tasks.arithmetic import ArithmeticTask

@@ -2,7 +2,7 @@
 
 import pytest
 
-from r1kit.cli import main
+from r1kit.cli.main import main
 
 
 def _one_error_line(err: str) -> str:
@@ -93,7 +93,7 @@ def test_cost_of_a_dir_without_ledger(tmp_path, capsys):
 
 
 def test_cost_probe_refreshes_the_cpu_peak(monkeypatch, capsys, tmp_path):
-    from r1kit import devices
+    from r1kit.cost import devices
 
     monkeypatch.setattr(devices, "DEFAULT_CACHE_DIR", tmp_path)
     monkeypatch.setattr(devices, "measure_matmul_flops", lambda *a, **k: 2.5e11)
@@ -102,7 +102,7 @@ def test_cost_probe_refreshes_the_cpu_peak(monkeypatch, capsys, tmp_path):
 
 
 def test_eval_backend_vllm_without_vllm_is_one_line(tiny_model, tokenizer, tmp_path, capsys):
-    from r1kit.modeling import save_model
+    from r1kit.models.modeling import save_model
     from r1kit.rollout import vllm_installed
 
     if vllm_installed():

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from r1kit.cli import main
-from r1kit.modeling import new_model, save_model, train_tokenizer
+from r1kit.cli.main import main
+from r1kit.models.modeling import new_model, save_model, train_tokenizer
 from r1kit.tasks import get_task
 
 

@@ -209,7 +209,7 @@ def test_load_toml_invalid(tmp_path):
 
 
 def test_reward_weight_overrides_become_numbers():
-    from r1kit.rl_config import RLConfig
+    from r1kit.algo.rl_config import RLConfig
 
     cfg = build(RLConfig, apply_overrides({}, ["--reward.weights.format=0", "--reward.weights.accuracy=2"]))
     assert cfg.reward.weights == {"accuracy": 2.0, "format": 0.0}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from r1kit.cost_paper import PAPER_STAGES, V3_STAGES, format_paper_table, paper_table
+from r1kit.cost.paper import PAPER_STAGES, V3_STAGES, format_paper_table, paper_table
 
 
 def rows_by_name(price=2.0):
@@ -74,7 +74,7 @@ V3_ACTIVE = ROOT / "recipes" / "models" / "deepseek-v3-active-37b"
 
 
 def paper_recipe_config():
-    from r1kit.cli import rl_config_from
+    from r1kit.cli.main import rl_config_from
 
     class Args:
         config, model, task, out, strict = str(PAPER_RECIPE), str(V3_ACTIVE), None, None, False
@@ -83,8 +83,8 @@ def paper_recipe_config():
 
 
 def test_the_dense_stand_in_has_v3s_active_parameters():
-    from r1kit.estimate import load_model_config
-    from r1kit.ledger import matmul_param_count, param_count
+    from r1kit.cost.estimate import load_model_config
+    from r1kit.cost.ledger import matmul_param_count, param_count
 
     config = load_model_config(V3_ACTIVE)
     assert param_count(config) == pytest.approx(37.55e9, rel=0.01)  # V3: 61 layers + embedding + head, active
@@ -94,7 +94,7 @@ def test_the_dense_stand_in_has_v3s_active_parameters():
 def test_r1_zero_re_estimated_is_within_10x_of_the_papers_gpu_hours():
     """The paper's settings on 512 H800s at r1kit's assumed MFU (no calibration, no tokenizer): the estimate
     must land within an order of magnitude of the 101K GPU-hours DeepSeek reported."""
-    from r1kit.estimate import estimate_from_config
+    from r1kit.cost.estimate import estimate_from_config
 
     cfg = paper_recipe_config()
     est = estimate_from_config(cfg, None, device_kind="H800", device_count=512, prompt_len=200,
@@ -111,7 +111,7 @@ def test_r1_zero_re_estimated_is_within_10x_of_the_papers_gpu_hours():
 
 def test_cli_estimate_takes_lengths_instead_of_a_tokenizer(capsys):
     """--prompt-len and --completion-len: a directory holding only config.json (no tokenizer) will do."""
-    from r1kit.cli import main
+    from r1kit.cli.main import main
 
     argv = ["cost", "estimate", "--config", str(PAPER_RECIPE), "--model", str(V3_ACTIVE), "--gpu", "H800",
             "--count", "512", "--completion-len", "8000"]

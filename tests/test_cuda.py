@@ -15,15 +15,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from r1kit.algo.rl_config import RLConfig
 from r1kit.config import build
-from r1kit.devices import gpu_kind, ledger_for
-from r1kit.ledger import DEVICE_PEAKS, read_ledger
+from r1kit.cost.devices import gpu_kind, ledger_for
+from r1kit.cost.ledger import DEVICE_PEAKS, read_ledger
 from r1kit.loops.rl import run_rl
-from r1kit.modeling import eos_ids, save_model
-from r1kit.prompting import make_prompter
-from r1kit.rl_config import RLConfig
+from r1kit.models.modeling import eos_ids, save_model
 from r1kit.rollout.sampler import SamplingParams, sample
 from r1kit.tasks import get_task
+from r1kit.tasks.prompting import make_prompter
 
 pytestmark = pytest.mark.cuda
 
@@ -107,7 +107,7 @@ def test_grpo_on_cuda_in_bf16_moves_the_weights(tmp_path, base_model, reward_nam
 
 
 def test_r1kit_rl_takes_device_and_dtype_flags(tmp_path, base_model, reward_name):
-    from r1kit.cli import main
+    from r1kit.cli.main import main
 
     out = tmp_path / "rl-cli"
     recipe = tmp_path / "r.toml"

@@ -9,7 +9,7 @@ import pytest
 datasets = pytest.importorskip("datasets")
 
 from r1kit.errors import UserError  # noqa: E402
-from r1kit.metrics import GENERATED_EVAL_N, eval_config_for  # noqa: E402
+from r1kit.evaluation.metrics import GENERATED_EVAL_N, eval_config_for  # noqa: E402
 from r1kit.tasks import get_task, task_options  # noqa: E402
 from r1kit.tasks.arithmetic import ArithmeticTask  # noqa: E402
 from r1kit.tasks.dataset import PAPER_EVAL, PRESETS  # noqa: E402
@@ -171,8 +171,8 @@ def _split_n(cfg):
 
 
 def test_cli_eval_reads_every_row_of_a_file(tmp_path, tiny_model, tokenizer, capsys):
-    from r1kit.cli import main
-    from r1kit.modeling import save_model
+    from r1kit.cli.main import main
+    from r1kit.models.modeling import save_model
 
     save_model(tiny_model, tokenizer, tmp_path / "m")
     path, out = write(tmp_path, ROWS[:12], "d.csv"), tmp_path / "e.json"

@@ -7,8 +7,8 @@ import types
 import pytest
 import torch
 
-from r1kit import devices
-from r1kit.devices import NvmlEnergy, cpu_peak_flops, detect_device, gpu_kind, ledger_for
+from r1kit.cost import devices
+from r1kit.cost.devices import NvmlEnergy, cpu_peak_flops, detect_device, gpu_kind, ledger_for
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU path")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from r1kit.losses import (
+from r1kit.algo.losses import (
     DISTILL_LOSSES,
     forward_kl_per_token,
     masked_mean,

@@ -80,8 +80,8 @@ def _run_cases(rank: int, world: int) -> list[dict]:
     """Every case from the same initial model on this rank's rows; returns the (full) parameters and statistics."""
     from torch.distributed.tensor import DTensor
 
-    from r1kit.grpo import UpdateSettings, build_rollout, train_on_rollout
-    from r1kit.modeling import new_model
+    from r1kit.algo.grpo import UpdateSettings, build_rollout, train_on_rollout
+    from r1kit.models.modeling import new_model
     from r1kit.parallel.dist import DistInfo
     from r1kit.parallel.engine import Engine
     from r1kit.parallel.fsdp import shard
@@ -224,7 +224,7 @@ def test_n_processes_take_the_same_step_as_one(case, results):
 
 
 def test_the_update_is_not_trivial(results):
-    from r1kit.modeling import new_model
+    from r1kit.models.modeling import new_model
 
     initial = dict(new_model(MODEL, _Tok(), seed=0).named_parameters())
     for result in results[0]:
@@ -240,9 +240,9 @@ def test_every_rank_issues_the_same_collectives(monkeypatch, torch_threads, afte
     it has no gradients yet or a skipped NaN update cleared them."""
     import torch.distributed as tdist
 
-    from r1kit import grpo
-    from r1kit.grpo import UpdateSettings, build_rollout, train_on_rollout
-    from r1kit.modeling import new_model
+    from r1kit.algo import grpo
+    from r1kit.algo.grpo import UpdateSettings, build_rollout, train_on_rollout
+    from r1kit.models.modeling import new_model
     from r1kit.parallel import dist
 
     calls: list = []

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from r1kit.doctor import Doctor, DoctorStop
+from r1kit.algo.doctor import Doctor, DoctorStop
 from r1kit.errors import UserError
 
 HEALTHY = {

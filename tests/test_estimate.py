@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from r1kit.calibration import ContentionProbe, calibration_config
-from r1kit.cli import main
-from r1kit.costview import compare, estimate_for_run, format_comparison, format_estimate
-from r1kit.errors import UserError
-from r1kit.estimate import (
+from r1kit.algo.rl_config import AlgoConfig, RLConfig, RolloutConfig
+from r1kit.cli.main import main
+from r1kit.cost.calibration import ContentionProbe, calibration_config
+from r1kit.cost.estimate import (
     ASSUMED_MFU,
     count_evals,
     count_saves,
@@ -22,9 +21,10 @@ from r1kit.estimate import (
     read_estimate,
     write_estimate,
 )
-from r1kit.ledger import flops_per_token, read_ledger, summarize
-from r1kit.metrics import EvalConfig
-from r1kit.rl_config import AlgoConfig, RLConfig, RolloutConfig
+from r1kit.cost.ledger import flops_per_token, read_ledger, summarize
+from r1kit.cost.views import compare, estimate_for_run, format_comparison, format_estimate
+from r1kit.errors import UserError
+from r1kit.evaluation.metrics import EvalConfig
 
 # d=64, 2 layers, ff=128, 4 heads of 16, 2 kv heads, vocab 100 (tests/test_ledger.py works out its FLOPs).
 TINY = {
@@ -164,7 +164,7 @@ def test_calibration_config_keeps_the_batch_shape(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_model, tokenizer):
-    from r1kit.modeling import save_model
+    from r1kit.models.modeling import save_model
 
     path = tmp_path_factory.mktemp("policy") / "model"
     save_model(tiny_model, tokenizer, path)
@@ -173,7 +173,7 @@ def model_dir(tmp_path_factory, tiny_model, tokenizer):
 
 @pytest.fixture(scope="module")
 def estimated_run(model_dir, tmp_path_factory):
-    from r1kit.devices import ledger_for
+    from r1kit.cost.devices import ledger_for
     from r1kit.loops.rl import run_rl
 
     def factory(d, stage, model_config):
@@ -242,7 +242,7 @@ def test_cli_cost_estimate(model_dir, tmp_path, capsys):
 
 def test_cost_modules_import_no_torch():
     code = (
-        "import sys, r1kit.estimate, r1kit.calibration, r1kit.costview, r1kit.report, r1kit.modelcard; "
+        "import sys, r1kit.cost.estimate, r1kit.cost.calibration, r1kit.cost.views, r1kit.reporting.report, r1kit.reporting.modelcard; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

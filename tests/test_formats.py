@@ -9,12 +9,12 @@ import pytest
 from tokenizers import processors
 
 from r1kit.errors import UserError
-from r1kit.modeling import train_tokenizer
-from r1kit.prompting import format_warnings, looks_instruct, make_prompter
+from r1kit.models.modeling import train_tokenizer
 from r1kit.tasks.arithmetic import ArithmeticTask
 from r1kit.tasks.base import Problem
 from r1kit.tasks.formats import INSTRUCTIONS, answer_from_solution, instruction_text, read_answer
 from r1kit.tasks.jsonl import JsonlTask
+from r1kit.tasks.prompting import format_warnings, looks_instruct, make_prompter
 
 R1_MATH = "Please reason step by step, and put your final answer within \\boxed{}."
 R1_DISTILL_COMPLETION = "Okay, 40 + 2 is 42.</think>\n\nThe answer is \\boxed{42}"  # as decoded: the prefill is prompt

@@ -21,7 +21,7 @@ import pytest
 from r1kit.errors import UserError
 from r1kit.loops import generate
 from r1kit.loops.generate import GenerateConfig, progress_path, run_generate, select
-from r1kit.modeling import new_model, save_model
+from r1kit.models.modeling import new_model, save_model
 from r1kit.tasks import get_task
 from r1kit.tasks.arithmetic import ArithmeticTask
 from r1kit.tasks.base import Problem, Score

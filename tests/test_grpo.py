@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 
-from r1kit.grpo import (
+from r1kit.algo.grpo import (
     UpdateSettings,
     build_rollout,
     completion_logits,
     rollout_logprobs,
     train_on_rollout,
 )
-from r1kit.losses import token_logprobs
+from r1kit.algo.losses import token_logprobs
 
 # Two groups of two: prompts of different lengths (left-padded), completions of 3, 5, 2 and 4 tokens.
 PROMPTS = [[10, 11, 12], [10, 11, 12], [20, 21], [20, 21]]
@@ -324,7 +324,7 @@ def test_micro_batches_give_the_same_update_as_one_pass(model, pad, tokens):
 
 def _behaviour(model, rollout, shift: float = 0.0) -> torch.Tensor:
     """The trainer's own log-probs of the rollout (what an exact engine returns), minus `shift` nats per token."""
-    from r1kit.grpo import rollout_logprobs
+    from r1kit.algo.grpo import rollout_logprobs
 
     return rollout_logprobs(model, rollout, 1.0) - shift
 
@@ -365,7 +365,7 @@ def test_tis_cap_zero_reports_but_does_not_weight(tiny_model, pad):
 
 
 def test_split_sorted_finds_the_cheapest_cuts():
-    from r1kit.grpo import split_sorted
+    from r1kit.algo.grpo import split_sorted
 
     # one long row among short ones: it gets a pass of its own (8 x 100 padded tokens would waste 7 x 90)
     assert split_sorted([0] * 8, [10] * 7 + [100], 10_000, pass_cost=50) == [7, 8]

@@ -16,10 +16,10 @@ pytest.importorskip("gguf")
 
 import gguf  # noqa: E402
 
-from r1kit.cli import main  # noqa: E402
+from r1kit.cli.main import main  # noqa: E402
 from r1kit.errors import UserError  # noqa: E402
-from r1kit.importer import import_gguf, supported_architectures  # noqa: E402
-from r1kit.modeling import TAG_TOKENS, load_model, train_tokenizer  # noqa: E402
+from r1kit.models.gguf import import_gguf, supported_architectures  # noqa: E402
+from r1kit.models.modeling import TAG_TOKENS, load_model, train_tokenizer  # noqa: E402
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"

@@ -7,51 +7,85 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "r1kit"
 
-# 0 pure Python | 1 torch ops | 2 model I/O | 3 evaluation | 4 loops | 5 entry
+# 0 pure Python | 1 torch ops | 2 model I/O | 3 evaluation | 4 loops | 5 entry.
+# A package's layer holds for its modules unless a module is named on its own (the longest name wins).
 LAYERS = {
-    "errors": 0, "config": 0, "tasks": 0, "rewards": 0, "ledger": 0, "cost_paper": 0, "metrics": 0,
-    "doctor": 0, "rl_config": 0, "memplan": 0,
+    "__init__": 0, "__main__": 5, "errors": 0, "config": 0,
+    "tasks": 0,  # problem generators, datasets, verifiers, prompt and answer formats
     "sandbox": 0,  # runs model-written programs in bubblewrap (subprocesses; no torch)
-    "losses": 1, "devices": 1, "packing": 1, "logprobs": 1,
-    "parallel": 2,  # device and precision, process groups, FSDP2, sharded checkpoints (over checkpoint.py)
-    "modeling": 2, "lora": 2, "prompting": 2, "importer": 2, "sft": 2, "rollout": 2, "shared_prompts": 2, "checkpoint": 2, "grpo": 2, "runlog": 2, "modelcard": 2, "estimate": 4, "costview": 4, "calibration": 4,
-    "evaluate": 3, "report": 4, "pipeline": 4, "recipe": 4, "summary": 4, "preflight": 4,
+    "algo": 0, "algo.losses": 1, "algo.logprobs": 1, "algo.grpo": 2, "algo.shared_prompts": 2, "algo.sft": 2,
+    "models": 2, "models.packing": 1,
+    "rollout": 2,
+    "parallel": 2,  # device and precision, process groups, FSDP2, sharded checkpoints (over models.checkpoint)
+    "cost": 0, "cost.devices": 1, "cost.calibration": 4, "cost.estimate": 4, "cost.views": 4,
+    "cost.preflight": 4,
+    "evaluation": 0, "evaluation.evaluate": 3,
+    "reporting": 2, "reporting.summary": 4, "reporting.report": 4,
     "loops": 4,
-    "cli": 5, "commands": 5, "__main__": 5, "__init__": 0,
+    "cli": 5, "cli.recipe": 4, "cli.pipeline": 4,
 }
-PURE = {name for name, layer in LAYERS.items() if layer == 0}
+PURE_PACKAGES = ("tasks", "sandbox", "algo.rewards", "algo.rl_config", "algo.doctor", "cost.ledger", "cost.paper",
+                 "cost.memplan", "evaluation.metrics", "config", "errors")
 
 
-def _module_key(path: Path) -> str:
-    rel = path.relative_to(SRC).with_suffix("")
-    return rel.parts[0]
+def _module(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in LAYERS:
+            return LAYERS[".".join(parts[:n])]
+    return None
 
 
 def _imports(path: Path) -> list[str]:
+    """Every module this file imports (`from r1kit.x import y` counts as r1kit.x.y when y is a module)."""
     tree = ast.parse(path.read_text())
     names = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module:
             names.append(node.module)
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                if candidate.startswith("r1kit.") and _exists(candidate[6:]):
+                    names.append(candidate)
         elif isinstance(node, ast.Import):
             names += [a.name for a in node.names]
     return names
 
 
+def _exists(module: str) -> bool:
+    base = SRC.joinpath(*module.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
 FILES = sorted(SRC.rglob("*.py"))
+GRAPH = {_module(p): sorted({n[6:] for n in _imports(p) if n.startswith("r1kit.") and _exists(n[6:])}) for p in FILES}
 
 
 @pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(SRC)) for p in FILES])
 def test_imports_respect_layers(path):
-    key = _module_key(path)
-    assert key in LAYERS, f"{key} has no layer in tests/test_layers.py: add it"
-    layer = LAYERS[key]
+    module = _module(path)
+    layer = _layer(module)
+    assert layer is not None, f"{module} has no layer in tests/test_layers.py: add it"
     for name in _imports(path):
         parts = name.split(".")
         if parts[0] == "r1kit" and len(parts) > 1:
-            target = parts[1]
-            assert LAYERS.get(target, 0) <= layer, f"{path.name} (layer {layer}) imports {name}"
-            if key == "loops" and target == "loops":
-                assert parts[2:3] == [path.stem] or len(parts) == 2, f"loop {path.name} imports {name}"
-        if key in PURE:
-            assert parts[0] not in ("torch", "transformers"), f"pure module {path.name} imports {name}"
+            target = ".".join(parts[1:])
+            assert (_layer(target) or 0) <= layer, f"{module} (layer {layer}) imports {name} (layer {_layer(target)})"
+            if parts[1] == "loops" and module.startswith("loops."):
+                assert parts[2:3] == [module.split(".")[1]] or len(parts) == 2, f"loop {module} imports {name}"
+        if module.startswith(PURE_PACKAGES) and (_layer(module) or 0) == 0:
+            assert parts[0] not in ("torch", "transformers"), f"pure module {module} imports {name}"
+
+
+def test_top_level_shows_the_architecture():
+    """`ls src/r1kit/` shows about a dozen entries (issue 21: at most 14 besides __init__ and __main__)."""
+    entries = [p.name for p in SRC.iterdir() if p.name not in ("__init__.py", "__main__.py", "__pycache__")]
+    assert len(entries) <= 14, sorted(entries)
+    for package in (p for p in SRC.iterdir() if p.is_dir() and p.name != "__pycache__"):
+        doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
+        assert doc, f"{package.name}/__init__.py needs a docstring saying what it holds and its layer"

@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from r1kit.errors import UserError
-from r1kit.ledger import (
+from r1kit.cost.ledger import (
     LEDGER_FILE,
     SCHEMA_VERSION,
     Ledger,
@@ -21,6 +20,7 @@ from r1kit.ledger import (
     resolve_price,
     summarize,
 )
+from r1kit.errors import UserError
 
 H800_PEAK = 989.4e12
 # d=64, 2 layers, ff=128, 4 heads of 16, 2 kv heads, vocab 100. Per layer: q 64x64 + k,v 2x64x32 + o 64x64
@@ -220,6 +220,6 @@ def test_estimate_run_arithmetic():
 
 
 def test_layer_zero_modules_do_not_import_torch():
-    code = "import sys, r1kit.ledger, r1kit.cost_paper, r1kit.devices; print('torch' in sys.modules)"
+    code = "import sys, r1kit.cost.ledger, r1kit.cost.paper, r1kit.cost.devices; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from r1kit.logprobs import chunkable, completion_logprobs
-from r1kit.losses import entropy, token_logprobs
+from r1kit.algo.logprobs import chunkable, completion_logprobs
+from r1kit.algo.losses import entropy, token_logprobs
 
 VOCAB_32K = 32_000
 
@@ -26,7 +26,7 @@ class _Tok:
 
 
 def _model(vocab: int = 256, seed: int = 0):
-    from r1kit.modeling import new_model
+    from r1kit.models.modeling import new_model
 
     size = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                 intermediate_size=128, max_position_embeddings=512)
@@ -90,7 +90,7 @@ import json, sys
 import torch
 sys.path.insert(0, sys.argv[3])
 from test_logprobs import _batch, _model, VOCAB_32K
-import r1kit.logprobs as lp
+import r1kit.algo.logprobs as lp
 
 torch.set_num_threads(1)
 model = _model(VOCAB_32K)

@@ -7,13 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from r1kit.algo.rl_config import RLConfig
 from r1kit.config import build
 from r1kit.errors import UserError
 from r1kit.loops.rl import run_rl
 from r1kit.loops.sft import SFTConfig, run_sft
-from r1kit.lora import LoraConfig, apply_lora, effective_weight, merged_copy, trainable_parameters
-from r1kit.modeling import load_model, new_model, save_model
-from r1kit.rl_config import RLConfig
+from r1kit.models.lora import LoraConfig, apply_lora, effective_weight, merged_copy, trainable_parameters
+from r1kit.models.modeling import load_model, new_model, save_model
 from r1kit.rollout.sampler import SamplingParams, sample
 
 peft = pytest.importorskip("peft")

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from r1kit.losses import (
+from r1kit.algo.losses import (
     ADVANTAGES,
     AGGREGATIONS,
     advantages_centered,

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from r1kit.cli import main
-from r1kit.errors import UserError
-from r1kit.ledger import DEVICE_MEMORY_BYTES, param_count
-from r1kit.memplan import (
+from r1kit.algo.rl_config import RLConfig
+from r1kit.cli.main import main
+from r1kit.cost.ledger import DEVICE_MEMORY_BYTES, param_count
+from r1kit.cost.memplan import (
     GIB,
     activation_bytes_per_token,
     check_memory,
@@ -20,7 +20,7 @@ from r1kit.memplan import (
     lora_param_count,
     memory_plan,
 )
-from r1kit.rl_config import RLConfig
+from r1kit.errors import UserError
 
 # d=64, 2 layers, ff=128, 4 heads of 16 (q = 64), 2 KV heads (kv = 32), vocab 512, untied head.
 SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, "num_attention_heads": 4,
@@ -78,7 +78,7 @@ def test_one_process_fp32_uses_weights_in_place():
 
 
 def test_activations_by_hand_and_checkpointing():
-    from r1kit.ledger import _shape
+    from r1kit.cost.ledger import _shape
 
     s = _shape(SMALL)
     # fp32: a layer keeps 4*(2*64 + 3*64 + 2*32 + 4*128) + 2*64*(4+4) = 4,608 B per token; the head 64*12 = 768
@@ -196,7 +196,7 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM  # resolved before the baseline (lazy imports)
 from r1kit.config import build
 from r1kit.loops.rl import run_rl
-from r1kit.rl_config import RLConfig
+from r1kit.algo.rl_config import RLConfig
 
 torch.set_num_threads(1)
 cfg = build(RLConfig, json.loads(sys.argv[1]))
@@ -220,9 +220,9 @@ def test_plan_matches_measured_cpu_run(tokenizer, tmp_path):
     165-178 MiB against 179 MiB planned (ratio 0.92-0.99); with algo.micro_batch_tokens=300 the growth fell by
     74 MiB where the plan's activations fall by 70. RSS also holds allocator slack and small tensors the plan
     leaves out, and malloc may reuse freed transients, so the bound is 0.6x-1.5x."""
-    from r1kit import modeling
-    from r1kit.prompting import make_prompter
+    from r1kit.models import modeling
     from r1kit.tasks import get_task
+    from r1kit.tasks.prompting import make_prompter
 
     size = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
             "intermediate_size": 1024, "max_position_embeddings": 256}

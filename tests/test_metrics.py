@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from r1kit.metrics import majority, mean_ci95, pass_at_k, summarize
+from r1kit.evaluation.metrics import majority, mean_ci95, pass_at_k, summarize
 
 
 def brute_pass_at_k(n: int, c: int, k: int) -> Fraction:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from r1kit.errors import UserError
-from r1kit.modeling import TAG_TOKENS, count_params, eos_ids, load_model, new_model, save_model
+from r1kit.models.modeling import TAG_TOKENS, count_params, eos_ids, load_model, new_model, save_model
 
 TEXT = "User: 345*6. Reason in <think> </think>, answer in <answer> </answer>. Assistant: <think> 5*6=30 c3 </think> <answer>2,070</answer>"
 

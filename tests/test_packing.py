@@ -8,10 +8,10 @@ import random
 import pytest
 import torch
 
-from r1kit.losses import masked_mean
-from r1kit.modeling import new_model
-from r1kit.packing import IGNORE, Example, collate, encode_example, pack, packed_logits
-from r1kit.sft import optimizer_step, packed_batches, sft_token_loss
+from r1kit.algo.losses import masked_mean
+from r1kit.algo.sft import optimizer_step, packed_batches, sft_token_loss
+from r1kit.models.modeling import new_model
+from r1kit.models.packing import IGNORE, Example, collate, encode_example, pack, packed_logits
 from r1kit.tasks.arithmetic import ArithmeticTask
 
 

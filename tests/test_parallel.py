@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from r1kit.algo.grpo import UpdateSettings, build_rollout, train_on_rollout
 from r1kit.config import ParallelConfig
 from r1kit.errors import UserError
-from r1kit.grpo import UpdateSettings, build_rollout, train_on_rollout
 from r1kit.parallel.engine import Engine, resolve_engine
 from r1kit.parallel.fsdp import decoder_layers, prepare_training_model
 
@@ -66,7 +66,7 @@ def _update(model, engine):
 
 
 def test_activation_checkpointing_changes_no_number(tiny_config, tokenizer, torch_threads):
-    from r1kit.modeling import new_model
+    from r1kit.models.modeling import new_model
 
     cpu = torch.device("cpu")
     plain = prepare_training_model(new_model(tiny_config, tokenizer, seed=0), Engine(cpu, "fp32"))
@@ -80,7 +80,7 @@ def test_activation_checkpointing_changes_no_number(tiny_config, tokenizer, torc
 
 
 def test_bf16_trains_float32_masters_and_bf16_pure_keeps_bfloat16(tiny_config, tokenizer, torch_threads, tmp_path):
-    from r1kit.modeling import load_model, new_model, save_model
+    from r1kit.models.modeling import load_model, new_model, save_model
 
     cpu = torch.device("cpu")
     mixed = prepare_training_model(new_model(tiny_config, tokenizer, seed=0), Engine(cpu, "bf16"))
@@ -98,10 +98,10 @@ def test_bf16_trains_float32_masters_and_bf16_pure_keeps_bfloat16(tiny_config, t
 
 
 def test_rl_runs_in_bf16_on_this_machine(tiny_config, tokenizer, tmp_path, torch_threads):
+    from r1kit.algo.rl_config import RLConfig
     from r1kit.config import build
     from r1kit.loops.rl import run_rl
-    from r1kit.modeling import new_model, save_model
-    from r1kit.rl_config import RLConfig
+    from r1kit.models.modeling import new_model, save_model
 
     save_model(new_model(tiny_config, tokenizer, seed=0), tokenizer, tmp_path / "base")
     cfg = build(RLConfig, {"model": str(tmp_path / "base"), "out": str(tmp_path / "rl"), "steps": 2,
@@ -119,10 +119,10 @@ def test_rl_runs_in_bf16_on_this_machine(tiny_config, tokenizer, tmp_path, torch
 
 def test_the_doctor_checks_the_memory_plan_before_step_1(tiny_config, tokenizer, tmp_path, monkeypatch, capsys,
                                                          torch_threads):
+    from r1kit.algo.rl_config import RLConfig
     from r1kit.config import build
     from r1kit.loops.rl import run_rl
-    from r1kit.modeling import new_model, save_model
-    from r1kit.rl_config import RLConfig
+    from r1kit.models.modeling import new_model, save_model
 
     save_model(new_model(tiny_config, tokenizer, seed=0), tokenizer, tmp_path / "base")
     monkeypatch.setattr(Engine, "memory_capacity_bytes", lambda self: 2**20)  # a 1 MiB machine
@@ -140,7 +140,7 @@ def test_the_doctor_checks_the_memory_plan_before_step_1(tiny_config, tokenizer,
 
 
 def test_placing_a_model_in_bf16_keeps_its_rotary_frequencies_in_float32(tiny_config, tokenizer):
-    from r1kit.modeling import new_model
+    from r1kit.models.modeling import new_model
 
     model = new_model(tiny_config, tokenizer, seed=0)
     exact = model.model.rotary_emb.inv_freq.clone()

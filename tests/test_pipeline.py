@@ -28,12 +28,12 @@ from pipeline_recipe import (
     ledger_factory,
     write_rows,
 )
-from r1kit import pipeline
-from r1kit.checkpoint import latest_checkpoint
-from r1kit.cli import main
+from r1kit.cli import pipeline
+from r1kit.cli.main import main
+from r1kit.cli.pipeline import check_resumable, load_pipeline, run_pipeline, stage_state
 from r1kit.errors import UserError
-from r1kit.pipeline import check_resumable, load_pipeline, run_pipeline, stage_state
-from r1kit.summary import format_summary, summary_rows
+from r1kit.models.checkpoint import latest_checkpoint
+from r1kit.reporting.summary import format_summary, summary_rows
 
 # ---- One pipeline, run in three calls ---------------------------------------------------------------------------
 
@@ -107,7 +107,7 @@ def run(tmp_path_factory, torch_threads):
 
 
 def _ledger(folder) -> list[dict]:
-    from r1kit.ledger import read_ledger
+    from r1kit.cost.ledger import read_ledger
 
     return read_ledger(folder / "ledger.jsonl")
 

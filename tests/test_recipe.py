@@ -16,9 +16,9 @@ from pipeline_recipe import (
     header_of,
     write_rows,
 )
-from r1kit.cli import main
+from r1kit.cli.main import main
+from r1kit.cli.pipeline import load_pipeline, run_pipeline, stage_state
 from r1kit.errors import UserError
-from r1kit.pipeline import load_pipeline, run_pipeline, stage_state
 
 # ---- A bad recipe is rejected before anything runs, naming its line --------------------------------------------
 

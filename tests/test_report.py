@@ -11,12 +11,12 @@ import subprocess
 
 import pytest
 
-from r1kit.cli import main
-from r1kit.ledger import Ledger
-from r1kit.metrics import EvalConfig
-from r1kit.modelcard import cost_from_ledger, lineage_of, write_model_card
-from r1kit.report import build_report, line_chart, nice_ticks, write_report
-from r1kit.rl_config import AlgoConfig, RLConfig, RolloutConfig
+from r1kit.algo.rl_config import AlgoConfig, RLConfig, RolloutConfig
+from r1kit.cli.main import main
+from r1kit.cost.ledger import Ledger
+from r1kit.evaluation.metrics import EvalConfig
+from r1kit.reporting.modelcard import cost_from_ledger, lineage_of, write_model_card
+from r1kit.reporting.report import build_report, line_chart, nice_ticks, write_report
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(
@@ -107,9 +107,9 @@ def write_base_stage(d):
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, tiny_model, tokenizer):
-    from r1kit.devices import ledger_for
+    from r1kit.cost.devices import ledger_for
     from r1kit.loops.rl import run_rl
-    from r1kit.modeling import save_model
+    from r1kit.models.modeling import save_model
 
     root = tmp_path_factory.mktemp("pipe") / "pipeline"
     write_base_stage(root / "base")
@@ -214,7 +214,7 @@ def test_chromium_renders_the_report(pipeline, tmp_path):
 
 
 def test_model_card_states_the_formats_it_was_measured_with():
-    from r1kit.modelcard import model_card
+    from r1kit.reporting.modelcard import model_card
 
     formats = {"prompt_format": "chat", "answer_format": "boxed", "system": "",
                "instruction": "Put your final answer within \\boxed{}.", "prefill": ""}

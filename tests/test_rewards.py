@@ -3,8 +3,8 @@ language consistency, DAPO's overlong penalty, and a user's own reward named `pa
 
 import pytest
 
+from r1kit.algo.rewards import REWARDS, accuracy, combine, format_reward, language, overlong, resolve_reward
 from r1kit.errors import UserError
-from r1kit.rewards import REWARDS, accuracy, combine, format_reward, language, overlong, resolve_reward
 from r1kit.tasks import get_task
 from r1kit.tasks.base import Problem, Score
 

@@ -17,14 +17,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r1kit.checkpoint import STATE_FILE, latest_checkpoint, save_checkpoint
+from r1kit.algo.doctor import DoctorStop
+from r1kit.algo.rl_config import VARIANTS, AlgoConfig, OptimConfig, RLConfig, RolloutConfig
 from r1kit.config import build
-from r1kit.doctor import DoctorStop
 from r1kit.errors import UserError
 from r1kit.loops import rl
 from r1kit.loops.rl import learning_rate, run_rl
-from r1kit.modeling import load_model, new_model, save_model
-from r1kit.rl_config import VARIANTS, AlgoConfig, OptimConfig, RLConfig, RolloutConfig
+from r1kit.models.checkpoint import STATE_FILE, latest_checkpoint, save_checkpoint
+from r1kit.models.modeling import load_model, new_model, save_model
 
 pytestmark = pytest.mark.slow
 
@@ -262,7 +262,7 @@ def test_kill_mid_step_then_resume_ends_with_the_same_weights(tmp_path, make_cfg
 
 def test_kill_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, make_cfg, run_a):
     out = tmp_path / "D"
-    import r1kit.checkpoint as checkpoint
+    import r1kit.models.checkpoint as checkpoint
 
     real_save = checkpoint.save_model
 
@@ -528,9 +528,9 @@ def test_checkpoints_are_pruned_to_keep(tmp_path, tokenizer, tiny_config):
 @pytest.fixture
 def cheap_ledger(monkeypatch):
     """The CLI's cost ledger without its one-second CPU benchmark."""
-    import r1kit.devices
+    import r1kit.cost.devices
 
-    monkeypatch.setattr(r1kit.devices, "cpu_peak_flops", lambda *a, **k: 1e10)
+    monkeypatch.setattr(r1kit.cost.devices, "cpu_peak_flops", lambda *a, **k: 1e10)
 
 
 def _one_error_line(err: str) -> str:
@@ -540,7 +540,7 @@ def _one_error_line(err: str) -> str:
 
 
 def test_cli_rl_group_size_one_is_user_error(base_model, tmp_path, capsys):
-    from r1kit.cli import main
+    from r1kit.cli.main import main
 
     assert (
         main(["rl", "--model", str(base_model), "--out", str(tmp_path / "o"), "--rollout.group_size=1"]) == 2
@@ -549,7 +549,7 @@ def test_cli_rl_group_size_one_is_user_error(base_model, tmp_path, capsys):
 
 
 def test_cli_rl_unknown_key_is_user_error(base_model, tmp_path, capsys):
-    from r1kit.cli import main
+    from r1kit.cli.main import main
 
     assert main(["rl", "--model", str(base_model), "--out", str(tmp_path / "o"), "--algo.nope=1"]) == 2
     assert "nope" in _one_error_line(capsys.readouterr().err)
@@ -557,7 +557,7 @@ def test_cli_rl_unknown_key_is_user_error(base_model, tmp_path, capsys):
 
 @pytest.mark.parametrize("flag, words", [("--steps=0", "steps"), ("--nope=1", "nope")])
 def test_cli_rl_bad_top_level_override_is_user_error(base_model, tmp_path, capsys, flag, words):
-    from r1kit.cli import main
+    from r1kit.cli.main import main
 
     assert main(["rl", "--model", str(base_model), "--out", str(tmp_path / "o"), flag]) == 2
     assert words in _one_error_line(capsys.readouterr().err)
@@ -590,7 +590,7 @@ notes = "a one-step smoke run: [recipe] holds notes for people and is not config
 
 
 def test_cli_rl_with_a_recipe_runs(base_model, tmp_path, capsys, cheap_ledger, torch_threads):
-    from r1kit.cli import main
+    from r1kit.cli.main import main
 
     recipe = tmp_path / "smoke.toml"
     recipe.write_text(RECIPE)
@@ -621,7 +621,7 @@ def test_cli_rl_with_a_recipe_runs(base_model, tmp_path, capsys, cheap_ledger, t
 
 
 def test_cli_strict_flag_stops_with_one_line(base_model, tmp_path, capsys, cheap_ledger, torch_threads):
-    from r1kit.cli import main
+    from r1kit.cli.main import main
 
     code = main(
         [
@@ -667,7 +667,7 @@ def test_loop_wires_its_settings_into_the_update(tmp_path, make_cfg, early_stopp
     """The update gets the configured variant, clip range, temperature and budget; the sampler's log-probs (the
     old policy of the second mini-batch) and the reference's are those of the policy at that temperature (before
     top-p); with `mask_truncated` exactly the truncated completions carry no loss."""
-    from r1kit.grpo import rollout_logprobs
+    from r1kit.algo.grpo import rollout_logprobs
 
     seen, real = [], rl.train_on_rollout
 
@@ -766,8 +766,8 @@ def test_overlapped_rollouts_are_one_step_stale_and_resume_exactly(tmp_path, mak
     """Step 1 is on-policy; later steps train on completions sampled before the previous update (mismatch > 0,
     corrected by TIS), and the ledger bills the wall time once. Stopped after 3 steps and resumed from the step-2
     checkpoint, the run ends with the weights of the uninterrupted one (the prefetched rollout is checkpointed)."""
-    from r1kit.devices import ledger_for
-    from r1kit.ledger import read_ledger
+    from r1kit.cost.devices import ledger_for
+    from r1kit.cost.ledger import read_ledger
 
     def ledger(d, stage, model_config):
         return ledger_for(d, stage, model_config=model_config)

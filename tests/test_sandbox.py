@@ -176,7 +176,7 @@ def test_codec_round_trip_and_refusals():
 
 
 def test_the_cli_flag_allows_unconfined_runs(monkeypatch):
-    from r1kit.cli import build_parser
+    from r1kit.cli.main import build_parser
 
     args = build_parser().parse_args(["eval", "--model", "m", "--task", "pysynth", "--unsafe-local-exec"])
     assert args.unsafe_local_exec

@@ -12,17 +12,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from r1kit.algo.losses import forward_kl_per_token, reverse_kl_per_token
+from r1kit.algo.sft import cosine_lr, encode_rows, make_student, packed_batches, read_rows
 from r1kit.errors import UserError
+from r1kit.evaluation.metrics import EvalConfig
 from r1kit.loops.distill import DistillConfig, _on_policy_examples, check_shared_tokenizer, run_distill
 from r1kit.loops.sft import SFTConfig, run_sft
-from r1kit.losses import forward_kl_per_token, reverse_kl_per_token
-from r1kit.metrics import EvalConfig
-from r1kit.modeling import load_model, load_tokenizer, new_model, save_model, train_tokenizer
-from r1kit.packing import packed_logits
-from r1kit.prompting import make_prompter
-from r1kit.sft import cosine_lr, encode_rows, make_student, packed_batches, read_rows
+from r1kit.models.modeling import load_model, load_tokenizer, new_model, save_model, train_tokenizer
+from r1kit.models.packing import packed_logits
 from r1kit.tasks import get_task
 from r1kit.tasks.arithmetic import ArithmeticTask
+from r1kit.tasks.prompting import make_prompter
 
 pytestmark = pytest.mark.slow
 

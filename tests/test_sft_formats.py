@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from r1kit.algo.sft import encode_rows
 from r1kit.config import build
 from r1kit.loops.sft import SFTConfig, run_sft
-from r1kit.modeling import new_model, save_model
-from r1kit.prompting import make_prompter
-from r1kit.sft import encode_rows
+from r1kit.models.modeling import new_model, save_model
 from r1kit.tasks import get_task
+from r1kit.tasks.prompting import make_prompter
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -71,14 +71,14 @@ def test_sft_of_a_chat_student_keeps_the_teachers_answer_format(tmp_path, chat_t
     ("a</think> \\boxed{5}", "<think>\n", "<think>\n", "\na</think> \\boxed{5}"),
 ])
 def test_move_prefill(completion, teacher, student, expected):
-    from r1kit.sft import move_prefill
+    from r1kit.algo.sft import move_prefill
 
     assert move_prefill(completion, teacher, student) == expected
 
 
 def test_lora_resume_mismatch_is_one_line(tmp_path):
     from r1kit.errors import UserError
-    from r1kit.lora import LoraConfig, load_for_training
+    from r1kit.models.lora import LoraConfig, load_for_training
 
     ckpt = tmp_path / "step_000001"
     ckpt.mkdir()
@@ -88,7 +88,7 @@ def test_lora_resume_mismatch_is_one_line(tmp_path):
 
 
 def test_the_student_is_given_the_teachers_answer_format_and_instruction(chat_tokenizer):
-    from r1kit.sft import teacher_answer_contract
+    from r1kit.algo.sft import teacher_answer_contract
 
     rows = [{"provenance": {"task": "arithmetic", "formats": {"answer_format": "boxed",
                                                              "instruction": "Answer in \\boxed{}."}}}]

@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from r1kit.grpo import UpdateSettings, build_rollout, train_on_rollout
-from r1kit.logprobs import completion_logprobs
-from r1kit.shared_prompts import can_share_prompts, shared_prompt_logprobs
+from r1kit.algo.grpo import UpdateSettings, build_rollout, train_on_rollout
+from r1kit.algo.logprobs import completion_logprobs
+from r1kit.algo.shared_prompts import can_share_prompts, shared_prompt_logprobs
 from test_architectures import arch_config, busy_model
 
 pytestmark = pytest.mark.slow
@@ -55,8 +55,8 @@ def test_logprobs_entropy_and_gradients_equal_the_models_own(arch, tokenizer):
 
 def test_lora_adapters_are_included(tokenizer, tiny_config):
     from r1kit.config import LoraConfig
-    from r1kit.lora import load_for_training
-    from r1kit.modeling import new_model
+    from r1kit.models.lora import load_for_training
+    from r1kit.models.modeling import new_model
 
     lora = LoraConfig(rank=4, alpha=8, dropout=0.0)
     model, _ = load_for_training(lambda: (new_model(tiny_config, tokenizer, seed=0), tokenizer), None, lora, 0)
@@ -86,7 +86,7 @@ def test_models_it_does_not_cover_take_their_own_forward(tokenizer, tiny_model):
 def test_grpo_update_is_the_same(tokenizer, tiny_model, monkeypatch):
     """train_on_rollout with prompts shared and without (algo.share_prompts = false): the same loss and the same
     weights; the shared path really ran (it is not the model's own forward)."""
-    from r1kit import grpo
+    from r1kit.algo import grpo
 
     calls = []
     monkeypatch.setattr(grpo, "shared_prompt_logprobs",

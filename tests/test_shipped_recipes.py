@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from r1kit.cli import rl_config_from
+from r1kit.cli.main import rl_config_from
+from r1kit.cli.pipeline import load_pipeline
 from r1kit.config import load_toml
-from r1kit.pipeline import load_pipeline
 from r1kit.tasks import get_task
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.toml"))

@@ -109,12 +109,12 @@ def test_rl_scores_a_step_in_the_sandbox_and_bills_it(task, tokenizer, tmp_path,
     """One rollout step of the RL loop with sampling replaced by fixed completions: right, wrong, endless, crashing.
     The rewards follow the sandbox, the ledger gets a `sandbox` phase with its CPU-seconds, and the step's
     metrics carry the timeout and crash rates the doctor reads."""
+    from r1kit.algo.rewards import combine
+    from r1kit.algo.rl_config import RLConfig
     from r1kit.config import build
-    from r1kit.ledger import Ledger, read_ledger
+    from r1kit.cost.ledger import Ledger, read_ledger
     from r1kit.loops import rl
-    from r1kit.prompting import make_prompter
-    from r1kit.rewards import combine
-    from r1kit.rl_config import RLConfig
+    from r1kit.tasks.prompting import make_prompter
 
     problem = task.problems("train", n=1)[0]
     completions = [ans(problem.answer), ans("def f(x): return 0"), ans("def f(x):\n    while True: pass"),
@@ -159,8 +159,8 @@ def test_a_chat_tokenizer_gets_the_code_format(tokenizer):
     """With a chat template and answer_format auto, a code task is answered in a ```python block."""
     import copy
 
-    from r1kit.prompting import make_prompter
     from r1kit.tasks.formats import INSTRUCTIONS
+    from r1kit.tasks.prompting import make_prompter
 
     chat = copy.deepcopy(tokenizer)
     chat.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"

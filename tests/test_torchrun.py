@@ -37,7 +37,7 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tokenizer, tiny_config):
-    from r1kit.modeling import new_model, save_model
+    from r1kit.models.modeling import new_model, save_model
 
     root = tmp_path_factory.mktemp("torchrun")
     save_model(new_model(tiny_config, tokenizer, seed=0), tokenizer, root / "base")
@@ -105,7 +105,7 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def single(setup, torch_threads):
-    from r1kit.cli import main
+    from r1kit.cli.main import main
 
     root, _ = setup
     out = root / "single"
@@ -167,7 +167,7 @@ def test_two_nodes_run_the_same_rl_as_one(setup, single):
 
 
 def test_a_sharded_run_killed_and_resumed_is_bit_identical(setup, two_ranks, torch_threads):
-    from r1kit.cli import main
+    from r1kit.cli.main import main
 
     root, env = setup
     out = root / "killed"

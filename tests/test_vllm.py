@@ -15,9 +15,9 @@ import json
 import pytest
 import torch
 
-from r1kit import modeling
+from r1kit.algo.logprobs import completion_logprobs
 from r1kit.errors import UserError
-from r1kit.logprobs import completion_logprobs
+from r1kit.models import modeling
 from r1kit.rollout import SamplingParams, make_engine, sample, vllm_installed
 from r1kit.rollout.vllm import kv_cache_bytes, named_weights
 
@@ -94,7 +94,7 @@ def test_named_weights_are_the_checkpoint_tensors_with_tied_ones_once(policy):
 
 def test_named_weights_of_a_lora_policy_are_its_effective_weights(policy):
     pytest.importorskip("peft")
-    from r1kit.lora import LoraConfig, apply_lora, merged_copy
+    from r1kit.models.lora import LoraConfig, apply_lora, merged_copy
 
     lora = apply_lora(copy.deepcopy(policy), LoraConfig(rank=4, alpha=8, target_modules="q_proj,v_proj"))
     with torch.no_grad():  # B starts at zero: make the adapters do something
@@ -244,9 +244,9 @@ def varied_reward(problem, completion: str, score, ctx: dict) -> float:
 
 @needs_vllm
 def test_grpo_steps_through_the_vllm_backend(engine, policy, tokenizer, tmp_path):
+    from r1kit.algo.rl_config import RLConfig, RolloutConfig
     from r1kit.config import build
     from r1kit.loops.rl import run_rl
-    from r1kit.rl_config import RLConfig, RolloutConfig
 
     if "backend" not in {f.name for f in dataclasses.fields(RolloutConfig)}:
         pytest.skip("RLConfig.rollout has no `backend` field yet (the RL loop is not wired to rollout engines)")
@@ -259,8 +259,8 @@ def test_grpo_steps_through_the_vllm_backend(engine, policy, tokenizer, tmp_path
         "optim": {"lr": 1e-3}, "eval": {"n": 2, "k": 1, "max_new_tokens": 8},
         "reward": {"weights": {"test_vllm:varied_reward": 1.0}}, "algo": {"beta": 0.0},
     })
-    from r1kit.devices import ledger_for
-    from r1kit.ledger import read_ledger
+    from r1kit.cost.devices import ledger_for
+    from r1kit.cost.ledger import read_ledger
 
     summary = run_rl(cfg, progress=False,
                      ledger_factory=lambda d, stage, model_config: ledger_for(d, stage, model_config=model_config))
@@ -343,7 +343,7 @@ def test_two_ranks_load_fsdp2_shards_into_their_engines(policy, vllm_config, tok
 def test_eval_and_generate_commands_sample_through_vllm(engine, policy, tokenizer, tmp_path, capsys):
     """`r1kit eval --backend vllm` and `r1kit generate --backend vllm` build their engine from the model directory;
     a greedy evaluation gives what r1kit's sampler gives."""
-    from r1kit.cli import main
+    from r1kit.cli.main import main
 
     modeling.save_model(policy, tokenizer, tmp_path / "m")
     results = {}

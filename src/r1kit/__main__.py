@@ -1,5 +1,5 @@
 import sys
 
-from r1kit.cli import main
+from r1kit.cli.main import main
 
 sys.exit(main())

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from r1kit.checkpoint import checkpoint_root, latest_checkpoint, load_state, save_checkpoint, step_of
+from r1kit.algo.sft import cosine_lr, make_optimizer
 from r1kit.config import ParallelConfig, to_dict
 from r1kit.errors import UserError
-from r1kit.evaluate import EvalConfig, evaluate, format_eval_table
-from r1kit.modelcard import cost_from_ledger, lineage_of, write_model_card
-from r1kit.modeling import (
+from r1kit.evaluation.evaluate import EvalConfig, evaluate, format_eval_table
+from r1kit.models.checkpoint import checkpoint_root, latest_checkpoint, load_state, save_checkpoint, step_of
+from r1kit.models.modeling import (
     SIZES,
     count_params,
     load_model,
@@ -34,8 +34,8 @@ from r1kit.modeling import (
     train_tokenizer,
 )
 from r1kit.parallel.engine import resolve_engine
-from r1kit.runlog import MetricsLog, progress_bar, write_json
-from r1kit.sft import cosine_lr, make_optimizer
+from r1kit.reporting.modelcard import cost_from_ledger, lineage_of, write_model_card
+from r1kit.reporting.runlog import MetricsLog, progress_bar, write_json
 from r1kit.tasks import get_task, task_options
 
 

@@ -24,21 +24,8 @@ from pathlib import Path
 
 import torch
 
-from r1kit.checkpoint import checkpoint_to_resume, latest_checkpoint, load_state, save_checkpoint, step_of
-from r1kit.config import ParallelConfig, to_dict
-from r1kit.errors import UserError
-from r1kit.evaluate import finish_model, format_eval_table
-from r1kit.ledger import flops_per_token
-from r1kit.lora import LoraConfig, load_for_training
-from r1kit.losses import DISTILL_LOSSES
-from r1kit.metrics import EvalConfig
-from r1kit.modeling import count_params, eos_ids, load_model
-from r1kit.packing import Example, PackedBatch, packed_logits
-from r1kit.parallel.engine import resolve_engine
-from r1kit.prompting import make_prompter
-from r1kit.rollout.sampler import SamplingParams, sample
-from r1kit.runlog import MetricsLog, progress_bar, write_json
-from r1kit.sft import (
+from r1kit.algo.losses import DISTILL_LOSSES
+from r1kit.algo.sft import (
     cosine_lr,
     encode_rows,
     epoch_order,
@@ -49,8 +36,27 @@ from r1kit.sft import (
     read_rows,
     teacher_answer_contract,
 )
+from r1kit.config import ParallelConfig, to_dict
+from r1kit.cost.ledger import flops_per_token
+from r1kit.errors import UserError
+from r1kit.evaluation.evaluate import finish_model, format_eval_table
+from r1kit.evaluation.metrics import EvalConfig
+from r1kit.models.checkpoint import (
+    checkpoint_to_resume,
+    latest_checkpoint,
+    load_state,
+    save_checkpoint,
+    step_of,
+)
+from r1kit.models.lora import LoraConfig, load_for_training
+from r1kit.models.modeling import count_params, eos_ids, load_model
+from r1kit.models.packing import Example, PackedBatch, packed_logits
+from r1kit.parallel.engine import resolve_engine
+from r1kit.reporting.runlog import MetricsLog, progress_bar, write_json
+from r1kit.rollout.sampler import SamplingParams, sample
 from r1kit.tasks import get_task
 from r1kit.tasks.formats import PromptConfig
+from r1kit.tasks.prompting import make_prompter
 
 METHODS = ("logit", "on-policy")
 

@@ -23,14 +23,14 @@ import torch
 
 from r1kit.config import ParallelConfig, to_dict
 from r1kit.errors import UserError
-from r1kit.modeling import eos_ids, load_model
+from r1kit.models.modeling import eos_ids, load_model
 from r1kit.parallel.engine import resolve_engine
-from r1kit.prompting import make_prompter
+from r1kit.reporting.runlog import progress_bar, write_json
 from r1kit.rollout import make_engine
 from r1kit.rollout.sampler import SamplingParams
-from r1kit.runlog import progress_bar, write_json
 from r1kit.tasks import get_task
 from r1kit.tasks.formats import PromptConfig
+from r1kit.tasks.prompting import make_prompter
 
 
 @dataclass

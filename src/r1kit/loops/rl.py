@@ -30,16 +30,19 @@ from pathlib import Path
 
 import torch
 
-from r1kit.checkpoint import checkpoint_to_resume, latest_checkpoint, step_of
+from r1kit.algo.doctor import Doctor, DoctorStop
+from r1kit.algo.grpo import UpdateSettings, build_rollout, rollout_logprobs, train_on_rollout
+from r1kit.algo.losses import ADVANTAGES
+from r1kit.algo.rewards import combine
+from r1kit.algo.rl_config import RLConfig
 from r1kit.config import to_dict
-from r1kit.doctor import Doctor, DoctorStop
+from r1kit.cost.ledger import read_ledger, spent_flops
+from r1kit.cost.preflight import check_memory_before_launch
 from r1kit.errors import UserError
-from r1kit.evaluate import evaluate, finish_model
-from r1kit.grpo import UpdateSettings, build_rollout, rollout_logprobs, train_on_rollout
-from r1kit.ledger import read_ledger, spent_flops
-from r1kit.lora import load_for_training, merged_copy, unwrap
-from r1kit.losses import ADVANTAGES
-from r1kit.modeling import eos_ids, load_model
+from r1kit.evaluation.evaluate import evaluate, finish_model
+from r1kit.models.checkpoint import checkpoint_to_resume, latest_checkpoint, step_of
+from r1kit.models.lora import load_for_training, merged_copy, unwrap
+from r1kit.models.modeling import eos_ids, load_model
 from r1kit.parallel import dist
 from r1kit.parallel.checkpoint import load_training_checkpoint, save_training_checkpoint
 from r1kit.parallel.engine import resolve_engine
@@ -51,17 +54,14 @@ from r1kit.parallel.fsdp import (
     prepare_training_model,
     sync_weights,
 )
-from r1kit.preflight import check_memory_before_launch
-from r1kit.prompting import format_warnings, make_prompter
-from r1kit.rewards import combine
-from r1kit.rl_config import RLConfig
+from r1kit.reporting.runlog import MetricsLog, progress_bar, write_json
 from r1kit.rollout import make_engine, resolve_backend
 from r1kit.rollout.fast import compile_wanted, training_compile_pays
 from r1kit.rollout.overlap import BackgroundRollout
 from r1kit.rollout.sampler import SamplingParams
-from r1kit.runlog import MetricsLog, progress_bar, write_json
 from r1kit.tasks import get_task, task_options
 from r1kit.tasks.base import sandbox_usage, score_all
+from r1kit.tasks.prompting import format_warnings, make_prompter
 
 
 def learning_rate(step: int, cfg) -> float:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from r1kit.checkpoint import load_state, publish, save_checkpoint, staging_dir, write_state
 from r1kit.errors import UserError
+from r1kit.models.checkpoint import load_state, publish, save_checkpoint, staging_dir, write_state
 from r1kit.parallel import dist
 from r1kit.parallel.engine import Engine
 from r1kit.parallel.fsdp import full_state_dict

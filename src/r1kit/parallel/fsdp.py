@@ -189,7 +189,7 @@ def load_sharded(source, engine: Engine, with_reference: bool):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from transformers import AutoConfig
 
-    from r1kit.modeling import load_model, load_tokenizer
+    from r1kit.models.modeling import load_model, load_tokenizer
     from r1kit.parallel import dist
 
     full, buffers, generation = {}, None, None

@@ -34,7 +34,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from r1kit.lora import effective_bias, effective_weight
+from r1kit.models.lora import effective_bias, effective_weight
 
 MIN_SHARED_PREFIX = 8  # tokens: a shorter common prefix is not worth a prefill of its own
 MIN_ROWS = 2  # a compiled step's batch dimension is dynamic, and torch.compile specialises a size of 1

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from r1kit.lora import unwrap
-from r1kit.packing import sliding_window
+from r1kit.models.lora import unwrap
+from r1kit.models.packing import sliding_window
 from r1kit.rollout.fast import (
     ATTEMPTS,
     MIN_ROWS,

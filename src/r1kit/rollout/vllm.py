@@ -45,7 +45,7 @@ import time
 import torch
 
 from r1kit.errors import UserError
-from r1kit.lora import effective_bias, effective_weight, unwrap
+from r1kit.models.lora import effective_bias, effective_weight, unwrap
 from r1kit.rollout.sampler import Samples, SamplingParams
 
 ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_V2_MODEL_RUNNER": "0"}  # see the module docstring

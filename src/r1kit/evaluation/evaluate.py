@@ -14,15 +14,15 @@ from dataclasses import asdict
 import torch
 
 from r1kit.errors import UserError
-from r1kit.lora import merged_copy
-from r1kit.metrics import EvalConfig, majority, summarize
-from r1kit.modeling import eos_ids
+from r1kit.evaluation.metrics import EvalConfig, majority, summarize
+from r1kit.models.lora import merged_copy
+from r1kit.models.modeling import eos_ids
 from r1kit.parallel import dist
-from r1kit.prompting import make_prompter
+from r1kit.reporting.runlog import progress_bar
 from r1kit.rollout import RolloutEngine, SamplerEngine
 from r1kit.rollout.sampler import SamplingParams
-from r1kit.runlog import progress_bar
 from r1kit.tasks.base import sandbox_usage
+from r1kit.tasks.prompting import make_prompter
 
 
 def evaluate(
@@ -159,9 +159,9 @@ def finish_model(model, tokenizer, out, *, title: str, task_spec: str | None, ev
     `engine`: the rollout engine to evaluate with (holding the same weights)."""
     from pathlib import Path
 
-    from r1kit.modelcard import cost_from_ledger, lineage_of, write_model_card
-    from r1kit.modeling import save_model
-    from r1kit.runlog import write_json
+    from r1kit.models.modeling import save_model
+    from r1kit.reporting.modelcard import cost_from_ledger, lineage_of, write_model_card
+    from r1kit.reporting.runlog import write_json
     from r1kit.tasks import get_task
 
     out = Path(out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from r1kit.ledger import read_ledger, summarize
+from r1kit.cost.ledger import read_ledger, summarize
 
 
 def _eval_of(run: Path, name: str, eval_stages: list[str]) -> dict | None:

@@ -14,19 +14,19 @@ import json
 import time
 from pathlib import Path
 
+from r1kit.algo.rl_config import RLConfig
+from r1kit.cli.recipe import KINDS, Pipeline, Stage, load_pipeline, model_dir, output_of
 from r1kit.config import build, to_dict
+from r1kit.cost.ledger import read_ledger, spent_flops
 from r1kit.errors import UserError
-from r1kit.evaluate import evaluate
-from r1kit.ledger import read_ledger, spent_flops
+from r1kit.evaluation.evaluate import evaluate
 from r1kit.loops.base import BaseConfig, run_base
 from r1kit.loops.distill import DistillConfig, run_distill
 from r1kit.loops.generate import GenerateConfig, run_generate
 from r1kit.loops.rl import run_rl
 from r1kit.loops.sft import SFTConfig, run_sft
-from r1kit.modeling import count_params, load_model
-from r1kit.recipe import KINDS, Pipeline, Stage, load_pipeline, model_dir, output_of
-from r1kit.rl_config import RLConfig
-from r1kit.runlog import write_json
+from r1kit.models.modeling import count_params, load_model
+from r1kit.reporting.runlog import write_json
 from r1kit.tasks import get_task
 
 __all__ = ["KINDS", "load_pipeline", "model_dir", "output_of", "run_pipeline", "stage_state", "check_resumable"]

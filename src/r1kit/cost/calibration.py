@@ -4,7 +4,7 @@
 sampling batch of evaluation) with the run function it is given (`r1kit.loops.rl.run_rl`: passed in, so this
 module stays below the loops), and `calibration_from_run` reads each phase's achieved FLOP/s and MFU, the mean
 prompt and completion lengths and the per-completion scoring and per-save seconds from any RL run directory,
-which `r1kit.estimate` turns into a prediction. The first step is left out of the rates (warm-up) when there are
+which `r1kit.cost.estimate` turns into a prediction. The first step is left out of the rates (warm-up) when there are
 more. `ContentionProbe` watches for other jobs on the CPU while it runs: a shared CPU makes the rates far too
 low (3-15x here, with two torch threads on two busy cores). Layer 1: torch only enters through `devices`.
 """
@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from r1kit.algo.rl_config import RLConfig
+from r1kit.cost.ledger import LEDGER_FILE, read_ledger
 from r1kit.errors import UserError
-from r1kit.ledger import LEDGER_FILE, read_ledger
-from r1kit.rl_config import RLConfig
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -189,7 +189,7 @@ def calibrate(
     if steps < 1:
         raise UserError("calibration needs at least 1 step")
     if ledger_factory is None:
-        from r1kit.devices import ledger_for
+        from r1kit.cost.devices import ledger_for
 
         def ledger_factory(d, stage, model_config):
             return ledger_for(d, stage, model_config=model_config)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
+from r1kit.algo.losses import nll_per_token
 from r1kit.errors import UserError
-from r1kit.losses import nll_per_token
-from r1kit.modeling import SIZES, load_model, load_tokenizer, new_model
-from r1kit.packing import Example, PackedBatch, collate, encode_example, pack, packed_logits
+from r1kit.models.modeling import SIZES, load_model, load_tokenizer, new_model
+from r1kit.models.packing import Example, PackedBatch, collate, encode_example, pack, packed_logits
 from r1kit.parallel.engine import Engine
 from r1kit.tasks.base import Problem
 

@@ -4,7 +4,7 @@ Per stage of a run (a pipeline directory holds one sub-directory per stage; each
 curves per step of reward, held-out pass@1, completion length and KL (loss for pre-training) drawn as inline SVG
 by `line_chart` (no JavaScript, no fonts or styles fetched); the evaluation table (eval.json, before/after RL
 when summary.json has both); the cost table per stage and phase from the ledger (device-hours, dollars, MFU,
-energy), with the estimate beside it for RL runs (`r1kit.costview`); and the lineage (run.json). Pure Python.
+energy), with the estimate beside it for RL runs (`r1kit.cost.views`); and the lineage (run.json). Pure Python.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from r1kit.cost.ledger import _duration, _si, read_ledger, summarize
 from r1kit.errors import UserError
-from r1kit.ledger import _duration, _si, read_ledger, summarize
-from r1kit.modelcard import cost_rows, eval_rows, format_usd, lineage_of
+from r1kit.reporting.modelcard import cost_rows, eval_rows, format_usd, lineage_of
 
 REPORT_FILE = "report.html"
 # (metrics.jsonl key, chart title); a chart is drawn when its key has at least one finite value.
@@ -270,7 +270,7 @@ def cost_html(records: list[dict]) -> str:
 
 def estimate_html(stage_dir: Path) -> str:
     """Estimated beside measured for an RL stage (its estimate.json, or one made from its first steps)."""
-    from r1kit.costview import compare, estimate_for_run
+    from r1kit.cost.views import compare, estimate_for_run
 
     try:
         est = estimate_for_run(stage_dir)
@@ -320,7 +320,7 @@ def lineage_html(dirs: list[Path]) -> str:
 
 def models_html(run_dir: Path) -> str:
     """A pipeline's summary: every model on the same held-out set, with its own and its lineage's cost."""
-    from r1kit.summary import format_summary, summary_rows
+    from r1kit.reporting.summary import format_summary, summary_rows
 
     rows = summary_rows(run_dir)
     body = [[r["stage"], r["kind"], "-" if r["params"] is None else f"{r['params'] / 1e6:.2f}M",

@@ -18,12 +18,12 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from r1kit.logprobs import completion_logprobs
-from r1kit.losses import AGGREGATIONS, clipped_surrogate, denominator_counts, kl_k3, truncated_is_weights
+from r1kit.algo.logprobs import completion_logprobs
+from r1kit.algo.losses import AGGREGATIONS, clipped_surrogate, denominator_counts, kl_k3, truncated_is_weights
+from r1kit.algo.shared_prompts import can_share_prompts, shared_prompt_logprobs
 from r1kit.parallel import dist
 from r1kit.parallel.engine import Engine
 from r1kit.parallel.fsdp import grad_norm, is_sharded
-from r1kit.shared_prompts import can_share_prompts, shared_prompt_logprobs
 
 
 def _logprobs_fn(model, max_len: int, compiled: bool = False, share: bool = True):

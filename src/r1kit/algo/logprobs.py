@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from r1kit.losses import entropy, token_logprobs
+from r1kit.algo.losses import entropy, token_logprobs
 
 # Architectures whose causal-LM forward returns its lm_head's output untouched (read in transformers' code;
 # tests/test_logprobs.py and test_architectures.py run them): an allow-list, because a forward that scales its

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from r1kit.devices import gpu_kind
+from r1kit.algo.rl_config import RLConfig
+from r1kit.cost.devices import gpu_kind
+from r1kit.cost.estimate import load_model_config
+from r1kit.cost.ledger import DEVICE_MEMORY_BYTES
+from r1kit.cost.memplan import check_memory, memory_plan
 from r1kit.errors import UserError
-from r1kit.estimate import load_model_config
-from r1kit.ledger import DEVICE_MEMORY_BYTES
-from r1kit.memplan import check_memory, memory_plan
-from r1kit.modeling import load_tokenizer
+from r1kit.models.modeling import load_tokenizer
 from r1kit.parallel import dist
 from r1kit.parallel.engine import Engine
-from r1kit.prompting import make_prompter
-from r1kit.rl_config import RLConfig
+from r1kit.tasks.prompting import make_prompter
 
 
 def check_memory_before_launch(cfg: RLConfig, task, engine: Engine) -> None:

@@ -97,7 +97,7 @@ def trainable_parameters(model) -> int:
 def load_for_training(fresh, checkpoint, cfg: LoraConfig, seed: int = 0):
     """(model, tokenizer) to train: `fresh()` builds the starting model; a checkpoint of a full fine-tuning run
     is a whole model directory, one of a LoRA run holds the adapter that goes on top of `fresh()`'s model."""
-    from r1kit.modeling import load_model
+    from r1kit.models.modeling import load_model
 
     if checkpoint is not None and not cfg.enabled:
         from pathlib import Path

@@ -1,6 +1,6 @@
 """Estimate an RL run's hours and dollars before launch, and compare the estimate with the ledger afterwards.
 
-Per phase of the ledger (`r1kit.ledger`), with C = steps x prompts_per_step x G x (completions sampled per
+Per phase of the ledger (`r1kit.cost.ledger`), with C = steps x prompts_per_step x G x (completions sampled per
 nominal completion: > 1 when dynamic sampling refills) and F(s) = `flops_per_token` at sequence length s:
 
     rollout        C x (prompt_len + completion_len) tokens x F           at the rollout FLOP/s
@@ -24,7 +24,7 @@ Limits: the completion length is the one of the first steps (RL changes it: on t
 a third over 120 steps; pass expected_completion_len if you know better); time outside the ledger's phases
 (loading, building the problem pool, logging) is not predicted; the first calibration step is excluded from the
 rates (warm-up) when there are more. A calibration sharing the CPU with other jobs measures rates far too low
-(`r1kit.calibration.ContentionProbe` watches for that, and the estimate then carries a warning). Layer 1: torch
+(`r1kit.cost.calibration.ContentionProbe` watches for that, and the estimate then carries a warning). Layer 1: torch
 only enters through `devices` and the run function.
 """
 
@@ -37,9 +37,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from r1kit.calibration import calibrate
-from r1kit.errors import UserError
-from r1kit.ledger import (
+from r1kit.algo.rl_config import RLConfig
+from r1kit.cost.calibration import calibrate
+from r1kit.cost.ledger import (
     DEVICE_PEAKS,
     device_power_w,
     flops_per_token,
@@ -47,7 +47,7 @@ from r1kit.ledger import (
     peak_flops,
     resolve_price,
 )
-from r1kit.rl_config import RLConfig
+from r1kit.errors import UserError
 
 ESTIMATE_FILE = "estimate.json"
 PHASES = ("rollout_engine_startup", "rollout", "scoring", "training", "weight_sync", "evaluation",
@@ -77,9 +77,9 @@ def load_model_config(model_dir: str | Path) -> dict:
 def measure_prompt_len(model_dir: str | Path, task_spec: str, n: int = 64, seed: int = 0,
                        overrides: dict | None = None) -> float:
     """Mean tokens of `n` training prompts of the task under the model's tokenizer and prompt format."""
-    from r1kit.modeling import load_tokenizer
-    from r1kit.prompting import make_prompter
+    from r1kit.models.modeling import load_tokenizer
     from r1kit.tasks import get_task
+    from r1kit.tasks.prompting import make_prompter
 
     task = get_task(task_spec, **(overrides or {}))
     ids = make_prompter(task, load_tokenizer(model_dir)).encode(task.problems("train", n, seed=seed))
@@ -103,7 +103,7 @@ def _target_peak(kind: str, dtype: str, calibration: Mapping | None, peak: float
     if calibration and calibration["device_kind"] == kind and calibration.get("peak_flops"):
         return float(calibration["peak_flops"])
     if kind == "cpu":
-        from r1kit.devices import cpu_peak_flops, detect_device
+        from r1kit.cost.devices import cpu_peak_flops, detect_device
 
         return cpu_peak_flops(dtype="fp32") / detect_device()[1]  # per thread, as the ledger counts a CPU
     value = peak_flops(kind, dtype)
@@ -303,7 +303,7 @@ def estimate_from_config(
         if calibration:
             device_kind, count = calibration["device_kind"], calibration["device_count"]
         else:
-            from r1kit.devices import detect_device
+            from r1kit.cost.devices import detect_device
 
             device_kind, count = detect_device()
         device_count = device_count or count

@@ -5,7 +5,7 @@ train or evaluate it.
 it rebuilds the config and the tokenizer (with its chat template) from the file's metadata and dequantizes the
 weights (undoing llama.cpp's permutation of the q/k projections). The model it returns still carries a GGUF
 quantizer (`config.quantization_config`), which `save_pretrained` refuses to serialise, so the weights are copied
-into a fresh model built from the same config without it, and that one is saved (r1kit.modeling.save_model:
+into a fresh model built from the same config without it, and that one is saved (r1kit.models.modeling.save_model:
 atomic, refuses NaN weights). The dequantized weights are exact copies of what the file stores: an imported Q4
 model is as good as the Q4 file, not as the original checkpoint.
 
@@ -80,7 +80,7 @@ def import_gguf(path: str | os.PathLike, out: str | os.PathLike, dtype: str = "f
         raise UserError(f"architecture {architecture!r} of {path.name} is not supported by transformers' GGUF "
                         f"loader; it reads: {', '.join(supported)}")
     model, tokenizer = _load(path, DTYPES[dtype])
-    from r1kit.modeling import save_model
+    from r1kit.models.modeling import save_model
 
     return save_model(model, tokenizer, out)
 
@@ -89,7 +89,7 @@ def _load(path: Path, dtype: torch.dtype):
     """(a plain, serialisable model, tokenizer) from the GGUF file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from r1kit.modeling import _quiet_transformers
+    from r1kit.models.modeling import _quiet_transformers
 
     _quiet_transformers()
     folder, name = path.parent, path.name

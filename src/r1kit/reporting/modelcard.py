@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from r1kit.ledger import read_ledger, summarize
+from r1kit.cost.ledger import read_ledger, summarize
 
 CARD_FILE = "README.md"
 

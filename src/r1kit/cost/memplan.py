@@ -45,9 +45,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from r1kit.algo.rl_config import RLConfig
+from r1kit.cost.ledger import DEVICE_MEMORY_BYTES, _shape, param_count
 from r1kit.errors import UserError
-from r1kit.ledger import DEVICE_MEMORY_BYTES, _shape, param_count
-from r1kit.rl_config import RLConfig
 
 GIB = 2**30
 

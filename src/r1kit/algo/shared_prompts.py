@@ -23,9 +23,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from r1kit.logprobs import _head_logprobs, chunkable
-from r1kit.lora import is_lora, unwrap
-from r1kit.losses import entropy, token_logprobs
+from r1kit.algo.logprobs import _head_logprobs, chunkable
+from r1kit.algo.losses import entropy, token_logprobs
+from r1kit.models.lora import is_lora, unwrap
 from r1kit.rollout.fast import FastDecoder, _mlp_residual, _project_qkv, _rms_norm, _rotate
 from r1kit.rollout.sampler import supports_fast_path
 

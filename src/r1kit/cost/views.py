@@ -1,4 +1,4 @@
-"""Estimated beside measured: text tables of an RL estimate (`r1kit.estimate`) and of its error against the
+"""Estimated beside measured: text tables of an RL estimate (`r1kit.cost.estimate`) and of its error against the
 run's ledger, for `r1kit cost estimate` and `r1kit cost RUN_DIR`. Pure Python.
 
 The error is (estimated - measured) / measured, per phase and in total, on wall seconds, FLOPs and dollars. A run
@@ -13,17 +13,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from r1kit.calibration import calibration_from_run
-from r1kit.errors import UserError
-from r1kit.estimate import (
+from r1kit.algo.rl_config import RLConfig
+from r1kit.cost.calibration import calibration_from_run
+from r1kit.cost.estimate import (
     ESTIMATE_FILE,
     PHASES,
     estimate_rl,
     load_model_config,
     read_estimate,
 )
-from r1kit.ledger import _duration, _si, read_ledger, summarize
-from r1kit.rl_config import RLConfig
+from r1kit.cost.ledger import _duration, _si, read_ledger, summarize
+from r1kit.errors import UserError
 
 
 def estimate_for_run(run_dir: str | Path, calibrate_steps: int = 3) -> dict:

@@ -17,7 +17,7 @@ Departures:
   causal query sees seq_len/2 keys on average, so 4 · d_attn · seq_len/2 per layer. PaLM's MFU formula
   (6N + 12 · L · H · Q · T) counts the full, non-causal matrix, i.e. twice our attention term.
 - Norms, biases and rotary embeddings are counted in `param_count` but not in FLOPs (they are not matmuls).
-- The CPU has no fixed peak: it is measured by a matmul probe (`r1kit.devices.cpu_peak_flops`), and a CPU is
+- The CPU has no fixed peak: it is measured by a matmul probe (`r1kit.cost.devices.cpu_peak_flops`), and a CPU is
   counted per thread (device_count = threads), so per-device power and prices are per thread.
 - `resolve_price` reads the environment (the ledger needs the price where the run is, not only in the CLI).
 """
@@ -48,7 +48,7 @@ DEVICE_PEAKS: dict[str, dict[str, float]] = {
     "B200": {"fp32": 75e12, "tf32": 1.1e15, "bf16": 2.25e15, "fp16": 2.25e15, "fp8": 4.5e15},
 }
 
-# Memory per device (HBM, bytes), for `r1kit.memplan`: the datasheet's "GB" read as 1e9 bytes, the SXM boards of
+# Memory per device (HBM, bytes), for `r1kit.cost.memplan`: the datasheet's "GB" read as 1e9 bytes, the SXM boards of
 # DEVICE_PEAKS (A100 also comes with 40 GB, H100 NVL with 94 GB). The GPUs report somewhat more (an H100 "80 GB"
 # shows 81,559 MiB in nvidia-smi, 85.5e9 bytes), so a plan against this table errs on the safe side.
 DEVICE_MEMORY_BYTES: dict[str, float] = {

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from r1kit.errors import UserError
-from r1kit.modeling import save_model
+from r1kit.models.modeling import save_model
 
 STATE_FILE = "trainer_state.pt"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from r1kit.cli import add_backend_flag, add_device_flags, device_overrides
+from r1kit.cli.main import add_backend_flag, add_device_flags, device_overrides
 from r1kit.config import ParallelConfig
 
 
@@ -147,8 +147,8 @@ def cmd_distill(args, overrides, ledger) -> int:
 
 def run_recipe(recipe: str, out: str, ledger, check: bool = False, show_summary: bool = True) -> int:
     """`r1kit run`: check the whole recipe, run its stages in order, print the summary table."""
-    from r1kit.pipeline import check_resumable, load_pipeline, run_pipeline, stage_state
-    from r1kit.summary import format_summary, summary_rows
+    from r1kit.cli.pipeline import check_resumable, load_pipeline, run_pipeline, stage_state
+    from r1kit.reporting.summary import format_summary, summary_rows
 
     pipe = load_pipeline(recipe, out)
     check_resumable(pipe)
@@ -175,7 +175,7 @@ def run_recipe(recipe: str, out: str, ledger, check: bool = False, show_summary:
 
 
 def cmd_import(args) -> int:
-    from r1kit.importer import describe_import, import_gguf
+    from r1kit.models.gguf import describe_import, import_gguf
 
     print(describe_import(import_gguf(args.gguf, args.out, args.dtype)))
     return 0
@@ -189,10 +189,10 @@ def cmd_run(args, ledger) -> int:
 def cmd_demo(args, ledger, find_recipe) -> int:
     """The tiny R1 pipeline (recipes/tiny-r1.toml); then the cost ledger, estimate vs measured for the RL stages,
     the HTML report, and last the summary table of every model."""
-    from r1kit.costview import estimates_beside_measured
-    from r1kit.ledger import format_table, read_ledger, summarize
-    from r1kit.report import write_report
-    from r1kit.summary import format_summary, summary_rows
+    from r1kit.cost.ledger import format_table, read_ledger, summarize
+    from r1kit.cost.views import estimates_beside_measured
+    from r1kit.reporting.report import write_report
+    from r1kit.reporting.summary import format_summary, summary_rows
 
     recipe = find_recipe("tiny-r1.toml")
     code = run_recipe(recipe, args.out, ledger, show_summary=False)

@@ -88,7 +88,7 @@ def _format_overrides(args) -> dict:
 
 
 def _eval_config(args, task):
-    from r1kit.metrics import eval_config_for
+    from r1kit.evaluation.metrics import eval_config_for
 
     return eval_config_for(task, split=args.split, n=args.n, k=args.k, temperature=args.temperature,
                            top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first predict the run's time and cost (a 3-step calibration) into RUN_DIR/estimate.json")
     add_device_flags(p)
 
-    from r1kit.commands import add_parsers
+    from r1kit.cli.commands import add_parsers
 
     add_parsers(sub, _positive_int)
 
@@ -186,14 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _ledger(run_dir, stage: str, model_config: dict | None = None):
-    from r1kit.devices import ledger_for
+    from r1kit.cost.devices import ledger_for
 
     return ledger_for(run_dir, stage, model_config=model_config)
 
 
 def cmd_base(args) -> int:
     from r1kit.config import ParallelConfig
-    from r1kit.evaluate import EvalConfig
+    from r1kit.evaluation.evaluate import EvalConfig
     from r1kit.loops.base import BaseConfig, describe, run_base
 
     kwargs = {"steps": args.steps} if args.steps else {}
@@ -215,8 +215,8 @@ def cmd_base(args) -> int:
 
 def rl_config_from(args, overrides: list[str]):
     """RLConfig from a recipe file, then --section.key=value overrides, then the explicit flags."""
+    from r1kit.algo.rl_config import RLConfig
     from r1kit.config import apply_overrides, build, load_toml
-    from r1kit.rl_config import RLConfig
 
     data = load_toml(args.config) if args.config else {}
     data = {k: v for k, v in data.items() if k != "recipe"}  # [recipe] holds notes for people
@@ -231,13 +231,13 @@ def rl_config_from(args, overrides: list[str]):
 
 
 def cmd_rl(args, overrides: list[str]) -> int:
-    from r1kit.evaluate import format_eval_table
+    from r1kit.evaluation.evaluate import format_eval_table
     from r1kit.loops.rl import run_rl
 
     cfg = rl_config_from(args, overrides)
     if args.estimate and not args.resume and os.environ.get("WORLD_SIZE", "1") == "1":
-        from r1kit.costview import format_estimate
-        from r1kit.estimate import estimate_from_config, write_estimate
+        from r1kit.cost.estimate import estimate_from_config, write_estimate
+        from r1kit.cost.views import format_estimate
 
         est = estimate_from_config(cfg, run_rl, calibrate_steps=3, ledger_factory=_ledger)
         print(format_estimate(est))
@@ -258,10 +258,10 @@ def cmd_rl(args, overrides: list[str]) -> int:
 
 def cmd_eval(args) -> int:
     from r1kit.config import ParallelConfig
-    from r1kit.evaluate import evaluate, format_eval_table
-    from r1kit.modeling import load_model
+    from r1kit.evaluation.evaluate import evaluate, format_eval_table
+    from r1kit.models.modeling import load_model
     from r1kit.parallel.engine import resolve_engine
-    from r1kit.runlog import write_json
+    from r1kit.reporting.runlog import write_json
     from r1kit.tasks import get_task
 
     task = get_task(args.task, **_format_overrides(args))
@@ -269,7 +269,7 @@ def cmd_eval(args) -> int:
     engine = resolve_engine(ParallelConfig(**device_overrides(args)))
     model, tokenizer = load_model(args.model, dtype=engine.compute_dtype)
     model = model.to(engine.device)
-    from r1kit.prompting import format_warnings, make_prompter
+    from r1kit.tasks.prompting import format_warnings, make_prompter
 
     for w in format_warnings(make_prompter(task, tokenizer), args.model):
         print(f"r1kit doctor: {w}", file=sys.stderr)
@@ -309,7 +309,7 @@ def find_recipe(name: str) -> str:
 
 
 def cmd_demo(args) -> int:
-    from r1kit.commands import cmd_demo as demo
+    from r1kit.cli.commands import cmd_demo as demo
 
     return demo(args, _ledger, find_recipe)
 
@@ -318,9 +318,9 @@ def cmd_cost_estimate(args, overrides: list[str]) -> int:
     """`r1kit cost estimate`: calibrate the RL config here for a few steps, then predict the whole run."""
     import types
 
-    from r1kit.costview import format_estimate
-    from r1kit.devices import detect_device
-    from r1kit.estimate import estimate_from_config, write_estimate
+    from r1kit.cost.devices import detect_device
+    from r1kit.cost.estimate import estimate_from_config, write_estimate
+    from r1kit.cost.views import format_estimate
     from r1kit.loops.rl import run_rl
 
     flags = types.SimpleNamespace(config=args.config, model=args.model, task=args.task, out=None, strict=False)
@@ -345,9 +345,9 @@ def cmd_plan(args, overrides: list[str]) -> int:
     """`r1kit plan`: the RL config's memory per device; on a GPU also its time and cost at the assumed MFU."""
     import types
 
+    from r1kit.cost.estimate import estimate_rl, load_model_config
+    from r1kit.cost.memplan import format_plan, memory_plan
     from r1kit.errors import UserError
-    from r1kit.estimate import estimate_rl, load_model_config
-    from r1kit.memplan import format_plan, memory_plan
 
     flags = types.SimpleNamespace(config=args.config, model=args.model, task=None, out=None, strict=False)
     cfg = rl_config_from(flags, overrides)
@@ -374,9 +374,9 @@ def cmd_plan(args, overrides: list[str]) -> int:
 def cmd_cost(args, overrides: list[str] | None = None) -> int:
     from pathlib import Path
 
-    from r1kit.cost_paper import format_paper_table
+    from r1kit.cost.ledger import format_table, read_ledger, summarize
+    from r1kit.cost.paper import format_paper_table
     from r1kit.errors import UserError
-    from r1kit.ledger import format_table, read_ledger, summarize
 
     if args.what == "estimate":
         return cmd_cost_estimate(args, overrides or [])
@@ -386,7 +386,7 @@ def cmd_cost(args, overrides: list[str] | None = None) -> int:
         print(format_paper_table(args.price or 2.0))
         return 0
     if args.what == "probe":  # re-measure the CPU's matmul peak (MFU's denominator); the best value is kept
-        from r1kit.devices import cpu_model, cpu_peak_flops
+        from r1kit.cost.devices import cpu_model, cpu_peak_flops
 
         peak = cpu_peak_flops(refresh=True, seconds=2.0)
         print(f"CPU peak ({cpu_model()}): {peak / 1e9:.1f} GFLOP/s fp32 on all threads (cached; best seen)")
@@ -398,7 +398,7 @@ def cmd_cost(args, overrides: list[str] | None = None) -> int:
     if not records:
         raise UserError(f"no ledger.jsonl under {args.what!r}: is it an r1kit run directory?")
     print(format_table(summarize(records)))
-    from r1kit.costview import estimates_beside_measured
+    from r1kit.cost.views import estimates_beside_measured
 
     for text in estimates_beside_measured(path):
         print("\n" + text)
@@ -406,7 +406,7 @@ def cmd_cost(args, overrides: list[str] | None = None) -> int:
 
 
 def cmd_report(args) -> int:
-    from r1kit.report import write_report
+    from r1kit.reporting.report import write_report
 
     print(f"wrote {write_report(args.run_dir, out=args.out)}")
     return 0
@@ -414,7 +414,7 @@ def cmd_report(args) -> int:
 
 def _stage_command(name: str):
     def run(args, overrides):
-        from r1kit import commands
+        from r1kit.cli import commands
 
         return getattr(commands, f"cmd_{name}")(args, overrides, _ledger)
 
@@ -422,13 +422,13 @@ def _stage_command(name: str):
 
 
 def cmd_run(args) -> int:
-    from r1kit.commands import cmd_run as run
+    from r1kit.cli.commands import cmd_run as run
 
     return run(args, _ledger)
 
 
 def cmd_import(args) -> int:
-    from r1kit.commands import cmd_import as run
+    from r1kit.cli.commands import cmd_import as run
 
     return run(args)
 
