@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _eval_config(args):
-    from r1kit.evaluation.metrics import EvalConfig
+    from r1kit.config import EvalConfig
 
     return EvalConfig(n=args.eval_n, k=args.eval_k, max_new_tokens=args.max_new_tokens, seed=args.seed)
 

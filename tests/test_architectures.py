@@ -27,8 +27,8 @@ import transformers
 
 from r1kit.algo.grpo import build_rollout, rollout_logprobs
 from r1kit.algo.rl_config import AlgoConfig, OptimConfig, RewardConfig, RLConfig, RolloutConfig
+from r1kit.config import EvalConfig
 from r1kit.evaluation.evaluate import evaluate
-from r1kit.evaluation.metrics import EvalConfig
 from r1kit.loops.distill import DistillConfig, run_distill
 from r1kit.loops.generate import GenerateConfig, run_generate
 from r1kit.loops.rl import run_rl

@@ -11,6 +11,7 @@ import pytest
 
 from r1kit.algo.rl_config import AlgoConfig, RLConfig, RolloutConfig
 from r1kit.cli.main import main
+from r1kit.config import EvalConfig
 from r1kit.cost.calibration import ContentionProbe, calibration_config
 from r1kit.cost.estimate import (
     ASSUMED_MFU,
@@ -24,7 +25,6 @@ from r1kit.cost.estimate import (
 from r1kit.cost.ledger import flops_per_token, read_ledger, summarize
 from r1kit.cost.views import compare, estimate_for_run, format_comparison, format_estimate
 from r1kit.errors import UserError
-from r1kit.evaluation.metrics import EvalConfig
 
 # d=64, 2 layers, ff=128, 4 heads of 16, 2 kv heads, vocab 100 (tests/test_ledger.py works out its FLOPs).
 TINY = {

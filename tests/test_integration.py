@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from r1kit.cli.main import main
+from r1kit.config import EvalConfig
 from r1kit.errors import UserError
-from r1kit.evaluation.evaluate import EvalConfig, evaluate
+from r1kit.evaluation.evaluate import evaluate
 from r1kit.loops.base import BaseConfig, run_base
 from r1kit.models.modeling import load_model
 from r1kit.tasks import get_task

@@ -1,4 +1,5 @@
-"""Each module imports only from its own layer or below (shared/STYLE.md), and loops never import each other."""
+"""Each module imports only from its own layer or below (shared/STYLE.md), loops never import each other, and no
+two modules or packages import each other, directly or around a longer circle."""
 
 import ast
 from pathlib import Path
@@ -80,6 +81,48 @@ def test_imports_respect_layers(path):
                 assert parts[2:3] == [module.split(".")[1]] or len(parts) == 2, f"loop {module} imports {name}"
         if module.startswith(PURE_PACKAGES) and (_layer(module) or 0) == 0:
             assert parts[0] not in ("torch", "transformers"), f"pure module {module} imports {name}"
+
+
+def _cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """One circle in a directed graph, or None (depth-first search)."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_module_imports_itself_around_a_circle():
+    assert _cycle(GRAPH) is None, " -> ".join(_cycle(GRAPH))
+
+
+def test_no_package_circles():
+    """Package A importing package B and B importing A is a circle even when each module's imports go down."""
+    packages: dict[str, set[str]] = {}
+    for module, targets in GRAPH.items():
+        src = module.split(".")[0]
+        packages.setdefault(src, set()).update(t.split(".")[0] for t in targets if t.split(".")[0] != src)
+    found = _cycle({k: sorted(v) for k, v in packages.items()})
+    assert found is None, " -> ".join(found)
+
+
+def test_the_cycle_finder_finds_one():
+    assert _cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": ["b"], "b": ["c"], "c": []}) is None
 
 
 def test_top_level_shows_the_architecture():

@@ -4,9 +4,9 @@ that are present and add up. One 5-step pre-training run, a few seconds on one t
 import pytest
 import torch
 
+from r1kit.config import EvalConfig
 from r1kit.cost.devices import cpu_peak_flops, ledger_for
 from r1kit.cost.ledger import CPU_WATTS_PER_THREAD, flops_per_token, read_ledger, summarize
-from r1kit.evaluation.metrics import EvalConfig
 from r1kit.loops.base import BaseConfig, run_base
 
 pytestmark = [

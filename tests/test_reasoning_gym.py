@@ -155,7 +155,8 @@ def test_an_answer_that_computes_for_ever_is_cut_off(monkeypatch):
 
 @pytest.mark.slow
 def test_evaluate_end_to_end(tiny_model, tokenizer):
-    from r1kit.evaluation.evaluate import EvalConfig, evaluate
+    from r1kit.config import EvalConfig
+    from r1kit.evaluation.evaluate import evaluate
 
     task = get_task("rg:basic_arithmetic:template=r1-zero-compact")
     result = evaluate(tiny_model, tokenizer, task, EvalConfig(n=8, k=2, max_new_tokens=8), progress=False)

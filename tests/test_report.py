@@ -13,8 +13,8 @@ import pytest
 
 from r1kit.algo.rl_config import AlgoConfig, RLConfig, RolloutConfig
 from r1kit.cli.main import main
+from r1kit.config import EvalConfig
 from r1kit.cost.ledger import Ledger
-from r1kit.evaluation.metrics import EvalConfig
 from r1kit.reporting.modelcard import cost_from_ledger, lineage_of, write_model_card
 from r1kit.reporting.report import build_report, line_chart, nice_ticks, write_report
 

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from r1kit.algo.losses import forward_kl_per_token, reverse_kl_per_token
 from r1kit.algo.sft import cosine_lr, encode_rows, make_student, packed_batches, read_rows
+from r1kit.config import EvalConfig
 from r1kit.errors import UserError
-from r1kit.evaluation.metrics import EvalConfig
 from r1kit.loops.distill import DistillConfig, _on_policy_examples, check_shared_tokenizer, run_distill
 from r1kit.loops.sft import SFTConfig, run_sft
 from r1kit.models.modeling import load_model, load_tokenizer, new_model, save_model, train_tokenizer

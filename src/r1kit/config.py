@@ -173,3 +173,23 @@ class ParallelConfig:
                 raise UserError(f"parallel.{name} = {value!r}: use one of {', '.join(allowed)}")
         if self.logits_chunk < 1:
             raise UserError("parallel.logits_chunk must be at least 1 (positions per log-prob chunk)")
+
+
+# How every loop evaluates a model on held-out problems (evaluation/evaluate.py), the paper's protocol; here
+# because the RL, SFT, distillation and base configs all hold one.
+@dataclasses.dataclass
+class EvalConfig:
+    split: str = "test"  # never the training split for learning results; `all`: every row of a data task
+    n: int | None = 500  # problems; None: every problem of the split (a dataset's, see eval_config_for)
+    k: int = 4  # samples per problem
+    temperature: float = 0.6  # the paper's evaluation settings
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    batch_size: int = 128  # completions sampled together
+    seed: int = 0  # problem draw and sampling
+
+    def __post_init__(self) -> None:
+        if (self.n is not None and self.n < 1) or self.k < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise UserError("eval: n, k, batch_size and max_new_tokens must be at least 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise UserError("eval: temperature must be >= 0 and top_p in (0, 1]")

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from r1kit.config import LoraConfig, ParallelConfig
+from r1kit.config import EvalConfig, LoraConfig, ParallelConfig
 from r1kit.errors import UserError
-from r1kit.evaluation.metrics import EvalConfig
 from r1kit.tasks.formats import PromptConfig
 
 # name -> settings it implies (only applied to fields the user left as None)

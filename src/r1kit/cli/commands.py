@@ -1,7 +1,7 @@
 """The `r1kit` commands of the distillation and pipeline stages: generate, sft, distill, run (and the demo, and
 `import`, which turns a GGUF file into a model directory).
 
-Flags set the common fields; any other config field is `--field=value` (`--eval.n=200`). cli.py parses and
+Flags set the common fields; any other config field is `--field=value` (`--eval.n=200`). cli/main.py parses and
 dispatches here; nothing below reads argv.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from r1kit.cli.main import add_backend_flag, add_device_flags, device_overrides
+from r1kit.cli.flags import add_backend_flag, add_device_flags, device_overrides, positive_int, stage_ledger
 from r1kit.config import ParallelConfig
 
 
-def add_parsers(sub, positive_int) -> None:
+def add_parsers(sub) -> None:
     p = sub.add_parser("generate", help="rejection-sampled traces: K samples per question, keep the verified ones")
     p.add_argument("--model", required=True, help="the teacher (a Hugging Face model directory)")
     p.add_argument("--task", default="arithmetic", help="task spec (its train split gives the questions)")
@@ -36,7 +36,7 @@ def add_parsers(sub, positive_int) -> None:
     p.add_argument("--model", default=None, help="the student: a Hugging Face model directory")
     p.add_argument("--student-size", default=None, help="... or a fresh Llama of this size: micro, tiny, small")
     p.add_argument("--tokenizer", default=None, help="tokenizer for a fresh student (default: the data's teacher)")
-    _train_flags(p, positive_int)
+    _train_flags(p)
 
     p = sub.add_parser("distill", help="distil a teacher into a student: sequence | logit | on-policy")
     p.add_argument("--teacher", required=True, help="the teacher (a Hugging Face model directory)")
@@ -49,7 +49,7 @@ def add_parsers(sub, positive_int) -> None:
     p.add_argument("--n", type=positive_int, default=1000, help="questions to generate traces for")
     p.add_argument("--k", type=positive_int, default=4, help="samples per question when generating")
     p.add_argument("--steps", type=positive_int, default=None, help="on-policy: optimiser steps")
-    _train_flags(p, positive_int)
+    _train_flags(p)
 
     p = sub.add_parser("run", help="run a multi-stage pipeline recipe (skips finished stages, resumes the rest)")
     p.add_argument("recipe", help="a pipeline recipe, e.g. recipes/tiny-r1.toml")
@@ -62,7 +62,7 @@ def add_parsers(sub, positive_int) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights' dtype")
 
 
-def _train_flags(p, positive_int) -> None:
+def _train_flags(p) -> None:
     p.add_argument("--task", default=None, help="task for the held-out evaluation (default: the data's)")
     p.add_argument("--epochs", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=None, help="examples per optimiser step")
@@ -93,7 +93,7 @@ _TRAIN = {"task": "task", "epochs": "epochs", "batch_size": "batch_size", "lr": 
           "seed": "seed"}
 
 
-def cmd_generate(args, overrides, ledger) -> int:
+def cmd_generate(args, overrides) -> int:
     from r1kit.loops.generate import GenerateConfig, describe, run_generate
 
     cfg = _config(GenerateConfig, args, {"model": "model", "task": "task", "n": "n", "k": "k", "out": "out",
@@ -101,21 +101,21 @@ def cmd_generate(args, overrides, ledger) -> int:
                                          "top_p": "top_p", "max_new_tokens": "max_new_tokens", "seed": "seed",
                                          "backend": "backend"},
                   overrides + (["--dedup=false"] if args.keep_duplicates else []))
-    print(describe(run_generate(cfg, resume=args.resume, ledger_factory=ledger)))
+    print(describe(run_generate(cfg, resume=args.resume, ledger_factory=stage_ledger)))
     return 0
 
 
-def cmd_sft(args, overrides, ledger) -> int:
+def cmd_sft(args, overrides) -> int:
     from r1kit.loops.sft import SFTConfig, describe, run_sft
 
     cfg = _config(SFTConfig, args, {"data": "data", "out": "out", "model": "model", "student_size": "student_size",
                                     "tokenizer": "tokenizer", **_TRAIN}, overrides)
-    summary = run_sft(cfg, resume=args.resume, ledger_factory=ledger)
+    summary = run_sft(cfg, resume=args.resume, ledger_factory=stage_ledger)
     print(describe(summary))
     return 0
 
 
-def cmd_distill(args, overrides, ledger) -> int:
+def cmd_distill(args, overrides) -> int:
     """sequence = generate + SFT (R1's method); logit and on-policy = token-level KD (shared tokenizer)."""
     from r1kit.loops.distill import DistillConfig, run_distill
     from r1kit.loops.distill import describe as describe_kd
@@ -129,23 +129,23 @@ def cmd_distill(args, overrides, ledger) -> int:
         data = str(Path(args.out) / "traces.jsonl")
         gen = GenerateConfig(model=args.teacher, task=args.task or "arithmetic", n=args.n, k=args.k, out=data,
                              seed=args.seed or 0, parallel=ParallelConfig(**device_overrides(args)))
-        print(describe_gen(run_generate(gen, resume=True, ledger_factory=ledger)))
+        print(describe_gen(run_generate(gen, resume=True, ledger_factory=stage_ledger)))
     if args.method == "sequence":
         args.data, args.model = data, args.student
         cfg = _config(SFTConfig, args, {"data": "data", "out": "out", "model": "model", **_TRAIN}, overrides)
         cfg.student_size = args.student_size or ""
         cfg.tokenizer = cfg.tokenizer or (args.teacher if args.student_size else "")
-        print(describe_sft(run_sft(cfg, resume=args.resume, ledger_factory=ledger)))
+        print(describe_sft(run_sft(cfg, resume=args.resume, ledger_factory=stage_ledger)))
         return 0
     args.data = data
     cfg = _config(DistillConfig, args, {"teacher": "teacher", "out": "out", "method": "method", "student": "student",
                                         "data": "data", "steps": "steps", "student_size": "student_size", **_TRAIN},
                   overrides)
-    print(describe_kd(run_distill(cfg, resume=args.resume, ledger_factory=ledger)))
+    print(describe_kd(run_distill(cfg, resume=args.resume, ledger_factory=stage_ledger)))
     return 0
 
 
-def run_recipe(recipe: str, out: str, ledger, check: bool = False, show_summary: bool = True) -> int:
+def run_recipe(recipe: str, out: str, check: bool = False, show_summary: bool = True) -> int:
     """`r1kit run`: check the whole recipe, run its stages in order, print the summary table."""
     from r1kit.cli.pipeline import check_resumable, load_pipeline, run_pipeline, stage_state
     from r1kit.reporting.summary import format_summary, summary_rows
@@ -165,7 +165,7 @@ def run_recipe(recipe: str, out: str, ledger, check: bool = False, show_summary:
         word = {"done": "finished earlier, skipped", "partial": "resuming", "new": "running"}[state]
         print(f"\n[{order[stage.name]}/{n}] {stage.name} ({stage.kind}): {word}", flush=True)
 
-    result = run_pipeline(recipe, out, ledger_factory=ledger, on_stage=announce)
+    result = run_pipeline(recipe, out, ledger_factory=stage_ledger, on_stage=announce)
     if show_summary:
         print(f"\npipeline {recipe} -> {out}\n")
         print(format_summary(summary_rows(out)))
@@ -181,12 +181,23 @@ def cmd_import(args) -> int:
     return 0
 
 
-def cmd_run(args, ledger) -> int:
+def find_recipe(name: str) -> str:
+    """A shipped recipe: ./recipes/NAME, else the repository's recipes/ beside the package source."""
+    from r1kit.errors import UserError
+
+    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        path = root / "recipes" / name
+        if path.is_file():
+            return str(path)
+    raise UserError(f"recipe {name!r} not found: run from the r1kit repository, or give --config PATH")
+
+
+def cmd_run(args) -> int:
     out = args.out or str(Path("runs") / Path(args.recipe).stem)
-    return run_recipe(args.recipe, out, ledger, check=args.check)
+    return run_recipe(args.recipe, out, check=args.check)
 
 
-def cmd_demo(args, ledger, find_recipe) -> int:
+def cmd_demo(args) -> int:
     """The tiny R1 pipeline (recipes/tiny-r1.toml); then the cost ledger, estimate vs measured for the RL stages,
     the HTML report, and last the summary table of every model."""
     from r1kit.cost.ledger import format_table, read_ledger, summarize
@@ -195,7 +206,7 @@ def cmd_demo(args, ledger, find_recipe) -> int:
     from r1kit.reporting.summary import format_summary, summary_rows
 
     recipe = find_recipe("tiny-r1.toml")
-    code = run_recipe(recipe, args.out, ledger, show_summary=False)
+    code = run_recipe(recipe, args.out, show_summary=False)
     print(f"\ncost of this run by stage and phase (r1kit cost {args.out}):")
     print(format_table(summarize(read_ledger(args.out))))
     for table in estimates_beside_measured(args.out):

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1kit.algo.rl_config import RLConfig
-from r1kit.config import build, load_toml, to_dict
+from r1kit.config import EvalConfig, build, load_toml, to_dict
 from r1kit.errors import UserError
-from r1kit.evaluation.metrics import EvalConfig
 from r1kit.loops.base import BaseConfig
 from r1kit.loops.distill import DistillConfig
 from r1kit.loops.generate import GenerateConfig

@@ -13,8 +13,9 @@ from dataclasses import asdict
 
 import torch
 
+from r1kit.config import EvalConfig
 from r1kit.errors import UserError
-from r1kit.evaluation.metrics import EvalConfig, majority, summarize
+from r1kit.evaluation.metrics import majority, summarize
 from r1kit.models.lora import merged_copy
 from r1kit.models.modeling import eos_ids
 from r1kit.parallel import dist
@@ -183,4 +184,4 @@ def finish_model(model, tokenizer, out, *, title: str, task_spec: str | None, ev
     return result
 
 
-__all__ = ["EvalConfig", "evaluate", "finish_model", "format_eval_table"]
+__all__ = ["evaluate", "finish_model", "format_eval_table"]

@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from r1kit.errors import UserError
+from r1kit.config import EvalConfig
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -62,24 +61,6 @@ def summarize(correct: Sequence[Sequence[bool]], cons_correct: Sequence[bool], k
 
 
 GENERATED_EVAL_N = 500  # problems drawn from a generated task when no sample size is asked for
-
-
-@dataclass
-class EvalConfig:
-    split: str = "test"  # never the training split for learning results; `all`: every row of a data task
-    n: int | None = 500  # problems; None: every problem of the split (a dataset's, see eval_config_for)
-    k: int = 4  # samples per problem
-    temperature: float = 0.6  # the paper's evaluation settings
-    top_p: float = 0.95
-    max_new_tokens: int = 128
-    batch_size: int = 128  # completions sampled together
-    seed: int = 0  # problem draw and sampling
-
-    def __post_init__(self) -> None:
-        if (self.n is not None and self.n < 1) or self.k < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
-            raise UserError("eval: n, k, batch_size and max_new_tokens must be at least 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise UserError("eval: temperature must be >= 0 and top_p in (0, 1]")
 
 
 def eval_config_for(task, **given) -> EvalConfig:

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from r1kit.algo.sft import cosine_lr, make_optimizer
-from r1kit.config import ParallelConfig, to_dict
+from r1kit.config import EvalConfig, ParallelConfig, to_dict
 from r1kit.errors import UserError
-from r1kit.evaluation.evaluate import EvalConfig, evaluate, format_eval_table
+from r1kit.evaluation.evaluate import evaluate, format_eval_table
 from r1kit.models.checkpoint import checkpoint_root, latest_checkpoint, load_state, save_checkpoint, step_of
 from r1kit.models.modeling import (
     SIZES,

@@ -32,10 +32,9 @@ from r1kit.algo.sft import (
     teacher_answer_contract,
     teacher_of,
 )
-from r1kit.config import ParallelConfig, to_dict
+from r1kit.config import EvalConfig, ParallelConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.evaluation.evaluate import finish_model, format_eval_table
-from r1kit.evaluation.metrics import EvalConfig
 from r1kit.models.checkpoint import (
     checkpoint_to_resume,
     latest_checkpoint,
