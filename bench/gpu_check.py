@@ -10,7 +10,7 @@ still leaves the others' results (bench/gpu_check.sh installs r1kit and the carr
   timing    GRPO steps of random-initialised Qwen2.5-0.5B- and 1.5B-shaped models (the real Qwen2 shapes, the
             151,936-token vocabulary, a tiny arithmetic tokenizer: ids it lacks decode to nothing): `r1kit rl`
             with G=8 x 32 prompts x 512 new tokens; from metrics.jsonl the seconds per phase and peak memory,
-            from ledger.jsonl the FLOPs, hence MFU against the bf16 peak of r1kit.cost.ledger.DEVICE_PEAKS
+            from ledger.jsonl the FLOPs, hence MFU against the bf16 peak of r1kit.cost.hardware.DEVICE_PEAKS
 
 The first step of a timing run is a warm-up (CUDA kernels, allocator) and is left out of its means. A random
 model almost never samples EOS, so every completion runs the full 512 tokens: the step is the worst case.
@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))  # the working tree's r1kit, installed or not
 
-from r1kit.cost.ledger import DEVICE_PEAKS, param_count  # noqa: E402  (pure Python: no torch)
+from r1kit.cost.hardware import DEVICE_PEAKS  # noqa: E402  (pure Python: no torch)
+from r1kit.cost.ledger import param_count  # noqa: E402  (pure Python: no torch)
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "gpu_check.json"
 
@@ -399,8 +400,8 @@ def plan_against(model_dir: Path, rl_command: list[str], device_kind: str | None
     GPU; on a CPU the peak RSS, which also holds the runtime the plan allows for separately)."""
     import types
 
-    from r1kit.cli.main import rl_config_from
-    from r1kit.cost.ledger import DEVICE_MEMORY_BYTES
+    from r1kit.cli.train import rl_config_from
+    from r1kit.cost.hardware import DEVICE_MEMORY_BYTES
     from r1kit.cost.memplan import memory_plan
 
     overrides = [a for a in rl_command if a.startswith("--") and "=" in a]

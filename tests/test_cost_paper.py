@@ -74,7 +74,7 @@ V3_ACTIVE = ROOT / "recipes" / "models" / "deepseek-v3-active-37b"
 
 
 def paper_recipe_config():
-    from r1kit.cli.main import rl_config_from
+    from r1kit.cli.train import rl_config_from
 
     class Args:
         config, model, task, out, strict = str(PAPER_RECIPE), str(V3_ACTIVE), None, None, False

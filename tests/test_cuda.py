@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from r1kit.algo.rl_config import RLConfig
 from r1kit.config import build
 from r1kit.cost.devices import gpu_kind, ledger_for
-from r1kit.cost.ledger import DEVICE_PEAKS, read_ledger
+from r1kit.cost.hardware import DEVICE_PEAKS
+from r1kit.cost.ledger import read_ledger
 from r1kit.loops.rl import run_rl
 from r1kit.models.modeling import eos_ids, save_model
 from r1kit.rollout.sampler import SamplingParams, sample

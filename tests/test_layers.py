@@ -25,7 +25,7 @@ LAYERS = {
     "loops": 4,
     "cli": 5, "cli.recipe": 4, "cli.pipeline": 4,
 }
-PURE_PACKAGES = ("tasks", "sandbox", "algo.rewards", "algo.rl_config", "algo.doctor", "cost.ledger", "cost.paper",
+PURE_PACKAGES = ("tasks", "sandbox", "algo.rewards", "algo.rl_config", "algo.doctor", "cost.ledger", "cost.hardware", "cost.paper",
                  "cost.memplan", "evaluation.metrics", "config", "errors")
 
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from r1kit.cost.hardware import resolve_price
 from r1kit.cost.ledger import (
     LEDGER_FILE,
     SCHEMA_VERSION,
@@ -17,7 +18,6 @@ from r1kit.cost.ledger import (
     matmul_param_count,
     param_count,
     read_ledger,
-    resolve_price,
     summarize,
 )
 from r1kit.errors import UserError

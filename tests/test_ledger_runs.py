@@ -6,7 +6,8 @@ import torch
 
 from r1kit.config import EvalConfig
 from r1kit.cost.devices import cpu_peak_flops, ledger_for
-from r1kit.cost.ledger import CPU_WATTS_PER_THREAD, flops_per_token, read_ledger, summarize
+from r1kit.cost.hardware import CPU_WATTS_PER_THREAD
+from r1kit.cost.ledger import flops_per_token, read_ledger, summarize
 from r1kit.loops.base import BaseConfig, run_base
 
 pytestmark = [

@@ -10,7 +10,8 @@ import pytest
 
 from r1kit.algo.rl_config import RLConfig
 from r1kit.cli.main import main
-from r1kit.cost.ledger import DEVICE_MEMORY_BYTES, param_count
+from r1kit.cost.hardware import DEVICE_MEMORY_BYTES
+from r1kit.cost.ledger import param_count
 from r1kit.cost.memplan import (
     GIB,
     activation_bytes_per_token,

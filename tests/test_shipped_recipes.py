@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from r1kit.cli.main import rl_config_from
 from r1kit.cli.pipeline import load_pipeline
+from r1kit.cli.train import rl_config_from
 from r1kit.config import load_toml
 from r1kit.tasks import get_task
 

@@ -2,7 +2,7 @@
 
 Layer 1: imports torch lazily inside functions, so importing this module stays cheap.
 
-- `detect_device` maps CUDA device names to the kinds of `r1kit.cost.ledger.DEVICE_PEAKS` by substring; a CPU is
+- `detect_device` maps CUDA device names to the kinds of `r1kit.cost.hardware.DEVICE_PEAKS` by substring; a CPU is
   counted per thread (torch.get_num_threads()), so the ledger's per-device peak, power and price are per thread.
 - A CPU has no datasheet peak we can trust (clocks, AVX-512/AMX, SMT), so `cpu_peak_flops` measures one: best
   of several square matmuls on all threads, cached in ~/.cache/r1kit/cpu_peak.json keyed by CPU model, thread
@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from r1kit.cost.ledger import LEDGER_FILE, Ledger, device_power_w, peak_flops, resolve_price
+from r1kit.cost.hardware import device_power_w, peak_flops, resolve_price
+from r1kit.cost.ledger import LEDGER_FILE, Ledger
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "r1kit"
 CPU_PEAK_FILE = "cpu_peak.json"

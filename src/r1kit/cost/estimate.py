@@ -39,14 +39,8 @@ from typing import Any
 
 from r1kit.algo.rl_config import RLConfig
 from r1kit.cost.calibration import calibrate
-from r1kit.cost.ledger import (
-    DEVICE_PEAKS,
-    device_power_w,
-    flops_per_token,
-    param_count,
-    peak_flops,
-    resolve_price,
-)
+from r1kit.cost.hardware import DEVICE_PEAKS, device_power_w, peak_flops, resolve_price
+from r1kit.cost.ledger import flops_per_token, param_count
 from r1kit.errors import UserError
 
 ESTIMATE_FILE = "estimate.json"

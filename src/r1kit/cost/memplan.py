@@ -46,7 +46,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from r1kit.algo.rl_config import RLConfig
-from r1kit.cost.ledger import DEVICE_MEMORY_BYTES, _shape, param_count
+from r1kit.cost.hardware import DEVICE_MEMORY_BYTES
+from r1kit.cost.ledger import _shape, param_count
 from r1kit.errors import UserError
 
 GIB = 2**30

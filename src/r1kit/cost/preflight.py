@@ -11,7 +11,7 @@ import dataclasses
 from r1kit.algo.rl_config import RLConfig
 from r1kit.cost.devices import gpu_kind
 from r1kit.cost.estimate import load_model_config
-from r1kit.cost.ledger import DEVICE_MEMORY_BYTES
+from r1kit.cost.hardware import DEVICE_MEMORY_BYTES
 from r1kit.cost.memplan import check_memory, memory_plan
 from r1kit.errors import UserError
 from r1kit.models.modeling import load_tokenizer
