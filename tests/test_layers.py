@@ -15,6 +15,7 @@ LAYERS = {
     "tasks": 0,  # problem generators, datasets, verifiers, prompt and answer formats
     "sandbox": 0,  # runs model-written programs in bubblewrap (subprocesses; no torch)
     "algo": 0, "algo.losses": 1, "algo.logprobs": 1, "algo.grpo": 2, "algo.shared_prompts": 2, "algo.sft": 2,
+    "algo.rollouts": 2, "algo.rl_step": 2,
     "models": 2, "models.packing": 1,
     "rollout": 2,
     "parallel": 2,  # device and precision, process groups, FSDP2, sharded checkpoints (over models.checkpoint)

@@ -17,12 +17,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from r1kit.algo import rl_step
 from r1kit.algo.doctor import DoctorStop
 from r1kit.algo.rl_config import VARIANTS, AlgoConfig, OptimConfig, RLConfig, RolloutConfig
+from r1kit.algo.rl_step import learning_rate
 from r1kit.config import build
 from r1kit.errors import UserError
 from r1kit.loops import rl
-from r1kit.loops.rl import learning_rate, run_rl
+from r1kit.loops.rl import run_rl
 from r1kit.models.checkpoint import STATE_FILE, latest_checkpoint, save_checkpoint
 from r1kit.models.modeling import load_model, new_model, save_model
 
@@ -242,7 +244,7 @@ def test_samples_file_shows_each_steps_completions_and_survives_a_resume(run_a, 
 
 def test_kill_mid_step_then_resume_ends_with_the_same_weights(tmp_path, make_cfg, run_a):
     out = tmp_path / "C"
-    calls, real_train = [], rl._train
+    calls, real_train = [], rl.train_groups
 
     def killed_in_the_fourth_step(*args, **kwargs):
         calls.append(1)
@@ -252,7 +254,7 @@ def test_kill_mid_step_then_resume_ends_with_the_same_weights(tmp_path, make_cfg
         return stats
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rl, "_train", killed_in_the_fourth_step)
+        mp.setattr(rl, "train_groups", killed_in_the_fourth_step)
         with pytest.raises(RuntimeError, match="killed"):
             run_rl(make_cfg(out), progress=False)
     assert latest_checkpoint(out).name == "step_000002" and not (out / "model").exists()
@@ -311,7 +313,7 @@ def test_beta_zero_loads_no_reference_model(tmp_path, make_cfg):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(rl, "copy", types.SimpleNamespace(deepcopy=forbidden))
-        mp.setattr(rl, "rollout_logprobs", forbidden)
+        mp.setattr(rl_step, "rollout_logprobs", forbidden)
         summary = run_rl(make_cfg(tmp_path / "b0", steps=2, eval_every=0, algo={"beta": 0.0}), progress=False)
     assert summary["finished"]
     state = torch.load(latest_checkpoint(tmp_path / "b0") / STATE_FILE, weights_only=False)
@@ -669,7 +671,7 @@ def test_loop_wires_its_settings_into_the_update(tmp_path, make_cfg, early_stopp
     top-p); with `mask_truncated` exactly the truncated completions carry no loss."""
     from r1kit.algo.grpo import rollout_logprobs
 
-    seen, real = [], rl.train_on_rollout
+    seen, real = [], rl_step.train_on_rollout
 
     def spy(model, optimizer, rollout, settings, engine):
         fresh = rollout_logprobs(model, rollout, settings.temperature)  # (N, T) before this step's update
@@ -692,7 +694,7 @@ def test_loop_wires_its_settings_into_the_update(tmp_path, make_cfg, early_stopp
         algo={"variant": "dapo", "mini_batches": 2, "beta": 0.01, "mask_truncated": True},
     )
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rl, "train_on_rollout", spy)
+        mp.setattr(rl_step, "train_on_rollout", spy)
         run_rl(cfg, progress=False)
     rows = [r for r in _metrics(out) if r["step"] > 0]
     assert len(seen) == 2
@@ -728,14 +730,14 @@ def test_bf16_rollouts_are_corrected_and_reported(tmp_path, make_cfg):
     """rollout.dtype = bf16: a bf16 sampler beside fp32 training; π_old comes from the trainer (the sampler is not
     exact), TIS weights differ from 1 and the mismatch is small but measured."""
     calls = []
-    real = rl.rollout_logprobs
+    real = rl_step.rollout_logprobs
 
     def spy(model, *args, **kwargs):
         calls.append(model)
         return real(model, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rl, "rollout_logprobs", spy)
+        mp.setattr(rl_step, "rollout_logprobs", spy)
         run_rl(make_cfg(tmp_path / "bf", steps=2, eval_every=0, rollout={"dtype": "bf16"}), progress=False)
     assert len(calls) >= 4  # per step: π_old (two mini-batches) and the reference (β > 0), both trainer forwards
     steps = [m for m in _metrics(tmp_path / "bf") if "mismatch_kl" in m]

@@ -109,11 +109,11 @@ def test_rl_scores_a_step_in_the_sandbox_and_bills_it(task, tokenizer, tmp_path,
     """One rollout step of the RL loop with sampling replaced by fixed completions: right, wrong, endless, crashing.
     The rewards follow the sandbox, the ledger gets a `sandbox` phase with its CPU-seconds, and the step's
     metrics carry the timeout and crash rates the doctor reads."""
+    from r1kit.algo import rl_step, rollouts
     from r1kit.algo.rewards import combine
     from r1kit.algo.rl_config import RLConfig
     from r1kit.config import build
     from r1kit.cost.ledger import Ledger, read_ledger
-    from r1kit.loops import rl
     from r1kit.tasks.prompting import make_prompter
 
     problem = task.problems("train", n=1)[0]
@@ -126,7 +126,7 @@ def test_rl_scores_a_step_in_the_sandbox_and_bills_it(task, tokenizer, tmp_path,
         rows = [0] * len(tok)
         return [[1, 2, 3]], rows, tok, [True] * len(tok), [[0.0] * len(t) for t in tok]
 
-    monkeypatch.setattr(rl, "_sample_groups", fake_sample)
+    monkeypatch.setattr(rollouts, "sample_groups", fake_sample)
     monkeypatch.setattr(PySynthTask, "wall_s", 1.0)
     cfg = build(RLConfig, {"model": "unused", "out": str(tmp_path), "task": "pysynth", "steps": 1,
                            "rollout": {"prompts_per_step": 1, "group_size": 8, "max_new_tokens": 64}})
@@ -135,8 +135,8 @@ def test_rl_scores_a_step_in_the_sandbox_and_bills_it(task, tokenizer, tmp_path,
     engine = types.SimpleNamespace(info=types.SimpleNamespace(world=1, rank=0))
     ledger = Ledger(tmp_path, "rl", "cpu", 1, None, None, None)
     prompter = make_prompter(task, tokenizer)
-    kept, seen, times = rl._rollout_step(0, None, tokenizer, prompter, stream, combine(cfg.reward.weights), cfg,
-                                         engine, ledger, [tokenizer.eos_token_id])
+    kept, seen, times = rollouts.collect_groups(0, None, tokenizer, prompter, stream, combine(cfg.reward.weights), cfg,
+                                           engine, ledger, [tokenizer.eos_token_id])
     correct = [s.correct for s in seen["scores"]]
     assert correct == [True, False, False, False, False, True, False, True]
     statuses = [getattr(s.execution, "status", None) for s in seen["scores"]]
@@ -151,7 +151,7 @@ def test_rl_scores_a_step_in_the_sandbox_and_bills_it(task, tokenizer, tmp_path,
                               "time_training", "time_weight_sync", "mismatch_kl", "tis_weight",
                               "tis_clip_fraction")}
     stats["rows_trained"] = 8
-    m = rl._step_metrics(seen, stats, times, 1e-5, 1.0, engine.info, 0.0)
+    m = rl_step.step_metrics(seen, stats, times, 1e-5, 1.0, engine.info, 0.0)
     assert m["execution_timeout_rate"] == pytest.approx(1 / 8) and m["execution_crash_rate"] == pytest.approx(1 / 8)
 
 
