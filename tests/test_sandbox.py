@@ -8,7 +8,8 @@ import time
 import pytest
 
 from r1kit.errors import UserError
-from r1kit.sandbox import Job, Limits, Result, harness, run_many, run_python, same_output
+from r1kit.sandbox import Job, Limits, Result, run_many, run_python, same_output
+from r1kit.sandbox.harness import judge as harness
 from r1kit.sandbox import run as sandbox_run
 from sandbox_helpers import requires_sandbox
 
