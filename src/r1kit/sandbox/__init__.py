@@ -88,16 +88,8 @@ a one-line UserError naming the package unless `unsafe_local_exec=True` (`--unsa
 program unconfined on this machine after a loud warning.
 """
 
-from r1kit.sandbox.run import (
-    Job,
-    Limits,
-    Result,
-    allow_unsafe_local_exec,
-    check_sandbox,
-    run_many,
-    run_python,
-    same_output,
-)
+from r1kit.sandbox.limits import Job, Limits, Result
+from r1kit.sandbox.run import allow_unsafe_local_exec, check_sandbox, run_many, run_python, same_output
 
 __all__ = ["Job", "Limits", "Result", "allow_unsafe_local_exec", "check_sandbox", "run_many", "run_python",
            "same_output"]
