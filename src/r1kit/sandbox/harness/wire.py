@@ -1,7 +1,6 @@
 """Plain data across the sandbox's process boundary: frames, JSON without the `json` package, and the codec.
 
-Part of the shipped harness (see r1kit.sandbox.harness): built-in modules only, no sibling imports but the one
-line the assembler drops.
+Part of the shipped harness (see r1kit.sandbox.harness): it imports built-in modules only.
 
 `encode` turns plain data into a JSON-able tree; a subclass of a plain type crosses as its base type (Counter,
 OrderedDict, defaultdict -> dict; a namedtuple -> tuple; an IntEnum -> int; deque -> list; bytearray -> bytes), so
