@@ -88,7 +88,8 @@ def test_user_namespace_mode(monkeypatch):
     monkeypatch.setattr(sandbox_bwrap, "as_root", lambda: False)
     argv = sandbox_bwrap.bwrap_argv("/usr/bin/bwrap", FAST)
     assert "--unshare-user" in argv
-    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--cap-add"] == ["CAP_SYS_ADMIN"]  # the judge's mount
+    mount = ["CAP_SYS_ADMIN"] if sandbox_bwrap.judge_mounts_tmp() else []  # the judge's mount of /tmp
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--cap-add"] == mount
     assert run_python("def add(a, b):\n    return a + b\n", tests="assert add(1, 2) == 3", limits=FAST).passed
     assert run_python("import sys\nsys.exit(0)", tests="assert add(1, 2) == 3", limits=FAST).status == "error"
 
@@ -98,8 +99,9 @@ def test_root_mode_keeps_only_the_judges_capabilities(monkeypatch):
     monkeypatch.setattr(sandbox_bwrap, "bwrap_help", lambda bwrap: "")
     argv = sandbox_bwrap.bwrap_argv("/usr/bin/bwrap", FAST)
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
-    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--cap-add"] == [
-        "CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_SYS_ADMIN"]
+    mount = ["CAP_SYS_ADMIN"] if sandbox_bwrap.judge_mounts_tmp() else []
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--cap-add"] == ["CAP_SETUID", "CAP_SETGID", "CAP_KILL",
+                                                                              *mount]
     assert "--unshare-user" not in argv and "--unshare-net" in argv and "--remount-ro" in argv
 
 

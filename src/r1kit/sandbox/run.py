@@ -170,6 +170,7 @@ def _run_one(job: Job, mode: str, bwrap: str | None = None) -> Result:
         tmp = tempfile.mkdtemp(prefix="r1kit-unsafe-")
         argv, cwd = [os.path.realpath(sys.executable), *PYTHON_FLAGS], tmp
     t0 = time.perf_counter()
+    proc = None
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=HOST_ENV if sandboxed else {**HOST_ENV, **SANDBOX_ENV, "HOME": tmp},
@@ -187,11 +188,15 @@ def _run_one(job: Job, mode: str, bwrap: str | None = None) -> Result:
                  "uids": list(uids) if uids else [os.getuid()]}
         if group is not None:
             extra.update(memory_peak_mb=group.memory_peak_mb(), oom_kills=group.oom_kills())
-    finally:
+    finally:  # also when this thread is interrupted: nothing of the execution is left behind
+        if proc is not None and proc.returncode is None:
+            _gone(_stop(proc, sandboxed))
+            proc.wait()
+        if group is not None:
+            group.kill_and_wait(GONE_S)
+            group.remove()
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        if group is not None:
-            group.remove()
     wall = time.perf_counter() - t0
     result = _verdict(job, out, err, nonce, timed_out, cpu, wall, extra)
     if not gone:

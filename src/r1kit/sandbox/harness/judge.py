@@ -174,8 +174,9 @@ def make_proxy(watch, name):
             if "value" in answer:
                 return decode(answer["value"])
             kind, message = str(answer["raise"]), str(answer["message"])
-        except Exception:
-            raise ProgramError(f"{name}(): the program answered with something that is not its answer") from None
+        except Exception as e:
+            why = f" ({e})" if type(e) is ValueError else ""
+            raise ProgramError(f"{name}(): the program answered with something that is not its answer{why}") from None
         raise safe_exception(kind)(message)
 
     proxy.__name__ = proxy.__qualname__ = name
