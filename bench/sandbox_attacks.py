@@ -54,10 +54,10 @@ def attacks() -> list[tuple[str, str, dict]]:
                    "    if os.fork() == 0:\n        while True:\n            pass\n" + WRONG_ADD, tests=add)),
         ("cpu_s of spinners when the host kills", "0.002 s", dict(
             source="import os, time\ndef spin():\n    r, w = os.pipe()\n    for _ in range(2):\n"
-                   "        if os.fork() == 0:\n            while time.process_time() < 0.5:\n                pass\n"
+                   "        if os.fork() == 0:\n            while time.process_time() < 0.25:\n                pass\n"
                    "            os.write(w, b'x')\n            while True:\n                pass\n    got = b''\n"
                    "    while len(got) < 2:\n        got += os.read(r, 2)\n    return True\n",
-            tests="assert spin()\nimport time\ntime.sleep(60)\n", limits=Limits(cpu_s=30, wall_s=6))),
+            tests="assert spin()\nimport time\ntime.sleep(60)\n", limits=Limits(cpu_s=30, wall_s=8))),
         ("SIGINT to the judge", "judge killed (error)", dict(
             source="import os, signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nfor p in (1, 0, -1):\n    try:\n"
                    "        os.kill(p, signal.SIGINT)\n    except OSError:\n        pass\n" + WRONG_ADD, tests=add)),
