@@ -36,6 +36,11 @@ def contained(result):
     return result
 
 
+def checked(*args, **kw):
+    """run_python, and no process of the execution alive afterwards."""
+    return contained(run_python(*args, **kw))
+
+
 def judge(source: str, tests: str = ADD_TESTS, limits: Limits = FAST, **kw):
     """Run a hostile program against the add tests; it must score 0 and leave no process behind."""
     t0 = time.perf_counter()
@@ -420,7 +425,7 @@ def test_monkeypatched_unittest():
            "unittest.TestResult.wasSuccessful = lambda self: True\n" + WRONG_ADD)
     r = judge(src, tests=tests)
     assert r.status == "fail"
-    assert run_python("def add(a, b):\n    return a + b\n", tests=tests, limits=FAST).status == "pass"
+    assert checked("def add(a, b):\n    return a + b\n", tests=tests, limits=FAST).status == "pass"
 
 
 def test_redefined_and_deleted_test_function():
@@ -525,14 +530,14 @@ def test_junk_answer_frames():
 
 
 def test_benign_function_passes():
-    assert run_python("def add(a, b):\n    return a + b\n", tests=ADD_TESTS, limits=FAST).status == "pass"
+    assert checked("def add(a, b):\n    return a + b\n", tests=ADD_TESTS, limits=FAST).status == "pass"
 
 
 def test_benign_stdin_program_passes():
     src = "import sys\nnums = [int(x) for x in sys.stdin.read().split()]\nprint(sum(nums))\nprint('done')\n"
-    r = run_python(src, stdin="1 2 3\n4\n", expected_stdout="10\ndone\n", limits=FAST)
+    r = checked(src, stdin="1 2 3\n4\n", expected_stdout="10\ndone\n", limits=FAST)
     assert r.status == "pass" and r.stdout == "10\ndone\n"
-    assert run_python(src, stdin="1 2\n", expected_stdout="10\ndone", limits=FAST).status == "fail"
+    assert checked(src, stdin="1 2\n", expected_stdout="10\ndone", limits=FAST).status == "fail"
 
 
 def test_benign_tmp_files_threads_and_a_child_process():
@@ -540,14 +545,14 @@ def test_benign_tmp_files_threads_and_a_child_process():
            "t = threading.Thread(target=lambda: out.append(open('/tmp/a.txt').read()))\nt.start()\nt.join()\n"
            "pid = os.fork()\nif pid == 0:\n    os._exit(7)\nassert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7\n"
            "def add(a, b):\n    return a + b if out == ['hello'] else None\n")
-    assert run_python(src, tests=ADD_TESTS, limits=FAST).status == "pass"
+    assert checked(src, tests=ADD_TESTS, limits=FAST).status == "pass"
 
 
 def test_benign_standard_library():
     src = ("import collections, datetime, decimal, fractions, functools, hashlib, heapq, itertools, json, math\n"
            "import random, re, string, bisect, statistics, typing\n"
            "def add(a, b):\n    return int(fractions.Fraction(a) + int(decimal.Decimal(b)))\n")
-    assert run_python(src, tests=ADD_TESTS, limits=FAST).status == "pass"
+    assert checked(src, tests=ADD_TESTS, limits=FAST).status == "pass"
 
 
 def test_benign_plain_values_round_trip():
@@ -556,26 +561,26 @@ def test_benign_plain_values_round_trip():
     tests = ("v = (1, [2.5, None], {'a': {1, 2}}, frozenset({3}), b'\\x00', 2 ** 100, -0.0, True, 1j)\n"
              "assert shapes() == v and type(shapes()[0]) is int and shapes()[7] is True\n"
              "assert echo({(1, 2): [3]}) == {(1, 2): [3]} and echo('é') == 'é' and echo(float('inf')) == float('inf')\n")
-    r = run_python(src, tests=tests, limits=FAST)
+    r = checked(src, tests=tests, limits=FAST)
     assert r.status == "pass", r
 
 
 def test_benign_exception_types_reach_the_tests():
     src = "def root(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x ** 0.5\n"
     tests = "try:\n    root(-1)\n    raise AssertionError('no error')\nexcept ValueError as e:\n    assert 'negative' in str(e)\n"
-    assert run_python(src, tests=tests, limits=FAST).status == "pass"
+    assert checked(src, tests=tests, limits=FAST).status == "pass"
 
 
 def test_benign_recursion_and_some_cpu():
     src = ("def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
            "def depth(n):\n    return 0 if n == 0 else 1 + depth(n - 1)\n")
-    r = run_python(src, tests="assert fib(22) == 17711\nassert depth(900) == 900\n", limits=FAST)
+    r = checked(src, tests="assert fib(22) == 17711\nassert depth(900) == 900\n", limits=FAST)
     assert r.status == "pass" and r.cpu_s > 0
 
 
 def test_benign_output_under_the_cap_and_unicode():
     src = "print('λ→✓ ' * 1000)\ndef add(a, b):\n    return a + b\n"
-    r = run_python(src, tests=ADD_TESTS, limits=FAST)
+    r = checked(src, tests=ADD_TESTS, limits=FAST)
     assert r.status == "pass" and r.stdout.startswith("λ→✓ ")
 
 
@@ -584,7 +589,7 @@ def test_benign_helpers_from_a_trusted_setup():
     setup = "def poly(xs, x):\n    return sum(c * x ** i for i, c in enumerate(xs))\n"
     src = setup + "def find_zero(xs):\n    return -xs[0] / xs[1]\n"
     tests = "def check(candidate):\n    assert abs(poly([2, 4], candidate([2, 4]))) < 1e-9\ncheck(find_zero)\n"
-    assert run_python(src, tests=tests, setup=setup, call=["find_zero"], limits=FAST).status == "pass"
+    assert checked(src, tests=tests, setup=setup, call=["find_zero"], limits=FAST).status == "pass"
 
 
 # ---- issue 22: forged verdicts through `call`'s default ------------------------------------------------------
@@ -621,7 +626,7 @@ def test_humaneval_4_real_check_with_call_at_its_default():
     r = judge(wrong, tests=tests)
     assert r.status == "fail" and "AssertionError" in r.detail
     right = row["prompt"] + row["canonical_solution"]
-    assert run_python(right, tests=tests, limits=FAST).status == "pass"
+    assert checked(right, tests=tests, limits=FAST).status == "pass"
 
 
 # ---- issue 22: memory counted whole, per execution ----------------------------------------------------------
@@ -665,7 +670,7 @@ MEMORY_HOG = ("import os, time\nkids = []\nfor i in range(6):\n    pid = os.fork
 def test_memory_of_all_processes_together_is_capped():
     """Six processes of 100 MB each (each under its own 200 MB address-space cap). With a cgroup the execution
     never holds more than memory_mb in all; without one, the documented bound is per process."""
-    r = contained(run_python(MEMORY_HOG, limits=Limits(cpu_s=3, wall_s=6, memory_mb=200, processes=8)))
+    r = checked(MEMORY_HOG, limits=Limits(cpu_s=3, wall_s=6, memory_mb=200, processes=8))
     if r.extra["cgroup"] != "none":
         assert r.extra["memory_peak_mb"] <= 200 and r.extra["oom_kills"] >= 1
         assert r.stdout.count("+") < 6
@@ -794,14 +799,14 @@ def test_subclasses_of_plain_types_and_huge_ints_pass():
              "assert list(ordered().items()) == [('b', 1), ('a', 2)]\nassert grouped() == {'x': [1]}\n"
              "assert window() == [1, 2, 3]\nassert flag() == 2\nassert power(6000) == 7 ** 6000\n"
              "assert power(10 ** 4) % 1000 == pow(7, 10 ** 4, 1000)\n")
-    r = contained(run_python(src, tests=tests, limits=FAST))
+    r = checked(src, tests=tests, limits=FAST)
     assert r.status == "pass", r
 
 
 def test_huge_ints_cross_both_ways():
     src = "def digits(n):\n    return len(str(n)) if n < 10 ** 4300 else n.bit_length()\ndef neg(n):\n    return -n\n"
     tests = "big = 3 ** 20000\nassert neg(big) == -big\nassert digits(big) == big.bit_length()\n"
-    assert contained(run_python(src, tests=tests, limits=FAST)).status == "pass"
+    assert checked(src, tests=tests, limits=FAST).status == "pass"
 
 
 def test_no_sandbox_process_or_cgroup_left_after_the_suite():
