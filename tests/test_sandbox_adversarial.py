@@ -711,6 +711,19 @@ def test_the_judge_cannot_be_pinned_reniced_or_starved():
     assert r.status == "fail"  # the judge ran the tests
 
 
+def test_no_capability_is_left():
+    """The program holds no capability; the judge at most CAP_KILL (run by root, to end the program's processes):
+    the CAP_SYS_ADMIN it mounted /tmp with and its CAP_SETUID/SETGID are gone."""
+    src = ("def caps(path):\n    lines = open(path).read().splitlines()\n"
+           "    return {l.split(':')[0]: int(l.split()[1], 16) for l in lines if l.startswith(('CapEff', 'CapPrm', 'CapAmb', 'CapInh'))}\n"
+           "print(caps('/proc/self/status'))\nprint(caps('/proc/1/status'))\n" + WRONG_ADD)
+    r = judge(src)
+    program, judge_caps = (eval(line) for line in r.stdout.splitlines())
+    assert set(program.values()) == {0}
+    assert judge_caps["CapAmb"] == judge_caps["CapInh"] == 0
+    assert judge_caps["CapEff"] == judge_caps["CapPrm"] == ((1 << 5) if os.geteuid() == 0 else 0)
+
+
 def test_sigint_from_the_program_does_not_kill_the_judge():
     src = ("import os, signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
            "for pid in (1, os.getppid(), 0, -1):\n    try:\n        os.kill(pid, signal.SIGINT)\n"
