@@ -9,12 +9,13 @@ Where it holds, found once per process (`hierarchy`):
 - cgroup v1, where the memory hierarchy is writable (root; pids and cpuacct used when writable too).
 - none: the sandbox still holds, with memory capped per process instead of per execution (see r1kit.sandbox).
 
-Per execution (`Cgroup.create`): a child `r1kit-<nonce>` with memory.max / memory.limit_in_bytes (and swap at 0)
+Per execution (`Cgroup.create`): a child `r1kit-<host pid>-<nonce>` with memory.max / memory.limit_in_bytes (and swap at 0)
 = `memory_mb`, pids.max = `processes` + 4 (bwrap, the judge and its thread, one spare). The host moves bwrap
 into it right after starting it, before the request is written (`attach_tree`: bwrap, then any child it already
 has; later children are born inside). At the end it kills every process left in it and waits until it is
 empty, then reads the CPU time (cpuacct.usage / cpu.stat: every process, killed ones included), the memory peak
-and the OOM kills, and removes it. Layer 0.
+and the OOM kills, and removes it. The cgroups of a host process that was killed before it could (the pid in the
+name is gone) are removed by the next process that finds the hierarchy. Layer 0.
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ def hierarchy() -> Hierarchy | None:
             directory = _below(point, root, own["unified"])
             parent = _v2_parent(directory) if directory is not None else None
             if parent is not None:
-                return Hierarchy("v2", {"unified": parent})
+                found = Hierarchy("v2", {"unified": parent})
+                _remove_orphans(found)
+                return found
     parents = {}
     for root, point, fstype, options in mounts:
         for name in V1_CONTROLLERS:
@@ -122,7 +125,25 @@ def hierarchy() -> Hierarchy | None:
                 directory = _below(point, root, own[name])
                 if directory is not None and _writable(directory):
                     parents[name] = directory
-    return Hierarchy("v1", parents) if "memory" in parents else None
+    found = Hierarchy("v1", parents) if "memory" in parents else None
+    if found is not None:
+        _remove_orphans(found)
+    return found
+
+
+def _remove_orphans(where: Hierarchy) -> None:
+    """Empty execution cgroups left by host processes that are gone (killed before they could remove them)."""
+    for parent in where.parents.values():
+        for d in parent.glob("r1kit-*-*"):
+            try:
+                os.kill(int(d.name.split("-")[1]), 0)
+            except ProcessLookupError:
+                try:
+                    d.rmdir()
+                except OSError:
+                    pass
+            except (ValueError, PermissionError):
+                pass
 
 
 class Cgroup:

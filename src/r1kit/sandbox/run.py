@@ -165,7 +165,7 @@ def _run_one(job: Job, mode: str, bwrap: str | None = None) -> Result:
     tmp = group = None
     if sandboxed:
         argv, cwd = bw.bwrap_argv(bwrap or _bwrap_status()[0], limits), "/"
-        group = Cgroup.create(f"r1kit-{nonce}", limits.memory_mb, limits.processes + JUDGE_TASKS + 2)
+        group = Cgroup.create(f"r1kit-{os.getpid()}-{nonce[:16]}", limits.memory_mb, limits.processes + JUDGE_TASKS + 2)
     else:  # unsafe: the same judge and program, no namespaces; a scratch cwd at least
         tmp = tempfile.mkdtemp(prefix="r1kit-unsafe-")
         argv, cwd = [os.path.realpath(sys.executable), *PYTHON_FLAGS], tmp
