@@ -5,8 +5,9 @@ Each execution is one `bwrap` process (bwrap.py) whose pid 1 is the judge (harne
 into the execution's cgroup (cgroup.py) where there is one, writes to its stdin the harness (one marshalled code
 object, compiled once) and the request in two frames (marshal; see harness/judge.py for why two), and keeps
 stdin open: the judge takes EOF for "the host gave up". It reads at most a report's size (the output cap in base64
-+ 1 MB) of stdout and waits at most `wall_s + STARTUP_GRACE_S`; past that it SIGKILLs the judge, whose pid
-namespace dies with it, and lets bwrap reap it. It returns only once every process of the execution is gone:
++ 1 MB) of stdout and waits at most `wall_s + STARTUP_GRACE_S`; past that it closes the judge's stdin (the judge
+kills and reaps every process and exits), SIGKILLs a judge still there a second later (its pid namespace dies
+with it), and lets bwrap reap it. It returns only once every process of the execution is gone:
 the cgroup is empty, or (no cgroup) bwrap saw its pid 1 exit, which the kernel allows only after every other
 process of the namespace has. A report is believed only when it is one JSON line carrying this call's random
 nonce.
