@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv vllm-venv demo test test-vllm lint bench smollm2 smollm2-import gpu-wheels clean
+.PHONY: venv vllm-venv demo test test-sandbox-user test-vllm lint bench smollm2 smollm2-import gpu-wheels clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,7 +45,16 @@ demo: venv
 test: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
+	$(MAKE) test-sandbox-user
 	$(MAKE) test-vllm
+
+# The sandbox's second path, bubblewrap in a user namespace (what a normal user gets): run as root with
+# SANDBOX_TEST_USER naming an unprivileged user (.ci/run creates one), its tests run once more as that user.
+SANDBOX_TEST_USER ?=
+
+test-sandbox-user: venv
+	@if [ -n "$(SANDBOX_TEST_USER)" ]; then $(BIN)/python tests/sandbox_as_user.py "$(SANDBOX_TEST_USER)"; \
+	else echo "test-sandbox-user: skipped (SANDBOX_TEST_USER unset; the suite above ran as $$(id -un))"; fi
 
 # The vLLM backend's tests, in .venv-vllm (built if missing): an engine on a tiny model, GRPO steps through it.
 test-vllm: vllm-venv
