@@ -32,7 +32,7 @@ from r1kit.tools.base import Observation, ToolCall
 
 _PY_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)```\s*$", re.DOTALL | re.IGNORECASE)
 _TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>\s*$", re.DOTALL)
-_OBS, _MODEL, _USER = "\x00OBSERVATION\x00", "\x00MODEL\x00", "\x00USER\x00"
+_OBS, _MODEL, _USER, _THOUGHT = "\x00OBSERVATION\x00", "\x00MODEL\x00", "\x00USER\x00", "\x00THOUGHT\x00"
 
 HERMES_TOOLS = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided "
                 "with function signatures within <tools></tools> XML tags:\n<tools>\n{tools}\n</tools>\n\nFor each "
@@ -77,7 +77,8 @@ class ChatFormat:
     def __post_init__(self) -> None:
         self.tool_aware = self._render([{"role": "user", "content": _USER}], True, self.schemas) != \
             self._render([{"role": "user", "content": _USER}], True, None)
-        convo = [{"role": "user", "content": _USER}, {"role": "assistant", "content": _MODEL},
+        said = f"<think>{_THOUGHT}</think>{_MODEL}"  # what the model wrote: reasoning, then its call
+        convo = [{"role": "user", "content": _USER}, {"role": "assistant", "content": said},
                  {"role": "tool", "content": self._tool_content(_OBS)}]
         full = self.render_messages(convo, generation_prompt=True)
         prompt = self.render_messages(convo[:1], generation_prompt=True)
@@ -85,7 +86,7 @@ class ChatFormat:
             raise UserError("the chat template drops the assistant's or the tool's message: use the code tool "
                             "format (tool_use.format = \"code\") with a raw prompt format")
         self._skeleton = full[full.index(_MODEL) + len(_MODEL):]
-        self.prefix_preserving = full.startswith(prompt + _MODEL)
+        self.prefix_preserving = full.startswith(prompt + said)
 
     def _render(self, messages, generation_prompt: bool, tools):
         kwargs = {"tools": tools} if tools else {}
@@ -128,7 +129,7 @@ class ChatFormat:
         return ToolCall(data["name"], arguments if isinstance(arguments, dict) else {"": arguments})
 
     def observation_text(self, obs: Observation, turn_text: str) -> str:
-        return self._skeleton.replace(_OBS, self._tool_content(obs.text))
+        return self._skeleton.replace(_OBS, obs.text)  # the skeleton holds the tool turn around it
 
     def render_call(self, call: ToolCall) -> str:
         return "<tool_call>\n" + json.dumps({"name": call.name, "arguments": call.arguments}) + "\n</tool_call>"
