@@ -45,6 +45,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--model", default=None, help="the student: a Hugging Face model directory")
     p.add_argument("--student-size", default=None, help="... or a fresh Llama of this size: micro, tiny, small")
     p.add_argument("--tokenizer", default=None, help="tokenizer for a fresh student (default: the data's teacher)")
+    add_tool_flags(p)
     _train_flags(p)
 
     p = sub.add_parser("distill", help="distil a teacher into a student: sequence | logit | on-policy")
@@ -120,7 +121,7 @@ def cmd_sft(args, overrides) -> int:
     from r1kit.loops.sft import SFTConfig, describe, run_sft
 
     cfg = _config(SFTConfig, args, {"data": "data", "out": "out", "model": "model", "student_size": "student_size",
-                                    "tokenizer": "tokenizer", **_TRAIN}, overrides)
+                                    "tokenizer": "tokenizer", **_TRAIN}, overrides, tool_settings(args))
     summary = run_sft(cfg, resume=args.resume, ledger_factory=stage_ledger)
     print(describe(summary))
     return 0
