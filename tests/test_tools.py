@@ -12,14 +12,14 @@ from r1kit.models.packing import IGNORE, encode_example
 from r1kit.rollout import SamplerEngine
 from r1kit.rollout.multiturn import run_episodes, tool_counts, tool_rates
 from r1kit.rollout.sampler import SamplingParams
-from r1kit.sandbox.run import _bwrap_status
 from r1kit.tools import ToolConfig, check_tool_names, make_toolbox
 from r1kit.tools.base import Observation, ToolCall, budget_reward, check_arguments, truncate_middle
 from r1kit.tools.formats import ChatFormat, CodeFormat, chat_template_report
 from r1kit.tools.python import PythonTool
+from sandbox_helpers import requires_sandbox
 from tools_helpers import ScriptedEngine
 
-needs_sandbox = pytest.mark.skipif(_bwrap_status()[0] is None, reason="bubblewrap cannot make a sandbox here")
+needs_sandbox = requires_sandbox
 
 CALL = "<think> use python\n```python\nprint(12*34)\n```"
 ANSWER = " so 408 </think> <answer>408</answer>"

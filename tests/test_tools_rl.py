@@ -15,11 +15,10 @@ from r1kit.cost.ledger import Ledger
 from r1kit.loops import rl
 from r1kit.loops.rl import run_rl
 from r1kit.models.modeling import new_model, save_model
-from r1kit.sandbox.run import _bwrap_status
+from sandbox_helpers import requires_sandbox
 from tools_helpers import DrawnScriptEngine
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(_bwrap_status()[0] is None, reason="bubblewrap cannot make a sandbox here")]
+pytestmark = [pytest.mark.slow, requires_sandbox]
 
 OPTIONS = [["<think> add\n```python\nprint(2 + 2)\n```", " so 4 </think> <answer>4</answer>"],
            ["<think> divide\n```python\nprint(1 / 0)\n```", " hmm </think> answer 0"],  # badly formatted too

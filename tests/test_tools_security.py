@@ -6,15 +6,13 @@ guarantees of grading: tests/test_sandbox_adversarial.py)."""
 import os
 from pathlib import Path
 
-import pytest
-
 from r1kit.rollout.multiturn import run_episodes
 from r1kit.rollout.sampler import SamplingParams
-from r1kit.sandbox.run import _bwrap_status
 from r1kit.tools import ToolConfig, make_toolbox
+from sandbox_helpers import requires_sandbox
 from tools_helpers import ScriptedEngine
 
-pytestmark = pytest.mark.skipif(_bwrap_status()[0] is None, reason="bubblewrap cannot make a sandbox here")
+pytestmark = requires_sandbox
 
 
 def _cell(code: str) -> str:

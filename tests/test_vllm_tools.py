@@ -8,12 +8,11 @@ import torch
 
 from r1kit.rollout.multiturn import run_episodes
 from r1kit.rollout.sampler import SamplingParams
-from r1kit.sandbox.run import _bwrap_status
 from r1kit.tools import ToolConfig, make_toolbox
+from sandbox_helpers import requires_sandbox
 from test_vllm import ATOL, TEXTS, _trainer_logprobs, engine, policy, prompts, vllm_config  # noqa: F401 (fixtures)
 
-pytestmark = [pytest.mark.vllm,
-              pytest.mark.skipif(_bwrap_status()[0] is None, reason="bubblewrap cannot make a sandbox here")]
+pytestmark = [pytest.mark.vllm, requires_sandbox]
 
 
 def test_the_turn_loop_runs_on_vllm_token_in_token_out(engine, policy, prompts, tokenizer):  # noqa: F811
