@@ -104,3 +104,51 @@ def test_resume_with_tools_ends_with_the_same_weights(run_a, tmp_path, base_mode
     run_rl(_cfg(base_model, out), resume=True, progress=False)
     a, b = load_file(str(run_a[0] / "model" / "model.safetensors")), load_file(str(out / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- rejection sampling and evaluation with tools ----------------------------------------------------------------
+
+def test_generate_keeps_verified_tool_using_traces_with_their_turns(base_model, tokenizer, tmp_path, monkeypatch,
+                                                                    torch_threads):
+    """`r1kit generate --tools python`: the scripted teacher answers 2+2 right with the tool (kept, with its
+    turns), wrongly after a failed call (dropped) or without a call (dropped: wrong); SFT reads the rows back with
+    the tool's turn carrying no loss."""
+    from r1kit.algo.sft import encode_rows, read_rows
+    from r1kit.loops import generate
+    from r1kit.loops.generate import GenerateConfig, run_generate
+    from r1kit.models.packing import IGNORE
+
+    monkeypatch.setattr(generate, "make_engine", lambda *a, **k: DrawnScriptEngine(tokenizer, OPTIONS,
+                                                                                  tokenizer.eos_token_id))
+    out = tmp_path / "traces.jsonl"
+    fours = tmp_path / "fours.jsonl"  # questions whose answer is 4 (what the scripted tool call computes)
+    fours.write_text("".join(json.dumps({"prompt": f"{a}+{4 - a} (#{i})", "answer": "4"}) + "\n"
+                             for i in range(40) for a in range(5)))
+    cfg = GenerateConfig(model=str(base_model), task=f"jsonl:{fours}", out=str(out), n=8, k=4,
+                         max_new_tokens=48, tools=["python"])
+    summary = run_generate(cfg, progress=False)
+    rows = read_rows(out)
+    assert summary["kept"] == len(rows) > 0
+    for row in rows:
+        assert row["reference"] == "4" and row["tool_calls"] == 1 and row["provenance"]["tools"] == ["python"]
+        assert [t["role"] for t in row["turns"]] == ["model", "tool", "model"]
+        assert row["turns"][1]["text"] == "\n```output\n4\n```\n"
+    (example,) = encode_rows(tokenizer, rows[:1], 512)
+    tool_ids = tokenizer(rows[0]["turns"][1]["text"], add_special_tokens=False).input_ids
+    assert example.labels().count(IGNORE) == example.n_prompt + len(tool_ids)
+
+
+def test_eval_compares_with_and_without_tools(base_model, tokenizer, tmp_path, monkeypatch, capsys, torch_threads):
+    import r1kit.rollout as rollout_pkg
+    from r1kit.cli.main import main
+
+    monkeypatch.setattr(rollout_pkg, "make_engine", lambda *a, **k: DrawnScriptEngine(tokenizer, OPTIONS,
+                                                                                     tokenizer.eos_token_id))
+    out = tmp_path / "eval.json"
+    code = main(["eval", "--model", str(base_model), "--task", "arithmetic", "--n", "6",
+                 "--k", "2", "--max-new-tokens", "48", "--tools", "python", "--compare-tools", "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "with and without tools" in text and "with python" in text and "without tools" in text
+    result = json.loads(out.read_text())
+    assert result["metrics"]["tool_use_share"] > 0 and "tool_use_share" not in result["without_tools"]["metrics"]
