@@ -181,6 +181,9 @@ def test_budgets_stop_trajectories_as_truncated(tokenizer):
     assert "budget (1 calls) is used up" in _masked_text(tokenizer, eps[0], 0)
     eps, _ = _episodes(tokenizer, [[CALL, ANSWER]], max_new_tokens=8)  # model tokens
     assert eps[0].stop == "max_new_tokens" and eps[0].model_tokens == 8 and not eps[0].finished
+    exact = len(tokenizer(CALL, add_special_tokens=False).input_ids)  # the call uses the whole model budget
+    eps, _ = _episodes(tokenizer, [[CALL, ANSWER]], max_new_tokens=exact)
+    assert eps[0].stop == "max_new_tokens" and eps[0].model_tokens == exact and eps[0].calls
     eps, _ = _episodes(tokenizer, [[CALL, ANSWER]], ToolConfig(max_turn_tokens=10))
     assert eps[0].stop == "max_turn_tokens" and eps[0].model_tokens == 10
     eps, _ = _episodes(tokenizer, [[CALL, ANSWER]], ToolConfig(max_total_tokens=len(tokenizer(CALL).input_ids) + 3))

@@ -116,7 +116,11 @@ def run_episodes(engine, prompts: list[list[int]], params: SamplingParams, *, to
                            tool_wall_s=time.perf_counter() - t0)
             for (r, call), obs in zip(waiting, observations):
                 if _append_observation(rows[r], call, obs, tools, tokenizer, total_budget):
-                    still_open.append(r)
+                    stop = _exhausted(rows[r], params.max_new_tokens, 0, total_budget)  # the call used it all
+                    if stop:
+                        rows[r].traj.stop = stop
+                    else:
+                        still_open.append(r)
         open_rows = sorted(still_open)
     return [row.traj for row in rows]
 
