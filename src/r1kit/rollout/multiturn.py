@@ -11,9 +11,11 @@ The turn loop is engine-neutral: it needs only `engine.sample(prompts, params, e
 of rollout/__init__.py), so r1kit's sampler and vLLM run it alike. Each round samples every open trajectory from
 its ids so far until EOS or a *stop candidate* (a token holding the last character of the format's stop string,
 tools/formats.py `stop_token_ids`); a row whose turn now ends with a complete call waits for its tool, a row
-stopped by a false candidate goes on. The calls of a round run together, in parallel in the sandbox's pool, then
-every row that has its observation is sampled again. (Rows are re-submitted whole: vLLM's prefix cache and r1kit's
-shared-prompt prefill make that cheap; a sampler that keeps each row's KV cache while its tool runs plugs in here.)
+stopped by a false candidate goes on. The calls of a round run together, in parallel in the sandbox's pool and in
+a thread, *while the next round decodes the other rows*; their rows rejoin the round after. The schedule depends
+only on the rows' tokens, never on timing, so a seeded run repeats exactly. (Rows are re-submitted whole: vLLM's
+prefix cache and r1kit's shared-prompt prefill make that cheap; a sampler that keeps each row's KV cache while its
+tool runs plugs in here.)
 
 Budgets (tools.base.ToolConfig), each stopping a trajectory as *truncated* (not finished): the model-token budget
 (`max_new_tokens`), `max_turn_tokens`, `max_turns` (a turn ending in a call at the last turn gets no answer),
@@ -24,6 +26,7 @@ model may still answer. Errors, timeouts and bad arguments are observations (too
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -64,65 +67,82 @@ def run_episodes(engine, prompts: list[list[int]], params: SamplingParams, *, to
                  eos_ids: list[int], pad_id: int, generator=None, return_logprobs: bool = True,
                  phase=None) -> list[Trajectory]:
     """One trajectory per prompt (see the module docstring). `phase(name)` -> a context manager that bills its
-    body to the ledger phase `name` (`rollout` for sampling, `tools` for tool calls), given token counts."""
+    body to the ledger phase `name`: `rollout` for sampling, `tools` for the time the loop waits on tool calls
+    beyond its decoding (the calls run in a thread while the other rows decode)."""
     phase = phase or (lambda name: nullcontext())
-    cfg, fmt = tools.config, tools.format
+    cfg = tools.config
     stops = list(eos_ids) + [i for i in tools.stop_ids(tokenizer) if i not in eos_ids]
     total_budget = cfg.total_tokens(params.max_new_tokens)
     rows = [_Row(list(p), Trajectory()) for p in prompts]
-    open_rows = list(range(len(rows)))
-    while open_rows:
-        budgets = {r: _room(rows[r], params.max_new_tokens, cfg.max_turn_tokens, total_budget) for r in open_rows}
-        width = max(budgets.values())
-        contexts = [rows[r].prompt + rows[r].traj.tokens for r in open_rows]
-        with phase("rollout") as ph:
-            out = engine.sample(contexts, SamplingParams(params.temperature, params.top_p, width), eos_ids=stops,
-                                pad_id=pad_id, generator=generator, return_logprobs=return_logprobs)
-            if ph is not None:
-                ph.add(prompt_tokens=sum(map(len, contexts)), generated_tokens=out.num_tokens,
-                       seq_len=max(map(len, contexts)) + width)
-        waiting: list[tuple[int, ToolCall]] = []
-        still_open = []
-        for i, r in enumerate(open_rows):
-            row, toks = rows[r], out.tokens[i][: budgets[r]]
-            lps = out.logprobs[i][: len(toks)] if out.logprobs is not None else [0.0] * len(toks)
-            row.traj.tokens += toks
-            row.traj.mask += [1] * len(toks)
-            row.traj.logprobs += lps
-            row.turn_tokens += len(toks)
-            last = toks[-1] if toks else None
-            if last is not None and last in eos_ids:
-                row.traj.finished, row.traj.stop = True, "answer"
-                continue
-            if last is not None and last in stops:
-                call = fmt.find_call(tokenizer.decode(row.traj.tokens[row.turn_start:]))
-                if call is not None:
-                    if row.traj.turns >= cfg.max_turns:
-                        row.traj.stop = "max_turns"  # the last turn ended in a call: no answer comes
-                        continue
-                    waiting.append((r, call))
-                    continue
-            stop = _exhausted(row, params.max_new_tokens, cfg.max_turn_tokens, total_budget)
-            if stop:
-                row.traj.stop = stop
-            else:
-                still_open.append(r)  # a false stop candidate, or sampled to this round's width
-        if waiting:
-            with phase("tools") as ph:
-                t0 = time.perf_counter()
-                observations = _call_tools(rows, waiting, tools)
-                if ph is not None:
-                    ph.add(tool_calls=len(waiting), tool_cpu_s=sum(o.cpu_s for o in observations),
-                           tool_wall_s=time.perf_counter() - t0)
-            for (r, call), obs in zip(waiting, observations):
-                if _append_observation(rows[r], call, obs, tools, tokenizer, total_budget):
-                    stop = _exhausted(rows[r], params.max_new_tokens, 0, total_budget)  # the call used it all
-                    if stop:
-                        rows[r].traj.stop = stop
-                    else:
-                        still_open.append(r)
-        open_rows = sorted(still_open)
+    open_rows, pending = list(range(len(rows))), None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="r1kit-tools") as pool:
+        while open_rows or pending is not None:
+            waiting, still_open = [], []
+            if open_rows:
+                waiting, still_open = _round(engine, rows, open_rows, params, stops, eos_ids, pad_id, generator,
+                                             return_logprobs, tools, tokenizer, total_budget, phase)
+            if pending is not None:  # the calls started last round, run while this round decoded
+                with phase("tools") as ph:
+                    t0 = time.perf_counter()
+                    calls, observations = pending[0], pending[1].result()
+                    if ph is not None:  # the phase's wall time: the wait; tool_wall_s: the calls, overlap included
+                        now = time.perf_counter()
+                        ph.add(tool_calls=len(calls), tool_cpu_s=sum(o.cpu_s for o in observations),
+                               tool_wall_s=now - pending[2], waited_s=now - t0)
+                pending = None
+                for (r, call), obs in zip(calls, observations):
+                    if _append_observation(rows[r], call, obs, tools, tokenizer, total_budget):
+                        stop = _exhausted(rows[r], params.max_new_tokens, 0, total_budget)  # the call used it all
+                        if stop:
+                            rows[r].traj.stop = stop
+                        else:
+                            still_open.append(r)
+            if waiting:
+                pending = (waiting, pool.submit(_call_tools, rows, waiting, tools), time.perf_counter())
+            open_rows = sorted(still_open)
     return [row.traj for row in rows]
+
+
+def _round(engine, rows, open_rows, params, stops, eos_ids, pad_id, generator, return_logprobs, tools, tokenizer,
+           total_budget, phase):
+    """Sample every open row to its next stop: returns (rows waiting for a tool call, rows to sample again)."""
+    cfg = tools.config
+    budgets = {r: _room(rows[r], params.max_new_tokens, cfg.max_turn_tokens, total_budget) for r in open_rows}
+    width = max(budgets.values())
+    contexts = [rows[r].prompt + rows[r].traj.tokens for r in open_rows]
+    with phase("rollout") as ph:
+        out = engine.sample(contexts, SamplingParams(params.temperature, params.top_p, width), eos_ids=stops,
+                            pad_id=pad_id, generator=generator, return_logprobs=return_logprobs)
+        if ph is not None:
+            ph.add(prompt_tokens=sum(map(len, contexts)), generated_tokens=out.num_tokens,
+                   seq_len=max(map(len, contexts)) + width)
+    waiting: list[tuple[int, ToolCall]] = []
+    still_open = []
+    for i, r in enumerate(open_rows):
+        row, toks = rows[r], out.tokens[i][: budgets[r]]
+        lps = out.logprobs[i][: len(toks)] if out.logprobs is not None else [0.0] * len(toks)
+        row.traj.tokens += toks
+        row.traj.mask += [1] * len(toks)
+        row.traj.logprobs += lps
+        row.turn_tokens += len(toks)
+        last = toks[-1] if toks else None
+        if last is not None and last in eos_ids:
+            row.traj.finished, row.traj.stop = True, "answer"
+            continue
+        if last is not None and last in stops:
+            call = tools.format.find_call(tokenizer.decode(row.traj.tokens[row.turn_start:]))
+            if call is not None:
+                if row.traj.turns >= cfg.max_turns:
+                    row.traj.stop = "max_turns"  # the last turn ended in a call: no answer comes
+                    continue
+                waiting.append((r, call))
+                continue
+        stop = _exhausted(row, params.max_new_tokens, cfg.max_turn_tokens, total_budget)
+        if stop:
+            row.traj.stop = stop
+        else:
+            still_open.append(r)  # a false stop candidate, or sampled to this round's width
+    return waiting, still_open
 
 
 def _room(row: _Row, max_new: int, max_turn: int, total: int) -> int:
