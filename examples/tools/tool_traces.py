@@ -34,10 +34,10 @@ def expression(problem) -> str:
 def trace(problem, prompter, tools, rng: random.Random) -> list[dict]:
     """The turns of one tool-using completion (model, tool, model), in the prompt's answer format."""
     expr, value = expression(problem), problem.answer
-    call = ToolCall("python", {"code": f"print({expr})"})
-    first = tools.format.render_call(call)
+    code = expr if tools.format.name == "code" else f"print({expr})"  # a notebook shows a bare expression's value
+    first = tools.format.render_call(ToolCall("python", {"code": code}))
     if prompter.answer_format == "think-answer":
-        opener, close = rng.choice(["<think> python", "<think> compute it"]), f" so {value} </think> <answer>{value}</answer>"
+        opener, close = rng.choice(["<think>", "<think> compute it"]), f"</think> <answer>{value}</answer>"
         first = f"{opener}\n{first}"
     else:  # boxed answers (chat models)
         first = f"Let me compute {expr} with Python.\n{first}"

@@ -1,5 +1,7 @@
 """The `python` tool: the model's code runs in r1kit's sandbox (r1kit.sandbox), one fresh sandbox per call.
 
+As in a notebook, the value of a cell's last expression is shown (`12*34` prints 408), besides what it prints.
+
 State model: **the episode's earlier cells are replayed**. A call runs, in one new sandbox, every earlier cell of
 the same trajectory (their output discarded, an exception in one does not stop the next, as in a notebook) and
 then the new cell, whose stdout and (on an error) the last lines of its traceback are the observation. So a
@@ -22,7 +24,7 @@ from r1kit.tools.base import Observation, check_arguments
 
 # Runs inside the sandbox: the cells, earlier ones silenced, the last one's stdout/stderr line-buffered (so output
 # printed before a CPU-limit kill is kept), its traceback cut to the cell's own frames.
-_REPLAY = '''import contextlib as _c, io as _io, sys as _s, traceback as _t
+_REPLAY = '''import ast as _a, contextlib as _c, io as _io, sys as _s, traceback as _t
 _s.stdout.reconfigure(line_buffering=True)
 _cells = {cells!r}
 _env = {{"__name__": "__main__"}}
@@ -34,7 +36,13 @@ for _i, _src in enumerate(_cells):
         _sink.enter_context(_c.redirect_stderr(_io.StringIO()))
     with _sink:
         try:
-            exec(compile(_src, "<cell>", "exec"), _env)
+            _tree = _a.parse(_src, "<cell>")
+            _tail = _tree.body.pop() if _last and _tree.body and isinstance(_tree.body[-1], _a.Expr) else None
+            exec(compile(_tree, "<cell>", "exec"), _env)
+            if _tail is not None:  # a notebook shows the value of the cell's last expression
+                _value = eval(compile(_a.Expression(_tail.value), "<cell>", "eval"), _env)
+                if _value is not None:
+                    print(repr(_value))
         except BaseException as _e:
             if not _last:
                 continue
