@@ -77,6 +77,7 @@ def test_hostile_calls_cost_only_their_own_row(tokenizer):
     # the same episode's second call replays its first cell (the file comes back), yet sees only its own /tmp
     assert "'planted.py'" in seen("writes_for_the_next_call").split("written")[-1]
     assert by["daemon"].calls[0]["status"] == "ok" and "parent" in seen("daemon")
-    assert set(os.listdir("/tmp")) - tmp_before <= {p for p in os.listdir("/tmp") if p.startswith("pytest")}
+    # nothing of the calls on the host's /tmp (other programs of a shared machine may write there meanwhile)
+    assert not [p for p in set(os.listdir("/tmp")) - tmp_before if p.startswith(("r1kit", "planted", "keep"))]
     assert not Path("/tmp/planted.py").exists() and not Path("/tmp/keep").exists()
     assert _children() <= children_before  # no sandbox, daemon or fork outlived its call
