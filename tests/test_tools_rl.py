@@ -152,3 +152,27 @@ def test_eval_compares_with_and_without_tools(base_model, tokenizer, tmp_path, m
     assert "with and without tools" in text and "with python" in text and "without tools" in text
     result = json.loads(out.read_text())
     assert result["metrics"]["tool_use_share"] > 0 and "tool_use_share" not in result["without_tools"]["metrics"]
+
+
+def test_on_policy_distillation_trains_on_the_students_tokens_only(tokenizer, tiny_model, monkeypatch):
+    """On-policy distillation with tools: the student's trajectories become examples whose observation tokens
+    carry no loss (the reverse KL is taken at the student's own tokens only)."""
+    from r1kit.loops import distill
+    from r1kit.loops.distill import DistillConfig, _on_policy_examples
+    from r1kit.models.packing import IGNORE
+    from r1kit.tasks import get_task
+    from r1kit.tasks.prompting import make_prompter
+    from r1kit.tools import ToolConfig, make_toolbox
+
+    monkeypatch.setattr(distill, "SamplerEngine", lambda model: DrawnScriptEngine(tokenizer, OPTIONS[:1],
+                                                                                 tokenizer.eos_token_id))
+    cfg = DistillConfig(teacher="t", out="o", method="on-policy", batch_size=4, max_new_tokens=48, tools=["python"])
+    task = get_task("arithmetic")
+    prompter = make_prompter(task, tokenizer)
+    tools = make_toolbox(["python"], ToolConfig(), chat=False, tokenizer=tokenizer)
+    examples, n = _on_policy_examples(tiny_model, tokenizer, prompter, task.problems("train", 8), 0, cfg, tools)
+    observation = tokenizer("\n```output\n4\n```\n", add_special_tokens=False).input_ids
+    assert len(examples) == 4 and n > 0
+    for ex in examples:
+        assert ex.mask.count(0) == len(observation)
+        assert ex.labels().count(IGNORE) == ex.n_prompt + len(observation)
