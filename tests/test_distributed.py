@@ -40,7 +40,16 @@ CASES = [
     ("constant", 1, 2),
     ("seq_mean", 1, 4),
     ("token_mean", 1, 4),
+    # multi-turn trajectories: some completion tokens are a tool's observation (loss mask 0, TOOL_MASK)
+    ("seq_mean+tools", 1, 2),
+    ("token_mean+tools", 1, 1),
+    ("constant+tools", 2, 2),
 ]
+
+
+def TOOL_MASK(i: int, length: int) -> list[int]:
+    """Completion i's loss mask in the `+tools` cases: every third token (from the second) an observation's."""
+    return [0 if t % 3 == 1 else 1 for t in range(length)]
 
 
 class _Tok:
@@ -95,8 +104,10 @@ def _run_cases(rank: int, world: int) -> list[dict]:
         model = new_model(MODEL, _Tok(), seed=0)
         if world > 1:
             shard(model, engine)
+        masks = [TOOL_MASK(i, len(completions[i])) for i in rows] if aggregation.endswith("+tools") else None
+        aggregation = aggregation.removesuffix("+tools")
         rollout = build_rollout(
-            [prompts[i] for i in rows], [completions[i] for i in rows], PAD, advantages[rows]
+            [prompts[i] for i in rows], [completions[i] for i in rows], PAD, advantages[rows], loss_masks=masks
         )
         t_len = rollout.completion_len
         rollout.old_logprobs = old[rows, :t_len]

@@ -22,6 +22,9 @@ RULES = [
     ("truncation", {"truncation_rate": 0.95}, {"truncation_rate": 0.94}, "truncated"),
     ("zero_variance", {"zero_variance_share": 1.0}, {"zero_variance_share": 0.9}, "all-equal rewards"),
     ("format", {"format_rate": 0.0}, {"format_rate": 0.01}, "well formatted"),
+    ("tool_collapse", {"tool_use_share": 0.0}, {"tool_use_share": 0.02}, "tool use collapsed"),
+    ("tool_errors", {"tool_calls_per_trajectory": 1.0, "tool_error_rate": 0.95},
+     {"tool_calls_per_trajectory": 1.0, "tool_error_rate": 0.85}, "nearly every tool call fails"),
 ]
 
 
@@ -189,7 +192,8 @@ def test_state_round_trip_continues_streaks_and_remembers_warnings():
     assert resumed.last_eval == doctor.last_eval and isinstance(resumed.last_eval, tuple)
     assert resumed.rewards_since_eval == [0.9]
     # the streaks (here reset by the healthy steps 3 and 4) and the NaN warning carry over
-    assert resumed.streaks == {"truncation": 0, "zero_variance": 0, "format": 0, "mismatch": 0, "timeouts": 0}
+    assert resumed.streaks == {"truncation": 0, "zero_variance": 0, "format": 0, "mismatch": 0, "timeouts": 0,
+                               "tool_collapse": 0, "tool_errors": 0}
     assert resumed.warned == {"nan4"}
 
 

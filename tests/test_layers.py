@@ -14,10 +14,11 @@ LAYERS = {
     "__init__": 0, "__main__": 5, "errors": 0, "config": 0,
     "tasks": 0,  # problem generators, datasets, verifiers, prompt and answer formats
     "sandbox": 0,  # runs model-written programs in bubblewrap (subprocesses; no torch)
+    "tools": 0,  # tools a model calls (the python tool over the sandbox), call formats, tool-use budgets
     "algo": 0, "algo.losses": 1, "algo.logprobs": 1, "algo.grpo": 2, "algo.shared_prompts": 2, "algo.sft": 2,
     "algo.rollouts": 2, "algo.rl_step": 2,
     "models": 2, "models.packing": 1,
-    "rollout": 2,
+    "rollout": 2, "rollout.multiturn": 2,
     "parallel": 2,  # device and precision, process groups, FSDP2, sharded checkpoints (over models.checkpoint)
     "cost": 0, "cost.devices": 1, "cost.calibration": 4, "cost.estimate": 4, "cost.views": 4,
     "cost.preflight": 4,
@@ -26,7 +27,7 @@ LAYERS = {
     "loops": 4,
     "cli": 5, "cli.recipe": 4, "cli.pipeline": 4,
 }
-PURE_PACKAGES = ("tasks", "sandbox", "algo.rewards", "algo.rl_config", "algo.doctor", "cost.ledger", "cost.hardware", "cost.paper",
+PURE_PACKAGES = ("tasks", "sandbox", "tools", "algo.rewards", "algo.rl_config", "algo.doctor", "cost.ledger", "cost.hardware", "cost.paper",
                  "cost.memplan", "evaluation.metrics", "config", "errors")
 
 

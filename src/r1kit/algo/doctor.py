@@ -10,7 +10,8 @@ Checks, each over `patience` consecutive steps unless noted:
 - engine drift: the rollout engine's log-probs of its samples differ from the trainer's (mismatch KL per token
   above `mismatch_limit`: a stale or wrongly loaded engine, or a precision too low for the model);
 - sandbox timeouts (code tasks): most completions' programs hit the sandbox's time limit (the step's
-  `execution_timeout_rate` and `execution_crash_rate` are in metrics.jsonl).
+  `execution_timeout_rate` and `execution_crash_rate` are in metrics.jsonl);
+- tool use (runs with tools): no trajectory calls a tool any more, or nearly every call fails.
 Warnings are returned as strings; in strict mode `DoctorStop` is raised with the same message. Pure Python.
 """
 
@@ -35,7 +36,8 @@ class Doctor:
     hacking_drop: float = 0.05
     mismatch_limit: float = 0.01
     streaks: dict = field(default_factory=lambda: {"truncation": 0, "zero_variance": 0, "format": 0,
-                                                   "mismatch": 0, "timeouts": 0})
+                                                   "mismatch": 0, "timeouts": 0, "tool_collapse": 0,
+                                                   "tool_errors": 0})
     last_eval: tuple | None = None  # (mean train reward since the previous eval, held-out pass@1)
     rewards_since_eval: list = field(default_factory=list)
     warned: set = field(default_factory=set)
@@ -85,6 +87,13 @@ class Doctor:
             ("timeouts", m.get("execution_timeout_rate", 0) > 0.5,
              "most completions' programs time out in the sandbox: look at samples.jsonl (endless loops?), give "
              "the task more time, or penalise length"),
+            ("tool_collapse", m.get("tool_use_share", 1) == 0,
+             "no trajectory calls a tool any more (tool use collapsed to 0): the model has stopped using its "
+             "tools; look at samples.jsonl, check the call format, or start from a cold-start SFT on tool-using "
+             "traces"),
+            ("tool_errors", m.get("tool_calls_per_trajectory", 0) > 0 and m.get("tool_error_rate", 0) >= 0.9,
+             "nearly every tool call fails (tool_error_rate >= 90%): look at the calls in samples.jsonl (bad "
+             "arguments? code that cannot run in the sandbox?)"),
         ]
         for key, bad, message in rules:
             self.streaks[key] = self.streaks.get(key, 0) + 1 if bad else 0

@@ -60,8 +60,11 @@ class Rollout:
 
 
 def build_rollout(prompts: list[list[int]], completions: list[list[int]], pad_id: int,
-                  advantages: torch.Tensor, loss_rows: list[bool] | None = None) -> Rollout:
-    """Pack token lists into a Rollout. `loss_rows[i] = False` gives row i no loss (e.g. a masked truncation)."""
+                  advantages: torch.Tensor, loss_rows: list[bool] | None = None,
+                  loss_masks: list[list[int]] | None = None) -> Rollout:
+    """Pack token lists into a Rollout. `loss_rows[i] = False` gives row i no loss (e.g. a masked truncation);
+    `loss_masks[i][t] = 0` gives completion token t of row i no loss (a tool's observation inside a multi-turn
+    trajectory: only the model's own tokens are trained, and every aggregation counts only them)."""
     n = len(prompts)
     p_len = max(len(p) for p in prompts)
     t_len = max(1, max(len(c) for c in completions))
@@ -75,7 +78,7 @@ def build_rollout(prompts: list[list[int]], completions: list[list[int]], pad_id
             ids[i, p_len: p_len + len(c)] = torch.tensor(c)
             attn[i, p_len: p_len + len(c)] = 1
             if loss_rows is None or loss_rows[i]:
-                cmask[i, : len(c)] = 1
+                cmask[i, : len(c)] = 1 if loss_masks is None else torch.tensor(loss_masks[i], dtype=torch.float32)
     return Rollout(ids, attn, cmask, advantages.float())
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from r1kit.config import EvalConfig, LoraConfig, ParallelConfig
 from r1kit.errors import UserError
 from r1kit.tasks.formats import PromptConfig
+from r1kit.tools import check_tool_names
+from r1kit.tools.base import ToolConfig
 
 # name -> settings it implies (only applied to fields the user left as None)
 VARIANTS: dict[str, dict] = {
@@ -121,6 +123,8 @@ class RLConfig:
     log_every: int = 1
     final_eval: bool = True  # evaluate the final policy on the held-out split (a pipeline's eval stage may do it)
     max_flops: float = 0.0  # compute budget: stop after the step where rollout + training FLOPs reach it; 0: none
+    tools: list[str] = field(default_factory=list)  # tools the model may call in its rollouts, e.g. ["python"]
+    tool_use: ToolConfig = field(default_factory=ToolConfig)  # call format and budgets (tools/base.py)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -173,4 +177,5 @@ class RLConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        self.tools = check_tool_names(self.tools)
         return self

@@ -14,6 +14,7 @@ from r1kit.algo.losses import ADVANTAGES
 from r1kit.models.lora import unwrap
 from r1kit.parallel import dist
 from r1kit.rollout.fast import compile_wanted, training_compile_pays
+from r1kit.rollout.multiturn import tool_counts, tool_rates
 
 
 def learning_rate(step: int, cfg) -> float:
@@ -46,7 +47,8 @@ def train_groups(step, policy, ref, optimizer, tokenizer, kept, cfg, ledger, eng
         prompts, toks = kept["prompts"], kept["toks"]
         advantages = ADVANTAGES[a.advantage_scale](rewards, G)
         loss_rows = kept["fins"] if a.mask_truncated else None
-    rollout = build_rollout(prompts, toks, pad, advantages, loss_rows)
+    masks = [e.mask for e in kept["episodes"]] if n and kept.get("episodes") else None  # tools: model tokens only
+    rollout = build_rollout(prompts, toks, pad, advantages, loss_rows, masks)
     P, keys = cfg.rollout.prompts_per_step, kept["keys"]
     if keys and max(keys) < P:  # a group's mini-batch follows its global question index, as on one process
         rollout.mini_batch = torch.tensor([keys[i // G] * a.mini_batches // P for i in range(n)])
@@ -116,6 +118,8 @@ def step_metrics(seen, stats, times, lr, t_step, info, peak_memory_mib: float) -
     m.update({f"reward/{k}": v / count for k, v in zip(names, tot[13:])})
     if any(st is not None for st in statuses):
         m["execution_timeout_rate"], m["execution_crash_rate"] = tot[-2] / count, tot[-1] / count
+    if seen.get("episodes"):
+        m.update(tool_rates(dist.all_reduce_sum(tool_counts(seen["episodes"]))))
     m["peak_memory_mib"] = dist.all_reduce_max([peak_memory_mib])[0]  # the fullest rank's
     return m
 
@@ -130,6 +134,10 @@ def samples_of(kept: dict, tokenizer, G: int) -> dict:
         return {"samples": []}
     problem = kept["problems"][0]
     rows = range(min(G, SAMPLES_PER_STEP))
-    return {"question": problem.question, "answer": problem.answer,
-            "samples": [{"completion": tokenizer.decode(kept["toks"][i], skip_special_tokens=True),
-                         "reward": kept["rewards"][i], "finished": bool(kept["fins"][i])} for i in rows]}
+    episodes = kept.get("episodes") or []
+    samples = [{"completion": tokenizer.decode(kept["toks"][i], skip_special_tokens=True),
+                "reward": kept["rewards"][i], "finished": bool(kept["fins"][i])} for i in rows]
+    for i, sample in zip(rows, samples):  # tools: the whole conversation above, and how each call went
+        if episodes:
+            sample.update(stop=episodes[i].stop, turns=episodes[i].turns, calls=episodes[i].calls)
+    return {"question": problem.question, "answer": problem.answer, "samples": samples}

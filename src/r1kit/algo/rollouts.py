@@ -16,6 +16,7 @@ import torch
 from r1kit.parallel import dist
 from r1kit.rollout.sampler import SamplingParams
 from r1kit.tasks.base import sandbox_usage, score_all
+from r1kit.tools.base import budget_reward
 
 
 def seed_of(*parts: int) -> int:
@@ -68,44 +69,84 @@ def sample_groups(rollout_engine, tokenizer, prompter, problems, keys, step, rnd
     return prompts, rows, toks, fins, lps
 
 
-def score_groups(prompter, tokenizer, reward_fn, cfg, problems, rows, toks, fins):
+def sample_episodes(rollout_engine, tokenizer, prompter, problems, keys, step, rnd, cfg, eos, engine, tools, ledger):
+    """`sample_groups` with tools: each completion a multi-turn trajectory (rollout/multiturn.py), seeded the same
+    way; sampling and tool calls are billed to the ledger's `rollout` and `tools` phases. Returns what
+    sample_groups does, plus the trajectories (masks, calls, stop reasons)."""
+    from r1kit.rollout.multiturn import run_episodes
+
+    r, G = cfg.rollout, cfg.rollout.group_size
+    params = SamplingParams(r.temperature, r.top_p, r.max_new_tokens)
+    prompts = prompter.encode(problems)
+    rows = [i for i in range(len(problems)) for _ in range(G)]
+    phase = (lambda name: ledger.phase(name)) if ledger else None
+    episodes = []
+    for s in range(0, len(rows), r.batch_size):
+        chunk = rows[s: s + r.batch_size]
+        gen = torch.Generator().manual_seed(seed_of(cfg.seed, step, keys[chunk[0]], rnd))
+        with engine.autocast():
+            episodes += run_episodes(rollout_engine, [prompts[i] for i in chunk], params, tools=tools,
+                                     tokenizer=tokenizer, eos_ids=eos, pad_id=tokenizer.pad_token_id, generator=gen,
+                                     phase=phase)
+    return (prompts, rows, [e.tokens for e in episodes], [e.finished for e in episodes],
+            [e.logprobs for e in episodes], episodes)
+
+
+def score_groups(prompter, tokenizer, reward_fn, cfg, problems, rows, toks, fins, episodes=None):
+    """Rewards of the completions. With tools (`episodes`), the verifier reads the whole conversation, lengths
+    count the model's tokens only, and a trajectory a budget stopped gets tools.budget_reward's reward."""
     texts = [prompter.completion(tokenizer.decode(t, skip_special_tokens=True)) for t in toks]
     scores = score_all(prompter.task, [problems[i] for i in rows], texts)  # a code task: in parallel, sandboxed
     rewards, parts_all = [], []
-    for i, t, fin, text, score in zip(rows, toks, fins, texts, scores):
-        ctx = {"max_new_tokens": cfg.rollout.max_new_tokens, "length": len(t), "truncated": not fin,
+    for j, (i, t, fin, text, score) in enumerate(zip(rows, toks, fins, texts, scores)):
+        length = episodes[j].model_tokens if episodes else len(t)
+        ctx = {"max_new_tokens": cfg.rollout.max_new_tokens, "length": length, "truncated": not fin,
                "language": cfg.reward.language, "overlong_buffer": cfg.reward.overlong_buffer}
         total, parts = reward_fn(problems[i], text, score, ctx)
+        if episodes:
+            total = budget_reward(total, not fin, cfg.tool_use.budget_reward)
         rewards.append(total)
         parts_all.append(parts)
     return rewards, parts_all, scores
 
 
-def collect_groups(step, rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine, ledger, eos):
-    """Sample, score and (with dynamic sampling) refill this rank's groups. Returns the kept data + stats."""
+def collect_groups(step, rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine, ledger, eos, tools=None):
+    """Sample, score and (with dynamic sampling) refill this rank's groups. Returns the kept data + stats.
+    `tools` (a tools.ToolBox): multi-turn trajectories with tool calls (`sample_episodes`)."""
     info = engine.info
     G, local_n = cfg.rollout.group_size, cfg.rollout.prompts_per_step // info.world
     P = cfg.rollout.prompts_per_step
     keys = [j for j in range(P) if j % info.world == info.rank]  # this rank's share of the step's questions
     first = [stream[step * P + j] for j in keys]
-    kept = {"prompts": [], "toks": [], "fins": [], "lps": [], "rewards": [], "problems": [], "keys": []}
-    seen = {"rewards": [], "parts": [], "scores": [], "lengths": [], "fins": [], "zero_var": 0, "groups": 0}
+    kept = {"prompts": [], "toks": [], "fins": [], "lps": [], "rewards": [], "problems": [], "keys": [], "episodes": []}
+    seen = {"rewards": [], "parts": [], "scores": [], "lengths": [], "fins": [], "zero_var": 0, "groups": 0,
+            "episodes": []}
     problems, t_roll, t_score, n_prompt_tok, n_gen, longest_prompt = first, 0.0, 0.0, 0, 0, 0
     for rnd in range(cfg.rollout.max_refill_rounds + 1):
         t0 = time.perf_counter()
-        with ledger.phase("rollout") if ledger else nullcontext() as ph:
-            prompts, rows, toks, fins, lps = sample_groups(rollout_engine, tokenizer, prompter, problems, keys, step,
-                                                            rnd, cfg, eos, engine)
+        episodes = None
+        with ledger.phase("rollout") if ledger and tools is None else nullcontext() as ph:
+            if tools is None:
+                prompts, rows, toks, fins, lps = sample_groups(rollout_engine, tokenizer, prompter, problems, keys,
+                                                                step, rnd, cfg, eos, engine)
+            else:  # the turn loop bills its own rollout and tools phases (this rank's tokens)
+                prompts, rows, toks, fins, lps, episodes = sample_episodes(
+                    rollout_engine, tokenizer, prompter, problems, keys, step, rnd, cfg, eos, engine, tools, ledger)
             # the ledger (rank 0's) bills every rank's tokens: all ranks are in this round (see `missing` below)
-            n_p, n_g = dist.all_reduce_sum([sum(len(prompts[i]) for i in rows), sum(map(len, toks))])
+            local = [sum(len(prompts[i]) for i in rows), sum(map(len, toks))]
+            n_p, n_g = dist.all_reduce_sum(local)
             longest = dist.all_reduce_max([max(map(len, prompts), default=0)])[0]
             if ph is not None:
                 ph.add(prompt_tokens=int(n_p), generated_tokens=int(n_g),
                        seq_len=int(longest) + cfg.rollout.max_new_tokens)
+            elif ledger is not None and tools is not None and (n_g > local[1] or n_p > local[0]):
+                ledger.record("rollout", 0.0, prompt_tokens=int(n_p - local[0]), generated_tokens=int(n_g - local[1]),
+                              seq_len=int(longest) + cfg.rollout.max_new_tokens)  # the other ranks' tokens
         t1 = time.perf_counter()
         with ledger.phase("sandbox" if getattr(prompter.task, "executes_code", False) else "scoring") if ledger \
                 else nullcontext() as ph:
-            rewards, parts, scores = score_groups(prompter, tokenizer, reward_fn, cfg, problems, rows, toks, fins)
+            rewards, parts, scores = score_groups(prompter, tokenizer, reward_fn, cfg, problems, rows, toks, fins,
+                                                  episodes)
             if ph is not None:
                 ph.add(**sandbox_usage(scores))
         t_roll, t_score = t_roll + t1 - t0, t_score + time.perf_counter() - t1
@@ -115,7 +156,8 @@ def collect_groups(step, rollout_engine, tokenizer, prompter, stream, reward_fn,
         seen["rewards"] += rewards
         seen["parts"] += parts
         seen["scores"] += scores
-        seen["lengths"] += [len(t) for t in toks]
+        seen["lengths"] += [e.model_tokens for e in episodes] if episodes else [len(t) for t in toks]
+        seen["episodes"] += episodes or []
         seen["fins"] += fins
         for g in range(len(problems)):
             sl = slice(g * G, (g + 1) * G)
@@ -131,6 +173,7 @@ def collect_groups(step, rollout_engine, tokenizer, prompter, stream, reward_fn,
             kept["fins"] += fins[sl]
             kept["lps"] += lps[sl]
             kept["rewards"] += rewards[sl]
+            kept["episodes"] += episodes[sl] if episodes else []
         missing = local_n - len(kept["problems"])
         # every rank takes part in as many rounds as the rank that refills longest (an empty one if it is done)
         if not cfg.rollout.dynamic_sampling or dist.all_reduce_max([missing])[0] <= 0:

@@ -52,6 +52,12 @@ def read_rows(path: str | Path, limit: int = 0) -> list[dict]:
             if not (isinstance(row, dict) and isinstance(row.get("prompt"), str)
                     and isinstance(row.get("completion"), str)):
                 raise UserError(f"{path}:{n}: each row needs string fields \"prompt\" and \"completion\"")
+            turns = row.get("turns")
+            if turns is not None and not (isinstance(turns, list) and all(
+                    isinstance(t, dict) and t.get("role") in ("model", "tool") and isinstance(t.get("text"), str)
+                    for t in turns) and "".join(t["text"] for t in turns) == row["completion"]):
+                raise UserError(f"{path}:{n}: \"turns\" must be a list of {{\"role\": \"model\" | \"tool\", "
+                                "\"text\": ...}} whose texts make the completion")
             rows.append(row)
             if limit and len(rows) >= limit:
                 break
@@ -103,7 +109,11 @@ def encode_rows(tokenizer, rows: list[dict], max_len: int, prompter=None) -> lis
             completion = move_prefill(completion, formats.get("prefill") or "", prompter.prefill)
         else:  # the row's own prompt text; a chat prompt already holds its special tokens
             ids = tokenizer(r["prompt"], add_special_tokens=formats.get("prompt_format") != "chat").input_ids
-        examples.append(encode_example(tokenizer, r["prompt"], completion, max_len, prompt_ids=ids))
+        turns = r.get("turns") if isinstance(r.get("turns"), list) else None  # a tool-using trace: no loss on tools
+        if turns and prompter is not None and prompter.prefill != formats.get("prefill", ""):
+            turns = [{**turns[0], "text": move_prefill(turns[0]["text"], formats.get("prefill") or "",
+                                                       prompter.prefill)}, *turns[1:]]
+        examples.append(encode_example(tokenizer, r["prompt"], completion, max_len, prompt_ids=ids, turns=turns))
     return examples
 
 

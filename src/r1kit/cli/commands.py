@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from r1kit.cli.flags import add_backend_flag, add_device_flags, device_overrides, positive_int, stage_ledger
+from r1kit.cli.flags import (
+    add_backend_flag,
+    add_device_flags,
+    add_tool_flags,
+    device_overrides,
+    positive_int,
+    stage_ledger,
+    tool_settings,
+)
 from r1kit.config import ParallelConfig
 
 
@@ -27,6 +35,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue an interrupted file")
+    add_tool_flags(p)
     add_backend_flag(p)
     add_device_flags(p)
 
@@ -36,6 +45,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--model", default=None, help="the student: a Hugging Face model directory")
     p.add_argument("--student-size", default=None, help="... or a fresh Llama of this size: micro, tiny, small")
     p.add_argument("--tokenizer", default=None, help="tokenizer for a fresh student (default: the data's teacher)")
+    add_tool_flags(p)
     _train_flags(p)
 
     p = sub.add_parser("distill", help="distil a teacher into a student: sequence | logit | on-policy")
@@ -75,11 +85,13 @@ def _train_flags(p) -> None:
     add_device_flags(p)
 
 
-def _config(cls, args, fields: dict, overrides: list[str]):
+def _config(cls, args, fields: dict, overrides: list[str], tools: tuple[list, dict] = ([], {})):
     """A config dataclass from flags (dest -> field; None = not given) then --field=value overrides."""
     from r1kit.config import apply_overrides, build
 
     data = {field: getattr(args, dest) for dest, field in fields.items() if getattr(args, dest, None) is not None}
+    if tools[0]:
+        data.update(tools=tools[0], tool_use=tools[1])
     if device_overrides(args):
         data["parallel"] = device_overrides(args)
     if getattr(args, "eval_n", None):
@@ -100,7 +112,7 @@ def cmd_generate(args, overrides) -> int:
                                          "max_per_prompt": "max_per_prompt", "temperature": "temperature",
                                          "top_p": "top_p", "max_new_tokens": "max_new_tokens", "seed": "seed",
                                          "backend": "backend"},
-                  overrides + (["--dedup=false"] if args.keep_duplicates else []))
+                  overrides + (["--dedup=false"] if args.keep_duplicates else []), tool_settings(args))
     print(describe(run_generate(cfg, resume=args.resume, ledger_factory=stage_ledger)))
     return 0
 
@@ -109,7 +121,7 @@ def cmd_sft(args, overrides) -> int:
     from r1kit.loops.sft import SFTConfig, describe, run_sft
 
     cfg = _config(SFTConfig, args, {"data": "data", "out": "out", "model": "model", "student_size": "student_size",
-                                    "tokenizer": "tokenizer", **_TRAIN}, overrides)
+                                    "tokenizer": "tokenizer", **_TRAIN}, overrides, tool_settings(args))
     summary = run_sft(cfg, resume=args.resume, ledger_factory=stage_ledger)
     print(describe(summary))
     return 0

@@ -95,3 +95,21 @@ def stage_ledger(run_dir, stage: str, model_config: dict | None = None):
     from r1kit.cost.devices import ledger_for
 
     return ledger_for(run_dir, stage, model_config=model_config)
+
+
+def add_tool_flags(p: argparse.ArgumentParser, compare: bool = False) -> None:
+    """Tools the model may call while it answers (r1kit/tools): multi-turn samples."""
+    p.add_argument("--tools", default=None, help="comma-separated tools the model may call, e.g. python (default: "
+                   "none)")
+    p.add_argument("--tool-format", default=None, choices=["auto", "code", "chat"],
+                   help="how calls are written: code (```python blocks), chat (the chat template's tool calls), "
+                   "auto (chat for chat prompts)")
+    if compare:
+        p.add_argument("--compare-tools", action="store_true",
+                       help="also evaluate without the tools and show both side by side")
+
+
+def tool_settings(args) -> tuple[list[str], dict]:
+    """(tool names, [tool_use] fields) from the tool flags."""
+    names = [n.strip() for n in (getattr(args, "tools", None) or "").split(",") if n.strip()]
+    return names, ({"format": args.tool_format} if getattr(args, "tool_format", None) else {})

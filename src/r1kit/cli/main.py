@@ -19,6 +19,7 @@ from r1kit.cli.flags import (
     add_device_flags,
     add_eval_flags,
     add_format_flags,
+    add_tool_flags,
     positive_int,
     unit_float,
 )
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_flags(p)
     add_format_flags(p)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    add_tool_flags(p, compare=True)
     add_backend_flag(p)
     add_device_flags(p)
 

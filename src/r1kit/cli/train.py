@@ -89,23 +89,43 @@ def cmd_eval(args) -> int:
 
     for w in format_warnings(make_prompter(task, tokenizer), args.model):
         print(f"r1kit doctor: {w}", file=sys.stderr)
+    from r1kit.cli.flags import tool_settings
+    from r1kit.evaluation.evaluate import format_tools_comparison
     from r1kit.rollout import make_engine, resolve_backend
+    from r1kit.tools import make_toolbox
+    from r1kit.tools.base import ToolConfig
 
+    names, tool_fields = tool_settings(args)
+    prompter = make_prompter(task, tokenizer)
+    tools = make_toolbox(names, ToolConfig(**tool_fields), chat=prompter.chat, tokenizer=tokenizer,
+                         system=prompter.system)
+    if args.compare_tools and tools is None:
+        from r1kit.errors import UserError
+
+        raise UserError("--compare-tools compares with and without the tools named by --tools: give --tools")
+    for w in tools.notes() if tools else []:
+        print(f"r1kit doctor: {w}", file=sys.stderr)
+    budget = tools.config.total_tokens(cfg.max_new_tokens) if tools else cfg.max_new_tokens
     backend = resolve_backend(args.backend or "r1kit", engine.device)
     longest = 0
     if backend == "vllm":  # the engine's context: the longest prompt of the evaluation + the completion budget
         prompter = make_prompter(task, tokenizer)
         longest = max(len(p) for p in prompter.encode(task.problems(cfg.split, cfg.n, seed=cfg.seed)))
-    sampler = make_engine(backend, model, source=args.model, max_len=longest + cfg.max_new_tokens, seed=cfg.seed,
+    sampler = make_engine(backend, model, source=args.model, max_len=longest + budget, seed=cfg.seed,
                           device=engine.device, options={"max_num_seqs": cfg.batch_size})
     try:
         with engine.autocast():
-            result = evaluate(model, tokenizer, task, cfg, engine=sampler)
+            result = evaluate(model, tokenizer, task, cfg, engine=sampler, tools=tools)
+            bare = evaluate(model, tokenizer, task, cfg, engine=sampler) if tools and args.compare_tools else None
     finally:
         sampler.close()
     result["model"] = args.model
     result["backend"] = sampler.name
-    print(format_eval_table(result, title=f"evaluation: {args.model} on {task.name} / {cfg.split}"))
+    title = f"evaluation: {args.model} on {task.name} / {cfg.split}"
+    print(format_eval_table(result, title=title))
+    if bare is not None:
+        print("\n" + format_tools_comparison(result, bare, title=f"{title}: with and without tools"))
+        result["without_tools"] = bare
     if args.json:
         write_json(args.json, result)
     return 0

@@ -21,6 +21,7 @@ from r1kit.models.modeling import eos_ids
 from r1kit.parallel import dist
 from r1kit.reporting.runlog import progress_bar
 from r1kit.rollout import RolloutEngine, SamplerEngine
+from r1kit.rollout.multiturn import run_episodes, tool_counts, tool_rates
 from r1kit.rollout.sampler import SamplingParams
 from r1kit.tasks.base import sandbox_usage
 from r1kit.tasks.prompting import make_prompter
@@ -28,18 +29,22 @@ from r1kit.tasks.prompting import make_prompter
 
 def evaluate(
     model, tokenizer, task, cfg: EvalConfig, *, progress: bool = True, ledger=None, keep_samples: int = 8,
-    shard: bool = False, engine: RolloutEngine | None = None,
+    shard: bool = False, engine: RolloutEngine | None = None, tools=None,
 ) -> dict:
     """Evaluate `model` on `cfg.n` problems of `task`'s split; returns the metrics and a few sample completions.
 
     `shard=True` under torchrun: every rank calls it, samples every world-th batch with its own generator, and
     every rank gets the whole result (one process samples them all, with one generator, as before). `engine`:
-    the rollout engine to sample with (e.g. vLLM, holding `model`'s weights); r1kit's sampler on `model` if None."""
+    the rollout engine to sample with (e.g. vLLM, holding `model`'s weights); r1kit's sampler on `model` if None.
+    `tools` (a tools.ToolBox): every sample a multi-turn trajectory with tool calls (rollout/multiturn.py), its
+    length the model's tokens only; the metrics add the tool-use rates."""
     rank, world = (dist.rank(), dist.world()) if shard and dist.active() else (0, 1)
     problems = task.problems(cfg.split, cfg.n, seed=cfg.seed)
     if not problems:
         raise UserError(f"task {task.name!r} has no {cfg.split} problems to evaluate on")
     prompter = make_prompter(task, tokenizer)
+    if tools is not None:
+        tools.attach(prompter)
     if progress:
         print(f"eval {task.name}: {prompter.describe()}", flush=True)
     prompt_ids = prompter.encode(problems)
@@ -68,14 +73,20 @@ def evaluate(
             if b % world != rank:  # another rank's batch
                 continue
             batch = [prompt_ids[i] for i, _ in chunk]
-            out = (engine or SamplerEngine(model)).sample(batch, params, eos_ids=stops, pad_id=tokenizer.pad_token_id,
-                                                          generator=gen)
-            texts = [tokenizer.decode(toks, skip_special_tokens=True) for toks in out.tokens]
+            sampler = engine or SamplerEngine(model)
+            if tools is None:
+                out = sampler.sample(batch, params, eos_ids=stops, pad_id=tokenizer.pad_token_id, generator=gen)
+                tokens, finished, episodes = out.tokens, out.finished, [None] * len(batch)
+            else:
+                episodes = run_episodes(sampler, batch, params, tools=tools, tokenizer=tokenizer, eos_ids=stops,
+                                        pad_id=tokenizer.pad_token_id, generator=gen, return_logprobs=False)
+                tokens, finished = [e.tokens for e in episodes], [e.finished for e in episodes]
+            texts = [tokenizer.decode(toks, skip_special_tokens=True) for toks in tokens]
             scores = prompter.score_many([problems[i] for i, _ in chunk], texts)  # code tasks: in parallel
-            for (i, j), toks, fin, text, score in zip(chunk, out.tokens, out.finished, texts, scores):
-                results[(i, j)] = (score, len(toks), fin, text)
+            for (i, j), toks, fin, text, score, ep in zip(chunk, tokens, finished, texts, scores, episodes):
+                results[(i, j)] = (score, len(toks) if ep is None else ep.model_tokens, fin, text, ep)
             n_prompt += sum(len(b) for b in batch)
-            n_gen += out.num_tokens
+            n_gen += sum(map(len, tokens))
             bar.update(len(chunk) * world)
         if world > 1:  # every rank's samples, on every rank
             results = {k: v for part in dist.all_gather_objects(results) for k, v in part.items()}
@@ -124,6 +135,9 @@ def evaluate(
             "tokens_per_s": n_gen / max(seconds, 1e-9),
         }
     )
+    if tools is not None:
+        metrics.update(tool_rates(tool_counts([r[4] for r in results.values()])))
+        metrics["tools"] = sorted(tools.tools)
     return {"task": task.name, "settings": asdict(cfg), "formats": prompter.settings(), "metrics": metrics,
             "examples": examples}
 
@@ -145,13 +159,33 @@ def format_eval_table(result: dict, title: str | None = None) -> str:
     ]
     if k > 1:
         lines.insert(4, f"  {f'pass@{k}':<22}{100 * m[f'pass@{k}']:6.1f}%")
+    if "tool_calls_per_trajectory" in m:
+        lines += [f"  {'tools':<22}{', '.join(m['tools'])}: {m['tool_calls_per_trajectory']:.2f} calls a sample, "
+                  f"{100 * m['tool_use_share']:.0f}% of samples call, {100 * m['tool_error_rate']:.0f}% of calls fail, "
+                  f"{100 * m['tool_timeout_rate']:.0f}% time out"]
+    return "\n".join(lines)
+
+
+def format_tools_comparison(with_tools: dict, without: dict, title: str) -> str:
+    """pass@k with and without tools, side by side (`r1kit eval --tools python --compare-tools`)."""
+    a, b, k = with_tools["metrics"], without["metrics"], with_tools["settings"]["k"]
+    keys = [("pass@1", "pass@1"), (f"pass@{k}", f"pass@{k}"), (f"cons@{k}", f"cons@{k}"),
+            ("format rate", "format_rate"), ("truncated", "truncation_rate")]
+    lines = [title, f"  {'':<16}{'with ' + '+'.join(a['tools']):>14}{'without tools':>16}"]
+    for name, key in dict.fromkeys(keys):
+        if key in a and key in b:
+            lines.append(f"  {name:<16}{100 * a[key]:13.1f}%{100 * b[key]:15.1f}%")
+    lines.append(f"  {'mean length':<16}{a['mean_completion_tokens']:14.1f}{b['mean_completion_tokens']:16.1f}"
+                 "  (model tokens)")
+    lines.append(f"  pass@1 95% CI: ± {100 * a['pass@1_ci95']:.1f} with, ± {100 * b['pass@1_ci95']:.1f} without; "
+                 f"{a['problems']} problems x k={k}")
     return "\n".join(lines)
 
 
 def finish_model(model, tokenizer, out, *, title: str, task_spec: str | None, eval_cfg: EvalConfig | None,
                  upstream: list[str] = (), ledger=None, progress: bool = True,
                  state_dict: dict | None = None, result: dict | None = None,
-                 engine: RolloutEngine | None = None) -> dict | None:
+                 engine: RolloutEngine | None = None, tools=None) -> dict | None:
     """The end of a training stage: save OUT/model, evaluate it on the held-out split (unless `eval_cfg` is None),
     write OUT/eval.json and the model card. Returns the evaluation result (or None).
 
@@ -176,7 +210,7 @@ def finish_model(model, tokenizer, out, *, title: str, task_spec: str | None, ev
         if not task_spec:
             raise UserError(f"{out}: no task to evaluate on: give --task")
         result = evaluate(model, tokenizer, get_task(task_spec), eval_cfg, progress=progress, ledger=ledger,
-                          engine=engine)
+                          engine=engine, tools=tools)
         write_json(out / "eval.json", result)
     write_model_card(out / "model", title=title, eval_result=result,
                      cost_summary=cost_from_ledger(out, upstream=[u for u in upstream if u]),
@@ -184,4 +218,4 @@ def finish_model(model, tokenizer, out, *, title: str, task_spec: str | None, ev
     return result
 
 
-__all__ = ["evaluate", "finish_model", "format_eval_table"]
+__all__ = ["evaluate", "finish_model", "format_eval_table", "format_tools_comparison"]

@@ -52,10 +52,14 @@ from r1kit.models.modeling import count_params, eos_ids, load_model
 from r1kit.models.packing import Example, PackedBatch, packed_logits
 from r1kit.parallel.engine import resolve_engine
 from r1kit.reporting.runlog import MetricsLog, progress_bar, write_json
+from r1kit.rollout import SamplerEngine
+from r1kit.rollout.multiturn import run_episodes
 from r1kit.rollout.sampler import SamplingParams, sample
 from r1kit.tasks import get_task
 from r1kit.tasks.formats import PromptConfig
 from r1kit.tasks.prompting import make_prompter
+from r1kit.tools import make_toolbox
+from r1kit.tools.base import ToolConfig
 
 METHODS = ("logit", "on-policy")
 
@@ -93,6 +97,8 @@ class DistillConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning of the student
     prompt: PromptConfig = field(default_factory=PromptConfig)  # format options over the task spec's
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # device and precision (one process)
+    tools: list[str] = field(default_factory=list)  # on-policy: tools the student calls (multi-turn samples)
+    tool_use: ToolConfig = field(default_factory=ToolConfig)  # call format and budgets (tools/base.py)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -130,16 +136,26 @@ def _kd_loss(teacher, method: str, temperature: float):
     return loss_fn
 
 
-def _on_policy_examples(student, tokenizer, prompter, pool, step: int, cfg: DistillConfig) -> tuple[list, int]:
-    """The student's own completions to this step's questions, as examples (the completion carries the loss)."""
+def _on_policy_examples(student, tokenizer, prompter, pool, step: int, cfg: DistillConfig,
+                        tools=None) -> tuple[list, int]:
+    """The student's own completions to this step's questions, as examples (the completion carries the loss; with
+    `tools`, multi-turn trajectories whose observation tokens carry none)."""
     n_q = cfg.batch_size // cfg.samples_per_prompt
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     questions = [pool[int(i)] for i in torch.randint(len(pool), (n_q,), generator=g)]
     prompts = [ids for ids in prompter.encode(questions) for _ in range(cfg.samples_per_prompt)]
-    res = sample(student, prompts, SamplingParams(cfg.sample_temperature, 1.0, cfg.max_new_tokens),
-                 eos_ids=eos_ids(student, tokenizer), pad_id=tokenizer.pad_token_id, generator=g)
-    examples = [Example((p + t)[:cfg.max_len], min(len(p), cfg.max_len)) for p, t in zip(prompts, res.tokens) if t]
-    return examples, res.num_tokens
+    params = SamplingParams(cfg.sample_temperature, 1.0, cfg.max_new_tokens)
+    stops = eos_ids(student, tokenizer)
+    if tools is None:
+        res = sample(student, prompts, params, eos_ids=stops, pad_id=tokenizer.pad_token_id, generator=g)
+        tokens, masks = res.tokens, [None] * len(prompts)
+    else:
+        eps = run_episodes(SamplerEngine(student), prompts, params, tools=tools, tokenizer=tokenizer, eos_ids=stops,
+                           pad_id=tokenizer.pad_token_id, generator=g, return_logprobs=False)
+        tokens, masks = [e.tokens for e in eps], [e.mask for e in eps]
+    examples = [Example((p + t)[:cfg.max_len], min(len(p), cfg.max_len), m)
+                for p, t, m in zip(prompts, tokens, masks) if t]
+    return examples, sum(map(len, tokens))
 
 
 def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = True, ledger_factory=None,
@@ -155,7 +171,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
         lambda: make_student(cfg.student, cfg.student_size, cfg.teacher, cfg.seed), ckpt, cfg.lora, cfg.seed)
     student = engine.place(student)
     check_shared_tokenizer(teacher_tok, tokenizer)
-    examples, pool = [], []
+    examples, pool, tools = [], [], None
     if cfg.method == "logit":
         rows = read_rows(cfg.data)
         teacher_answer_contract(task, rows)  # the teacher's answer format and instruction, as SFT does
@@ -165,6 +181,9 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
         total = per_epoch * cfg.epochs
     else:
         prompter = make_prompter(task, tokenizer)
+        tools = make_toolbox(cfg.tools, cfg.tool_use, chat=prompter.chat, tokenizer=tokenizer, system=prompter.system)
+        if tools is not None:
+            tools.attach(prompter)
         pool = task.problems("train", cfg.train_problems, seed=cfg.seed)
         total = cfg.steps
     optimizer = make_optimizer(student, cfg.lr, cfg.weight_decay)
@@ -199,7 +218,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
         else:
             with ledger.phase("rollout") if ledger else nullcontext() as ph:
                 with engine.autocast():
-                    batch_examples, n_gen = _on_policy_examples(student, tokenizer, prompter, pool, step, cfg)
+                    batch_examples, n_gen = _on_policy_examples(student, tokenizer, prompter, pool, step, cfg, tools)
                 if ph is not None:
                     ph.add(prompt_tokens=sum(e.n_prompt for e in batch_examples), generated_tokens=n_gen,
                            seq_len=max((len(e.ids) for e in batch_examples), default=1))
@@ -229,7 +248,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
         with engine.autocast():
             result = finish_model(student, tokenizer, out, title=f"{out.name}: {cfg.method} distillation",
                                   task_spec=task, eval_cfg=cfg.eval if cfg.final_eval else None,
-                                  upstream=[cfg.student], ledger=ledger, progress=progress)
+                                  upstream=[cfg.student], ledger=ledger, progress=progress, tools=tools)
         if result is not None:
             summary["eval"] = result
         write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})

@@ -27,10 +27,13 @@ from r1kit.models.modeling import eos_ids, load_model
 from r1kit.parallel.engine import resolve_engine
 from r1kit.reporting.runlog import progress_bar, write_json
 from r1kit.rollout import make_engine
+from r1kit.rollout.multiturn import run_episodes
 from r1kit.rollout.sampler import SamplingParams
 from r1kit.tasks import get_task
 from r1kit.tasks.formats import PromptConfig
 from r1kit.tasks.prompting import make_prompter
+from r1kit.tools import make_toolbox
+from r1kit.tools.base import ToolConfig
 
 
 @dataclass
@@ -49,6 +52,8 @@ class GenerateConfig:
     batch_size: int = 256  # completions sampled together
     seed: int = 0
     backend: str = "r1kit"  # rollout engine: r1kit | vllm | auto (r1kit/rollout)
+    tools: list[str] = field(default_factory=list)  # tools the teacher may call (multi-turn traces), e.g. python
+    tool_use: ToolConfig = field(default_factory=ToolConfig)  # call format and budgets (tools/base.py)
     prompt: PromptConfig = field(default_factory=PromptConfig)  # format options over the task spec's
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # device and precision (one process)
 
@@ -72,6 +77,8 @@ def _identity(cfg: GenerateConfig) -> dict:
         del ident["prompt"]  # no format options: the same identity as before they existed (old files resume)
     if cfg.backend == "r1kit":
         del ident["backend"]  # likewise for the default rollout engine
+    if not cfg.tools:
+        del ident["tools"], ident["tool_use"]  # and for runs without tools
     return ident
 
 
@@ -137,19 +144,24 @@ def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = 
     model, tokenizer = load_model(cfg.model, dtype=engine.compute_dtype)
     model = model.to(engine.device)
     prompter = make_prompter(task, tokenizer)
+    tools = make_toolbox(cfg.tools, cfg.tool_use, chat=prompter.chat, tokenizer=tokenizer, system=prompter.system)
+    if tools is not None:
+        tools.attach(prompter)
     if progress:
-        print(f"generate {task.name}: {prompter.describe()}", flush=True)
+        print(f"generate {task.name}: {prompter.describe()}" + (f"; tools {', '.join(cfg.tools)}" if tools else ""),
+              flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     ledger = ledger_factory(out.parent, "generate", model.config.to_dict()) if ledger_factory else None
     params = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     stops, pad = eos_ids(model, tokenizer), tokenizer.pad_token_id
     longest = max(len(prompter.encode_text(prompter.text(p))) for p in problems)
     with ledger.phase("rollout_engine_startup") if ledger else nullcontext():
-        sampler = make_engine(cfg.backend, model, source=cfg.model, max_len=longest + cfg.max_new_tokens,
+        budget = tools.config.total_tokens(cfg.max_new_tokens) if tools else cfg.max_new_tokens
+        sampler = make_engine(cfg.backend, model, source=cfg.model, max_len=longest + budget,
                               seed=cfg.seed, device=engine.device, options={"max_num_seqs": cfg.batch_size})
     provenance = {"teacher": str(cfg.model), "task": cfg.task, "split": "train", "temperature": cfg.temperature,
                   "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
-                  "formats": prompter.settings()}
+                  "formats": prompter.settings(), **({"tools": cfg.tools} if tools else {})}
     n_chunks = -(-len(problems) // cfg.chunk)
     with open(out, "ab") as f:
         f.truncate(state["bytes"])  # drop rows of a chunk that was being written when the run stopped
@@ -168,14 +180,24 @@ def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = 
         texts: list[str] = []
         finished: list[bool] = []
         lengths: list[int] = []
+        episodes: list = []
         with ledger.phase("generation") if ledger else nullcontext() as ph:
             for s in range(0, len(jobs), cfg.batch_size):
                 rows = jobs[s:s + cfg.batch_size]
-                res = sampler.sample([prompt_ids[i] for i in rows], params, eos_ids=stops, pad_id=pad,
-                                     generator=gen)
-                texts += [tokenizer.decode(t, skip_special_tokens=True) for t in res.tokens]
-                finished += res.finished
-                lengths += [len(t) for t in res.tokens]
+                if tools is None:
+                    res = sampler.sample([prompt_ids[i] for i in rows], params, eos_ids=stops, pad_id=pad,
+                                         generator=gen)
+                    tokens, fins, n_model = res.tokens, res.finished, [len(t) for t in res.tokens]
+                else:  # multi-turn: the teacher's calls answered by the tools; lengths count its own tokens
+                    eps = run_episodes(sampler, [prompt_ids[i] for i in rows], params, tools=tools,
+                                       tokenizer=tokenizer, eos_ids=stops, pad_id=pad, generator=gen,
+                                       return_logprobs=False)
+                    tokens, fins, n_model = [e.tokens for e in eps], [e.finished for e in eps], [
+                        e.model_tokens for e in eps]
+                    episodes += eps
+                texts += [tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+                finished += fins
+                lengths += n_model
             if ph is not None:
                 ph.add(prompt_tokens=sum(len(prompt_ids[i]) for i in jobs), generated_tokens=sum(lengths),
                        seq_len=max(map(len, prompt_ids)) + cfg.max_new_tokens)
@@ -190,6 +212,7 @@ def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = 
                         "answer": score.answer, "reference": problem.answer,
                         "reward": {"accuracy": 1.0, "format": 1.0}, "length": lengths[i * cfg.k + j],
                         "provenance": {**provenance, "sample": j},
+                        **(_turns(episodes[i * cfg.k + j], tokenizer) if episodes else {}),
                     }) + "\n")
         with open(out, "ab") as f:
             f.write("".join(lines).encode())
@@ -211,6 +234,19 @@ def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = 
         state.update(finished=True, summary=summary)
         write_json(progress_path(out), state)
     return summary
+
+
+def _turns(episode, tokenizer) -> dict:
+    """A tool-using trace's turns, as SFT reads them (the model's text, then each tool's, alternately), its calls,
+    and its completion: the turns' texts joined (each a decoded run of tokens)."""
+    turns, start = [], 0
+    for k in range(1, len(episode.mask) + 1):
+        if k == len(episode.mask) or episode.mask[k] != episode.mask[start]:
+            model = bool(episode.mask[start])  # a tool turn keeps the chat template's special tokens
+            text = tokenizer.decode(episode.tokens[start:k], skip_special_tokens=model)
+            turns.append({"role": "model" if model else "tool", "text": text})
+            start = k
+    return {"completion": "".join(t["text"] for t in turns), "turns": turns, "tool_calls": len(episode.calls)}
 
 
 def describe(summary: dict) -> str:

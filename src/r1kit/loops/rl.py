@@ -59,6 +59,7 @@ from r1kit.rollout import make_engine, resolve_backend
 from r1kit.rollout.overlap import BackgroundRollout
 from r1kit.tasks import get_task, task_options
 from r1kit.tasks.prompting import format_warnings, make_prompter
+from r1kit.tools import ToolBox, make_toolbox
 
 BUDGET_FILE = "budget_reached.json"
 SAMPLES_FILE = "samples.jsonl"  # per logged step: one group's completions, as text, with their rewards
@@ -123,6 +124,7 @@ class _Run:
     background: BackgroundRollout | None  # rollout.overlap
     start: int = 0
     history: dict = field(default_factory=dict)
+    tools: ToolBox | None = None  # the tools rollouts may call (multi-turn), None: single-turn completions
 
     @property
     def info(self):
@@ -160,6 +162,9 @@ def _setup(cfg: RLConfig, resume: bool, progress: bool, ledger_factory) -> _Run:
         sync_weights(policy, sampler_model)
         start, history = state["step"], state["history"]
     prompter = make_prompter(task, tokenizer)
+    tools = make_toolbox(cfg.tools, cfg.tool_use, chat=prompter.chat, tokenizer=tokenizer, system=prompter.system)
+    if tools is not None:
+        tools.attach(prompter)  # a chat prompt lists the tools
     log = MetricsLog(out, enabled=info.main)
     samples = MetricsLog(out, enabled=info.main, tensorboard=False, name=SAMPLES_FILE)
     if info.main:
@@ -170,22 +175,24 @@ def _setup(cfg: RLConfig, resume: bool, progress: bool, ledger_factory) -> _Run:
                                       "engine": engine.describe(), "resumed_from": start or None})
         if progress:
             print(f"rl {task.name}: {prompter.describe()}; {engine.describe()}", flush=True)
-        for w in format_warnings(prompter, cfg.model):
+        for w in format_warnings(prompter, cfg.model) + (tools.notes() if tools else []):
             print(f"r1kit doctor: {w}", flush=True)
     ledger = ledger_factory(out, "rl", policy.config.to_dict()) if (ledger_factory and info.main) else None
     stream = QuestionStream(task.problems("train", cfg.train_problems, seed=cfg.seed), cfg.seed)
     with ledger.phase("rollout_engine_startup") if ledger else nullcontext():
-        rollout_engine = _rollout_engine(cfg, policy, sampler_model, tokenizer, prompter, task, stream.pool, engine)
+        rollout_engine = _rollout_engine(cfg, policy, sampler_model, tokenizer, prompter, task, stream.pool, engine,
+                                         tools)
     exact_sampler = (rollout_engine.name == "r1kit" and _rollout_dtype(cfg, engine) == engine.compute_dtype
                      and not cfg.rollout.overlap)  # overlapped rollouts are one step stale
     reward_fn, eos = combine(cfg.reward.weights), eos_ids(policy, tokenizer)
 
     def rollout(step: int, ledger):
-        return collect_groups(step, rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine, ledger, eos)
+        return collect_groups(step, rollout_engine, tokenizer, prompter, stream, reward_fn, cfg, engine, ledger, eos,
+                              tools)
 
     background = BackgroundRollout(cfg, rollout, state.get("prefetched")) if cfg.rollout.overlap else None
     return _Run(cfg, engine, out, task, policy, sampler_model, ref, tokenizer, optimizer, doctor, prompter, log,
-                samples, ledger, rollout_engine, rollout, exact_sampler, background, start, history)
+                samples, ledger, rollout_engine, rollout, exact_sampler, background, start, history, tools)
 
 
 def _load_models(cfg: RLConfig, engine: Engine, ckpt):
@@ -254,7 +261,7 @@ def _evaluate(run: _Run, progress: bool) -> dict:
     with run.engine.autocast():
         result = evaluate(run.sampler_model, run.tokenizer, run.task, run.cfg.eval,
                           progress=progress and run.info.main, ledger=run.ledger, shard=True,
-                          engine=run.rollout_engine)
+                          engine=run.rollout_engine, tools=run.tools)
     run.sampler_model.train()
     return result["metrics"]
 
@@ -325,14 +332,14 @@ def _finish(run: _Run, seconds: float, progress: bool) -> dict:
     final = None
     if sharded_end and cfg.final_eval:  # every rank evaluates its share of the held-out set
         final = evaluate(run.sampler_model, run.tokenizer, run.task, cfg.eval, progress=progress and info.main,
-                         ledger=run.ledger, shard=True, engine=run.rollout_engine)
+                         ledger=run.ledger, shard=True, engine=run.rollout_engine, tools=run.tools)
     if finished and info.main:
         with engine.autocast():
             result = finish_model(run.sampler_model if engine.sharded else run.policy, run.tokenizer, out,
                                   title=f"{out.name}: R1-Zero RL on {run.task.name}", task_spec=run.task,
                                   eval_cfg=cfg.eval if cfg.final_eval and not engine.sharded else None,
                                   upstream=[cfg.model], ledger=run.ledger, progress=progress, state_dict=full,
-                                  result=final, engine=run.rollout_engine)
+                                  result=final, engine=run.rollout_engine, tools=run.tools)
         run.policy.train()
         summary.update(before=run.history.get("before"), after=result["metrics"] if result else None)
         if result is not None:
@@ -350,7 +357,7 @@ def _rollout_dtype(cfg: RLConfig, engine) -> torch.dtype:
     return {"auto": engine.compute_dtype, "fp32": torch.float32, "bf16": torch.bfloat16}[cfg.rollout.dtype]
 
 
-def _rollout_engine(cfg: RLConfig, policy, sampler_model, tokenizer, prompter, task, pool, engine):
+def _rollout_engine(cfg: RLConfig, policy, sampler_model, tokenizer, prompter, task, pool, engine, tools=None):
     """The rollout engine of `cfg.rollout.backend`: r1kit's sampler over `sampler_model`, or vLLM built from the
     model directory and given `policy`'s current weights (room for the longest training or evaluation prompt)."""
     backend = resolve_backend(cfg.rollout.backend, engine.device)
@@ -360,6 +367,7 @@ def _rollout_engine(cfg: RLConfig, policy, sampler_model, tokenizer, prompter, t
     longest = max(len(p) for p in prompter.encode(problems))
     dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[_rollout_dtype(cfg, engine)]
     options = {"max_num_seqs": max(cfg.rollout.batch_size, cfg.eval.batch_size), "dtype": dtype}
+    budget = max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens)
     return make_engine(backend, policy, source=cfg.model, tokenizer=tokenizer,
-                       max_len=longest + max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens), seed=cfg.seed,
+                       max_len=longest + (tools.config.total_tokens(budget) if tools else budget), seed=cfg.seed,
                        device=engine.device, options=options)

@@ -49,6 +49,8 @@ from r1kit.reporting.runlog import MetricsLog, progress_bar, write_json
 from r1kit.tasks import get_task
 from r1kit.tasks.formats import PromptConfig
 from r1kit.tasks.prompting import make_prompter
+from r1kit.tools import make_toolbox
+from r1kit.tools.base import ToolConfig
 
 
 @dataclass
@@ -79,6 +81,8 @@ class SFTConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning
     prompt: PromptConfig = field(default_factory=PromptConfig)  # the student's format options over the task's
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # device and precision (one process)
+    tools: list[str] = field(default_factory=list)  # tools the final evaluation lets the model call, e.g. python
+    tool_use: ToolConfig = field(default_factory=ToolConfig)  # their call format and budgets (tools/base.py)
 
     def __post_init__(self) -> None:
         if min(self.epochs, self.batch_size, self.max_len, self.max_tokens, self.checkpoint_every) < 1:
@@ -105,6 +109,10 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
         task = get_task(task_spec, **cfg.prompt.overrides())
         teacher_answer_contract(task, rows)
         prompter = make_prompter(task, tokenizer)
+    tools = make_toolbox(cfg.tools, cfg.tool_use, chat=bool(prompter and prompter.chat), tokenizer=tokenizer,
+                         system=prompter.system if prompter else "")
+    if tools is not None and prompter is not None:
+        tools.attach(prompter)  # a chat prompt lists the tools, as the traces' prompts did
     examples = encode_rows(tokenizer, rows, cfg.max_len, prompter)
     per_epoch = -(-len(examples) // cfg.batch_size)
     total = per_epoch * cfg.epochs
@@ -160,7 +168,7 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
     with engine.autocast():
         result = finish_model(model, tokenizer, out, title=f"{out.name}: SFT on {Path(cfg.data).name}",
                               task_spec=task or task_spec, eval_cfg=cfg.eval if cfg.final_eval else None,
-                              upstream=[cfg.model], ledger=ledger, progress=progress)
+                              upstream=[cfg.model], ledger=ledger, progress=progress, tools=tools)
     if result is not None:
         summary["eval"] = result
     write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})

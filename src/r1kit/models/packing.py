@@ -22,23 +22,34 @@ class Example:
 
     ids: list[int]
     n_prompt: int
+    mask: list[int] | None = None  # per completion token: 0 = no loss (a tool's observation); None: all carry loss
 
     def labels(self) -> list[int]:
-        return [IGNORE] * self.n_prompt + self.ids[self.n_prompt:]
+        rest = self.ids[self.n_prompt:]
+        if self.mask is not None:
+            rest = [t if m else IGNORE for t, m in zip(rest, self.mask + [1] * (len(rest) - len(self.mask)))]
+        return [IGNORE] * self.n_prompt + rest
 
 
 def encode_example(tokenizer, prompt: str, completion: str, max_len: int, eos_id: int | None = None,
-                   prompt_ids: list[int] | None = None) -> Example:
+                   prompt_ids: list[int] | None = None, turns: list[dict] | None = None) -> Example:
     """Tokenise prompt and completion separately (the boundary is exact), append EOS, cut to `max_len`.
 
     The prompt is tokenised as the sampler sees it (with the tokenizer's special tokens, e.g. a BOS; or given as
-    `prompt_ids`, e.g. a chat prompt from r1kit/tasks/prompting.py), the completion as the continuation it is."""
+    `prompt_ids`, e.g. a chat prompt from r1kit/tasks/prompting.py), the completion as the continuation it is.
+    `turns` (a tool-using trace: [{"role": "model" | "tool", "text": ...}], whose texts make the completion):
+    each turn is tokenised on its own, as a multi-turn rollout appends them, and a tool's turns carry no loss."""
     if prompt_ids is None:
         prompt_ids = tokenizer(prompt).input_ids
-    completion_ids = tokenizer(completion, add_special_tokens=False).input_ids
+    segments = turns or [{"role": "model", "text": completion}]
+    completion_ids, mask = [], []
+    for turn in segments:
+        ids = tokenizer(turn["text"], add_special_tokens=False).input_ids
+        completion_ids += ids
+        mask += [int(turn["role"] != "tool")] * len(ids)
     eos = tokenizer.eos_token_id if eos_id is None else eos_id
     ids = (prompt_ids + completion_ids + ([eos] if eos is not None else []))[:max_len]
-    return Example(ids, min(len(prompt_ids), len(ids)))
+    return Example(ids, min(len(prompt_ids), len(ids)), mask if turns else None)
 
 
 def pack(lengths: list[int], max_len: int) -> list[list[int]]:

@@ -106,6 +106,8 @@ class ArithmeticTask:
     digits: int = 3  # most digits of each addend / of the multiplicand
     operands: int = 2  # terms in an addition
     mul_digits: int = 1  # most digits of the multiplier
+    min_digits: int = 1  # fewest digits of every operand (capped by its most): 4 with digits=6, mul_digits=4 asks
+    # products of 4-6-digit by 4-digit numbers (recipes/tiny-tools.toml: beyond a tiny model's head, not Python's)
     ops: str = "+*"  # which operations appear
     template: str = "r1-zero-compact"  # the raw template (prompt_format auto without a chat template)
     prompt_format: str = "auto"  # auto | chat | r1-zero | r1-zero-compact | a literal template (tasks/formats.py)
@@ -122,14 +124,15 @@ class ArithmeticTask:
     def __post_init__(self) -> None:
         check_template(self.template)
         check_formats(self)
-        for name in ("digits", "mul_digits", "operands", "test_percent"):
+        for name in ("digits", "mul_digits", "min_digits", "operands", "test_percent"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise UserError(f"arithmetic: {name} must be a whole number, got {value!r}")
         if not 0 < self.test_percent < 100 or not 0 <= self.p_bad_format <= 1:
             raise UserError("arithmetic: test_percent must be in 1..99 and p_bad_format in [0, 1]")
-        if not 1 <= self.digits <= 12 or not 1 <= self.mul_digits <= 6 or not 2 <= self.operands <= 5:
-            raise UserError("arithmetic: digits must be 1..12, mul_digits 1..6, operands 2..5")
+        if not 1 <= self.digits <= 12 or not 1 <= self.mul_digits <= 6 or not 2 <= self.operands <= 5 \
+                or not 1 <= self.min_digits <= self.digits:
+            raise UserError("arithmetic: digits must be 1..12, mul_digits 1..6, operands 2..5, min_digits 1..digits")
         if self.ask not in _ASK:
             raise UserError(f"arithmetic: ask={self.ask!r}; use one of {', '.join(_ASK)}")
         if not self.ops or set(self.ops) - {"+", "*"}:
@@ -141,13 +144,10 @@ class ArithmeticTask:
     def _make(self, rng: random.Random) -> Problem:
         op = rng.choice(self.ops)
         if op == "+":
-            terms = [rng.randint(1, 10 ** rng.randint(1, self.digits) - 1) for _ in range(self.operands)]
+            terms = [self._operand(rng, self.digits, 1) for _ in range(self.operands)]
             answer = sum(terms)
         else:
-            terms = [
-                rng.randint(2, 10 ** rng.randint(1, self.digits) - 1),
-                rng.randint(2, 10 ** rng.randint(1, self.mul_digits) - 1),
-            ]
+            terms = [self._operand(rng, self.digits, 2), self._operand(rng, self.mul_digits, 2)]
             answer = terms[0] * terms[1]
         expr = op.join(str(t) for t in terms)
         return Problem(
@@ -156,6 +156,14 @@ class ArithmeticTask:
             answer=str(answer),
             meta={"op": op, "terms": terms},
         )
+
+    def _operand(self, rng: random.Random, most: int, least: int) -> int:
+        """A number of min_digits..most digits (uniform in its digit count), at least `least`; with min_digits = 1
+        the same draw as before the knob existed (same problems, same splits)."""
+        if self.min_digits <= 1:
+            return rng.randint(least, 10 ** rng.randint(1, most) - 1)
+        d = rng.randint(min(self.min_digits, most), most)
+        return rng.randint(max(least, 10 ** (d - 1)), 10**d - 1)
 
     def problems(self, split: str, n: int, seed: int = 0) -> list[Problem]:
         return sample_problems(self._make, split, n, seed, self.test_percent)

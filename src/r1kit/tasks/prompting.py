@@ -47,6 +47,8 @@ class Prompter:
     system: str
     instruction: str  # the literal text appended to each question ('' for none)
     prefill: str = ""  # text the chat template opens the assistant turn with, e.g. "<think>\n"
+    tool_format: object = None  # a chat tool-call format (tools/formats.py ChatFormat): renders the prompt with
+    # the tools (the template's tools= or r1kit's Hermes fallback); None: no tools in the prompt
 
     @property
     def chat(self) -> bool:
@@ -55,6 +57,8 @@ class Prompter:
     def text(self, problem: Problem) -> str:
         """The prompt of one problem, as text."""
         question = with_instruction(problem.question, self.instruction)
+        if self.chat and self.tool_format is not None:
+            return self.tool_format.render_messages([{"role": "user", "content": question}], generation_prompt=True)
         if self.chat:
             return render_chat(self.tokenizer, question, self.system)
         return render_template(self.prompt_format, question)
