@@ -19,6 +19,7 @@ dependencies or a requirements/*.in file have changed since.
     python requirements/lock.py                      # re-lock, keeping the lock's date (make lock)
     python requirements/lock.py --as-of 2027-01-15   # move the date: newer packages (make lock AS_OF=2027-01-15)
     python requirements/lock.py --check              # exit 1 with one line when a lock is stale
+    python requirements/lock.py --id                 # the environment id results name (.venv's locks)
 """
 
 from __future__ import annotations
@@ -105,6 +106,16 @@ def check(root: Path = ROOT) -> list[str]:
         if sources:
             problems.append(f"{REQ}/{name} names a package source ({sources[0].strip()!r})")
     return problems
+
+
+def environment_id(names: list[str], root: Path = ROOT) -> str:
+    """A short digest of what the named locks install (each pin, marker and hash; not comments or headers), so a
+    result can name the environment it was measured in and a re-lock that changes no pin keeps the id."""
+    entries = set()
+    for name in names:
+        text = re.sub(r"\\\n\s*", " ", (root / REQ / name).read_text())
+        entries |= {" ".join(line.split()) for line in text.splitlines() if line.strip() and not line.strip().startswith("#")}
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()[:12]
 
 
 def _pip_find_links() -> list[str]:
@@ -215,10 +226,17 @@ def lock(root: Path, as_of: str, find_links: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="fail in one line when a lock is stale")
+    parser.add_argument("--id", nargs="*", metavar="LOCK",
+                        help="print the environment id of these locks (default: torch-cpu.txt test.txt, .venv's)")
     parser.add_argument("--as-of", help="take no file uploaded after this date (YYYY-MM-DD; default: the lock's own)")
     parser.add_argument("--find-links", action="append",
                         help="where the CPU torch wheel lies (default: the find-links pip is configured with)")
     args = parser.parse_args(argv)
+    if args.id is not None:
+        names = args.id or ["torch-cpu.txt", "test.txt"]
+        as_of = header_fields(ROOT / REQ / names[-1]).get("as-of")
+        print(f"{environment_id(names)}  ({' + '.join(names)}, as-of {as_of})")
+        return
     if args.check:
         problems = check()
         if problems:

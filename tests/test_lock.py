@@ -130,3 +130,15 @@ def test_headers_record_date_and_digest():
         fields = lock.header_fields(ROOT / "requirements" / name)
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", fields["as-of"]), name
         assert fields["inputs-sha256"] == lock.inputs_digest(), name
+
+
+def test_environment_id_follows_pins_and_hashes_not_comments(tmp_path):
+    root = _copy_tree(tmp_path)
+    before = lock.environment_id(["torch-cpu.txt", "test.txt"], root)
+    assert before == lock.environment_id(["torch-cpu.txt", "test.txt"])
+    path = root / "requirements" / "test.txt"
+    text = path.read_text()
+    path.write_text("# another header line\n" + text.replace("    # via", "    #   via"))
+    assert lock.environment_id(["torch-cpu.txt", "test.txt"], root) == before
+    path.write_text(text.replace("transformers==5.25.0", "transformers==5.25.1"))
+    assert lock.environment_id(["torch-cpu.txt", "test.txt"], root) != before
