@@ -19,7 +19,8 @@ TORCH ?=
 locked = $(if $(TORCH),$(1)/pip install -q "$(TORCH)" &&) \
     $(1)/pip install -q $(if $(TORCH),,-r $(REQ)/torch-cpu.txt) $(foreach lock,$(2),-r $(REQ)/$(lock).txt)
 
-.PHONY: venv vllm-venv demo test test-vllm lint lock lock-check bench smollm2 smollm2-import gpu-wheels clean
+.PHONY: venv vllm-venv demo test test-sandbox-user test-vllm lint lock lock-check bench smollm2 smollm2-import \
+    gpu-wheels clean
 
 $(BIN)/.installed: pyproject.toml $(REQ)/test.txt $(REQ)/torch-cpu.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -56,7 +57,16 @@ demo: venv
 test: lock-check venv
 	$(BIN)/ruff check src tests bench requirements
 	$(BIN)/python -m pytest
+	$(MAKE) test-sandbox-user
 	$(MAKE) test-vllm
+
+# The sandbox's second path, bubblewrap in a user namespace (what a normal user gets): run as root with
+# SANDBOX_TEST_USER naming an unprivileged user (.ci/run creates one), its tests run once more as that user.
+SANDBOX_TEST_USER ?=
+
+test-sandbox-user: venv
+	@if [ -n "$(SANDBOX_TEST_USER)" ]; then $(BIN)/python tests/sandbox_as_user.py "$(SANDBOX_TEST_USER)"; \
+	else echo "test-sandbox-user: skipped (SANDBOX_TEST_USER unset; the suite above ran as $$(id -un))"; fi
 
 # The vLLM backend's tests, in .venv-vllm (built if missing): an engine on a tiny model, GRPO steps through it.
 test-vllm: vllm-venv

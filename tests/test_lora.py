@@ -1,4 +1,4 @@
-"""LoRA through peft as an option of the training loops (r1kit/lora.py): the sampler sees the adapters, a run
+"""LoRA through peft as an option of the training loops (r1kit/models/lora.py): the sampler sees the adapters, a run
 trains only the adapters, checkpoints hold the adapter and resume exactly, the final model is the merged one."""
 
 import json

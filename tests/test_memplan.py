@@ -1,4 +1,4 @@
-"""The memory planner (r1kit/memplan.py): rows worked out by hand for a small config, how they scale, a 7B model
+"""The memory planner (r1kit/cost/memplan.py): rows worked out by hand for a small config, how they scale, a 7B model
 against real GPU sizes, the `r1kit plan` command, and the plan against the measured memory of a real CPU run."""
 
 import json

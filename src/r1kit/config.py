@@ -125,7 +125,7 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-# The LoRA options every training loop takes (r1kit/lora.py applies them); here because configs are pure Python.
+# The LoRA options every training loop takes (r1kit/models/lora.py applies them); here because configs are pure Python.
 @dataclasses.dataclass
 class LoraConfig:
     rank: int = 0  # LoRA rank r; 0 = full fine-tuning

@@ -91,7 +91,7 @@ def make_student(model: str, size: str, tokenizer_dir: str | None, seed: int):
 
 
 def encode_rows(tokenizer, rows: list[dict], max_len: int, prompter=None) -> list[Example]:
-    """Examples of the rows. With a `prompter` (r1kit/prompting.py), a row that carries its `question` gets its
+    """Examples of the rows. With a `prompter` (r1kit/tasks/prompting.py), a row that carries its `question` gets its
     prompt rendered anew in the student's own format (its chat template, say): traces move across tokenizers as
     text, and the student is trained on the prompt it will be asked with."""
     examples = []

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "plan", help="will it fit? memory per GPU of an RL run before launch (exit 1 when it does not fit)",
-        description="Plan an RL run's memory per device (r1kit/memplan.py): parameters, gradients and AdamW state "
+        description="Plan an RL run's memory per device (r1kit/cost/memplan.py): parameters, gradients and AdamW state "
         "sharded by FSDP2 over --count ranks, activations, logits, KV cache, reference and inference copies; with "
         "--gpu also its hours and dollars at an assumed MFU (as `r1kit cost estimate --gpu`). Extra "
         "--section.key=value set the config. Exit status: 0 when it fits or the capacity is unknown (no --gpu: "

@@ -2,7 +2,7 @@
 
 Each step: take `prompts_per_step` training questions; sample a group of G completions for each from the current
 policy; score them with the task's verifier through the reward functions; advantages (r - mean)/std within each
-group; then `train_on_rollout` (grpo.py): μ epochs over mini-batches of the clipped objective plus β·k3 KL to a
+group; then `train_on_rollout` (algo/grpo.py): μ epochs over mini-batches of the clipped objective plus β·k3 KL to a
 reference policy that is reset to the current policy every `ref_reset_every` steps.
 
 Departures from the paper, all settings: G, batch, lengths and lr are scaled to the model; old log-probs for

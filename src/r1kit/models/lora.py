@@ -4,7 +4,7 @@
 layer gets a trainable low-rank update `W + (alpha / rank) * B A`:
 
 - training runs the PeftModel (peft's own forward);
-- the sampler reads the effective weights `W + s * B A` (sampler.py asks `effective_weight`), so rollouts always
+- the sampler reads the effective weights `W + s * B A` (rollout/sampler.py asks `effective_weight`), so rollouts always
   come from the current adapters, with no merge/unmerge round trip that would drift the base weights;
 - a checkpoint holds the adapter only (`adapter_model.safetensors` + `adapter_config.json`, peft's format) beside
   the trainer state; resuming loads the base model again and the adapter on top, exactly;

@@ -32,7 +32,7 @@ def encode_example(tokenizer, prompt: str, completion: str, max_len: int, eos_id
     """Tokenise prompt and completion separately (the boundary is exact), append EOS, cut to `max_len`.
 
     The prompt is tokenised as the sampler sees it (with the tokenizer's special tokens, e.g. a BOS; or given as
-    `prompt_ids`, e.g. a chat prompt from r1kit/prompting.py), the completion as the continuation it is."""
+    `prompt_ids`, e.g. a chat prompt from r1kit/tasks/prompting.py), the completion as the continuation it is."""
     if prompt_ids is None:
         prompt_ids = tokenizer(prompt).input_ids
     completion_ids = tokenizer(completion, add_special_tokens=False).input_ids

@@ -15,7 +15,7 @@ import torch
 class BackgroundRollout:
     """rollout.overlap: the next step's rollout sampled (and scored) in a thread while this step trains, from the
     sampler's copy of the weights before this step's update: one step off-policy, corrected by TIS against the
-    trainer's log-probs (grpo.py). The torch threads are split between the two while they overlap.
+    trainer's log-probs (algo/grpo.py). The torch threads are split between the two while they overlap.
 
     The ledger bills wall time once: the rollout's record holds the time the trainer *waited* for it (its
     tokens and FLOPs in full, its own duration as `overlapped_s`), the training record the training. A

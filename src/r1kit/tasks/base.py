@@ -6,7 +6,7 @@ evaluation metrics both call it, so they can never drift apart (as nanochat's ta
 Every task carries the same four format options (`FORMAT_OPTIONS`, see tasks/formats.py): `prompt_format`
 (auto | chat | r1-zero | r1-zero-compact | a literal template), `answer_format` (auto | think-answer |
 think-boxed | boxed | gsm8k), `system` (a system prompt for chat) and `instruction` (appended to the question).
-`auto` is resolved against the tokenizer by r1kit/prompting.py; until then a task answers in its raw template's
+`auto` is resolved against the tokenizer by r1kit/tasks/prompting.py; until then a task answers in its raw template's
 format, R1-Zero's `<think>...</think> <answer>...</answer>`.
 """
 
@@ -68,7 +68,7 @@ class Task(Protocol):
         ...
 
     def prompt(self, problem: Problem) -> str:
-        """The question in the raw template (chat prompts are rendered by r1kit/prompting.py)."""
+        """The question in the raw template (chat prompts are rendered by r1kit/tasks/prompting.py)."""
         ...
 
     def score(self, problem: Problem, completion: str) -> Score: ...
@@ -107,7 +107,7 @@ def check_formats(task) -> None:
 
 
 def answer_format_of(task) -> str:
-    """The task's answer format; `auto` before r1kit/prompting.py resolved it means the raw template's."""
+    """The task's answer format; `auto` before r1kit/tasks/prompting.py resolved it means the raw template's."""
     fmt = getattr(task, "answer_format", AUTO)
     return "think-answer" if fmt == AUTO else fmt
 

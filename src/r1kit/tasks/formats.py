@@ -5,7 +5,7 @@ Prompt formats (a task option and recipe key `prompt_format`):
 - `r1-zero`: the raw R1-Zero template (DeepSeek-R1 paper, table 1), for base models;
 - `r1-zero-compact`: the same contract in fewer tokens, for r1kit's tiny models;
 - `chat`: the tokenizer's own chat template, the question as the user turn (an optional system prompt), the
-  generation prompt added (rendered in r1kit/prompting.py, which needs the tokenizer);
+  generation prompt added (rendered in r1kit/tasks/prompting.py, which needs the tokenizer);
 - a literal template containing `{question}`;
 - `auto` (the default): `chat` when the tokenizer has a chat template, else the task's raw template.
 
