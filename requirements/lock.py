@@ -239,6 +239,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.check:
         problems = check()
+        stale = [p.split()[0].removeprefix(f"{REQ}/") for p in problems if p.endswith("no longer matches "
+                                                                                      f"pyproject.toml and {REQ}/*.in")]
+        if len(stale) > 1:  # one line however many: the usual case is every lock at once
+            problems = [f"{REQ}/ {', '.join(stale)} no longer match pyproject.toml and {REQ}/*.in",
+                        *(p for p in problems if "no longer matches" not in p)]
         if problems:
             sys.exit(f"r1kit: error: {'; '.join(problems)}: run `make lock`")
         print(f"locks match pyproject.toml ({len(lock_names())} files in {REQ}/)")
