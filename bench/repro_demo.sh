@@ -31,8 +31,12 @@ def weights(root):
             for p in sorted((root / "runs/demo").rglob("model.safetensors")) if "checkpoints" not in p.parts}
 
 
+TIMINGS = ("seconds", "tokens_per_s")  # of the evaluation's own run: they differ run to run
+
+
 def evals(root):
-    return {p.name: json.loads(p.read_text())["metrics"] for p in sorted((root / "runs/demo/eval").glob("*.json"))}
+    files = [p for p in sorted((root / "runs/demo/eval").glob("*.json")) if p.name not in ("stage.json", "done.json")]
+    return {p.name: {k: v for k, v in json.loads(p.read_text())["metrics"].items() if k not in TIMINGS} for p in files}
 
 
 def table(root):
