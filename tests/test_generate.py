@@ -219,6 +219,16 @@ def test_progress_sidecar_of_a_finished_run(full_run):
     assert state["config"]["temperature"] == 0.6 and "out" not in state["config"]
 
 
+def test_metrics_per_chunk_beside_the_output(full_run):
+    """OUT.metrics.jsonl: the counts after each chunk (what the trackers of [log] get, with a table of kept rows)."""
+    out, summary, _ = full_run
+    lines = _rows(out.with_name(out.name + ".metrics.jsonl"))
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    assert [line["questions"] for line in lines] == [2, 4, 6] and [line["sampled"] for line in lines] == [6, 12, 18]
+    assert lines[-1]["kept"] == summary["kept"] and lines[-1]["keep_rate"] == summary["keep_rate"]
+    assert list((out.parent / "tb").glob("events.out.tfevents.*"))  # [log] report_to's default: TensorBoard
+
+
 @slow
 def test_refuses_an_existing_output_without_resume(full_run, teacher, tmp_path):
     out, _, _ = full_run
@@ -259,6 +269,8 @@ def test_resume_after_stop_is_byte_identical(full_run, teacher, tmp_path):
     done = run_generate(make_cfg(teacher, out), resume=True, progress=False)
     assert done["finished"] and done["sampled"] == 18
     assert out.read_bytes() == ref.read_bytes()
+    metrics = out.name + ".metrics.jsonl"
+    assert (out.parent / metrics).read_text() == (ref.parent / metrics).read_text()  # one line per chunk, again
 
     # resuming a finished run changes nothing and reports the same totals
     again = run_generate(make_cfg(teacher, out), resume=True, progress=False)

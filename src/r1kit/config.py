@@ -193,3 +193,23 @@ class EvalConfig:
             raise UserError("eval: n, k, batch_size and max_new_tokens must be at least 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise UserError("eval: temperature must be >= 0 and top_p in (0, 1]")
+
+
+# Where a run's metrics go besides its metrics.jsonl (r1kit/reporting/trackers.py); every loop's config holds one.
+REPORT_TO = ("tensorboard", "trackio", "wandb")  # reporting.trackers.TRACKERS (this module is pure Python)
+
+
+@dataclasses.dataclass
+class LogConfig:
+    report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])  # any of tensorboard
+    # (RUN_DIR/tb), trackio (local SQLite; `pip install 'r1kit[trackio]'`), wandb (offline unless you configured
+    # it; `pip install 'r1kit[wandb]'`); [] for metrics.jsonl alone
+    project: str = ""  # the trackio/wandb project; "": the name of the run directory's parent folder
+    name: str = ""  # the run's name there; "": the run directory's name (a pipeline stage's name)
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.report_to if t not in REPORT_TO]
+        if unknown:
+            raise UserError(f"log.report_to: unknown tracker {unknown[0]!r}: use any of {', '.join(REPORT_TO)}")
+        if len(set(self.report_to)) != len(self.report_to):
+            raise UserError(f"log.report_to names a tracker twice: {self.report_to}")

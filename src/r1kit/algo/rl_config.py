@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from r1kit.config import EvalConfig, LoraConfig, ParallelConfig
+from r1kit.config import EvalConfig, LogConfig, LoraConfig, ParallelConfig
 from r1kit.errors import UserError
 from r1kit.tasks.formats import PromptConfig
 from r1kit.tools import check_tool_names
@@ -134,6 +134,7 @@ class RLConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)  # rank 0: full fine-tuning
     prompt: PromptConfig = field(default_factory=PromptConfig)  # format options over the task spec's
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # device, precision, FSDP2 sharding
+    log: LogConfig = field(default_factory=LogConfig)  # trackers: TensorBoard, trackio, wandb (rank 0)
 
     def resolve(self, world: int = 1) -> RLConfig:
         """Fill variant defaults and check cross-field rules; raises UserError before step 1."""

@@ -157,12 +157,24 @@ def cmd_distill(args, overrides) -> int:
     return 0
 
 
-def run_recipe(recipe: str, out: str, check: bool = False, show_summary: bool = True) -> int:
+def log_overrides(overrides: list[str]) -> dict:
+    """A pipeline command's `--log.KEY=VALUE` flags as [log] keys (the recipe holds every other setting)."""
+    from r1kit.config import apply_overrides
+    from r1kit.errors import UserError
+
+    other = [o for o in overrides if not o.startswith("--log.")]
+    if other:
+        raise UserError(f"unrecognized arguments: {' '.join(other)} (a pipeline takes --log.KEY=VALUE; its recipe "
+                        "holds the other settings)")
+    return apply_overrides({}, overrides).get("log", {})
+
+
+def run_recipe(recipe: str, out: str, check: bool = False, show_summary: bool = True, log: dict | None = None) -> int:
     """`r1kit run`: check the whole recipe, run its stages in order, print the summary table."""
     from r1kit.cli.pipeline import check_resumable, load_pipeline, run_pipeline, stage_state
     from r1kit.reporting.summary import format_summary, summary_rows
 
-    pipe = load_pipeline(recipe, out)
+    pipe = load_pipeline(recipe, out, log)
     check_resumable(pipe)
     n = len(pipe.stages)
     if check:
@@ -177,7 +189,7 @@ def run_recipe(recipe: str, out: str, check: bool = False, show_summary: bool = 
         word = {"done": "finished earlier, skipped", "partial": "resuming", "new": "running"}[state]
         print(f"\n[{order[stage.name]}/{n}] {stage.name} ({stage.kind}): {word}", flush=True)
 
-    result = run_pipeline(recipe, out, ledger_factory=stage_ledger, on_stage=announce)
+    result = run_pipeline(recipe, out, ledger_factory=stage_ledger, on_stage=announce, log=log)
     if show_summary:
         print(f"\npipeline {recipe} -> {out}\n")
         print(format_summary(summary_rows(out)))
@@ -204,12 +216,12 @@ def find_recipe(name: str) -> str:
     raise UserError(f"recipe {name!r} not found: run from the r1kit repository, or give --config PATH")
 
 
-def cmd_run(args) -> int:
+def cmd_run(args, overrides: list[str]) -> int:
     out = args.out or str(Path("runs") / Path(args.recipe).stem)
-    return run_recipe(args.recipe, out, check=args.check)
+    return run_recipe(args.recipe, out, check=args.check, log=log_overrides(overrides))
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args, overrides: list[str]) -> int:
     """The tiny R1 pipeline (recipes/tiny-r1.toml); then the cost ledger, estimate vs measured for the RL stages,
     the HTML report, and last the summary table of every model."""
     from r1kit.cost.ledger import format_table, read_ledger, summarize
@@ -218,7 +230,7 @@ def cmd_demo(args) -> int:
     from r1kit.reporting.summary import format_summary, summary_rows
 
     recipe = find_recipe("tiny-r1.toml")
-    code = run_recipe(recipe, args.out, show_summary=False)
+    code = run_recipe(recipe, args.out, show_summary=False, log=log_overrides(overrides))
     print(f"\ncost of this run by stage and phase (r1kit cost {args.out}):")
     print(format_table(summarize(read_ledger(args.out))))
     for table in estimates_beside_measured(args.out):

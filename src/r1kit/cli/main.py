@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="r1kit", description="Train DeepSeek-R1-style reasoning models; know what it cost.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    p = sub.add_parser("base", help="build a tiny base model: tokenizer + Llama pre-trained from scratch")
+    p = sub.add_parser("base", help="build a tiny base model: tokenizer + Llama pre-trained from scratch; extra "
+                       "--section.key=value set the config")
     p.add_argument("--task", default="arithmetic", help="task spec, e.g. arithmetic or arithmetic:digits=2")
     p.add_argument("--size", default="tiny", help="micro (~0.26M parameters), mini (~0.44M), tiny (~1.9M) or "
                    "small (~24M)")
@@ -114,10 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"base": train.cmd_base, "eval": train.cmd_eval, "demo": commands.cmd_demo, "report": costs.cmd_report,
-            "run": commands.cmd_run, "import": commands.cmd_import}
-TAKES_OVERRIDES = {"rl": train.cmd_rl, "cost": costs.cmd_cost, "plan": costs.cmd_plan,
-                   "generate": commands.cmd_generate, "sft": commands.cmd_sft, "distill": commands.cmd_distill}
+COMMANDS = {"eval": train.cmd_eval, "report": costs.cmd_report, "import": commands.cmd_import}
+TAKES_OVERRIDES = {"base": train.cmd_base, "rl": train.cmd_rl, "cost": costs.cmd_cost, "plan": costs.cmd_plan,
+                   "generate": commands.cmd_generate, "sft": commands.cmd_sft, "distill": commands.cmd_distill,
+                   "run": commands.cmd_run, "demo": commands.cmd_demo}  # run, demo: --log.KEY=VALUE only
 
 
 def main(argv: list[str] | None = None) -> int:

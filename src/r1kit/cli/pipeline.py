@@ -4,6 +4,7 @@ recipe.py reads and checks the recipe (the format is described there). Each stag
 resolved config and inputs: the lineage) and, once finished, `done.json`. Re-running the same command skips
 finished stages and resumes an interrupted one; a stage whose recipe changed is an error, not a silent reuse.
 An rl stage with `match_compute` gets the FLOPs the named stages recorded in their ledgers as its budget.
+Where a stage's metrics go (`log`, its trackers) is not part of what it computed: changing it redoes nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from r1kit.algo.rl_config import RLConfig
 from r1kit.cli.recipe import KINDS, Pipeline, Stage, load_pipeline, model_dir, output_of
-from r1kit.config import build, to_dict
+from r1kit.config import LogConfig, build, to_dict
 from r1kit.cost.ledger import read_ledger, spent_flops
 from r1kit.errors import UserError
 from r1kit.evaluation.evaluate import evaluate
@@ -26,7 +27,7 @@ from r1kit.loops.generate import GenerateConfig, run_generate
 from r1kit.loops.rl import run_rl
 from r1kit.loops.sft import SFTConfig, run_sft
 from r1kit.models.modeling import count_params, load_model
-from r1kit.reporting.runlog import write_json
+from r1kit.reporting.runlog import MetricsLog, write_json
 from r1kit.tasks import get_task
 
 __all__ = ["KINDS", "load_pipeline", "model_dir", "output_of", "run_pipeline", "stage_state", "check_resumable"]
@@ -56,9 +57,10 @@ def _defaults(cls) -> dict:
 def _same_config(saved, stage: Stage) -> bool:
     """The recorded config is the stage's, keys added to the config class since (a new option at its default,
     absent from the record) aside: an upgrade alone does not make a finished stage run again."""
-    current = json.loads(json.dumps(stage.config))
+    current = {k: v for k, v in json.loads(json.dumps(stage.config)).items() if k != "log"}
     if not isinstance(saved, dict):
         return False
+    saved = {k: v for k, v in saved.items() if k != "log"}
     cls = KINDS[stage.kind].config
     if cls is not None:
         defaults = json.loads(json.dumps(_defaults(cls)))
@@ -124,17 +126,22 @@ def _run_eval(pipe: Pipeline, stage: Stage, ledger_factory, progress: bool) -> d
         result.update(model=path, params=count_params(model))
         write_json(file, result)
         results[name] = result
+    log = MetricsLog(out, log=build(LogConfig, dict(pipe.log)), config={"eval": to_dict(pipe.eval), "task": pipe.task,
+                                                                        "models": stage.inputs["models"]})
+    log.table(0, "evaluation", [{"model": name, "params": r.get("params"), **r["metrics"]} for name, r in results.items()])
+    log.finish(0, {f"{name}/pass@1": r["metrics"].get("pass@1") for name, r in results.items()})
     return {"evaluated": list(results)}
 
 
 def run_pipeline(path: str | Path, out: str | Path, *, ledger_factory=None, progress: bool = True,
-                 stop_after_stages: int | None = None, on_stage=None) -> dict:
+                 stop_after_stages: int | None = None, on_stage=None, log: dict | None = None) -> dict:
     """Run (or continue) a recipe into `out`; returns {stage name: "ran" | "skipped"} plus the summary rows.
 
     `stop_after_stages` ends after that many stages have run in this call (for tests of resuming).
-    `on_stage(stage, state)` is told about each stage before it runs (the CLI prints a line).
+    `on_stage(stage, state)` is told about each stage before it runs (the CLI prints a line). `log`: [log] keys
+    over the recipe's.
     """
-    pipe = load_pipeline(path, out)
+    pipe = load_pipeline(path, out, log)
     check_resumable(pipe)
     budgeted = [s for s in pipe.stages if s.keys.get("match_compute")]
     if budgeted and ledger_factory is None:

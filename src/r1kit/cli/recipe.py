@@ -3,6 +3,7 @@
     [run]                       task, seed: defaults for every stage
     [eval]                      the held-out set every model is evaluated on (EvalConfig)
     [prompt]                    format options for every stage's task and the eval (PromptConfig)
+    [log]                       the trackers of every stage (LogConfig: report_to = ["tensorboard", "trackio"])
     [[stage]]                   name, kind, inputs by stage name, then the kind's own config keys
     kind = base | rl | generate | sft | distill | eval
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1kit.algo.rl_config import RLConfig
-from r1kit.config import EvalConfig, build, load_toml, to_dict
+from r1kit.config import EvalConfig, LogConfig, build, load_toml, to_dict
 from r1kit.errors import UserError
 from r1kit.loops.base import BaseConfig
 from r1kit.loops.distill import DistillConfig
@@ -79,6 +80,7 @@ class Pipeline:
     eval: EvalConfig
     stages: list
     prompt: dict = field(default_factory=dict)  # [prompt]: format options over the task spec's (set ones only)
+    log: dict = field(default_factory=dict)  # [log]: trackers for every stage, under a stage's own [stage.log]
 
 
 class _Lines:
@@ -161,10 +163,10 @@ def _read_files(path: Path, chain: tuple = ()) -> list[tuple[Path, dict, _Lines]
         raise UserError(f"{path}:1: include cycle: {' -> '.join(str(c) for c in (*chain, path.resolve()))}")
     data = load_toml(path)
     where = _Lines(path.read_text())
-    unknown = sorted(set(data) - {"run", "eval", "prompt", "stage", "recipe", "include"})
+    unknown = sorted(set(data) - {"run", "eval", "prompt", "log", "stage", "recipe", "include"})
     if unknown:
         raise UserError(f"{path}:{where.top(unknown[0])}: unknown section [{unknown[0]}]: a pipeline recipe has "
-                        "[run], [eval], [prompt] and [[stage]] tables (and an optional include)")
+                        "[run], [eval], [prompt], [log] and [[stage]] tables (and an optional include)")
     files = []
     if "include" in data:
         other = path.parent / str(data["include"])
@@ -175,11 +177,12 @@ def _read_files(path: Path, chain: tuple = ()) -> list[tuple[Path, dict, _Lines]
     return [*files, (path, data, where)]
 
 
-def load_pipeline(path: str | Path, out: str | Path) -> Pipeline:
-    """Read and check a recipe completely; raises UserError `recipe:line: ...` at the first fault."""
+def load_pipeline(path: str | Path, out: str | Path, log: dict | None = None) -> Pipeline:
+    """Read and check a recipe completely; raises UserError `recipe:line: ...` at the first fault. `log`: [log]
+    keys over the recipe's (`r1kit run --log.report_to=...`)."""
     path = Path(path)
     files = _read_files(path)
-    run, eval_data, prompt_data = {}, {}, {}
+    run, eval_data, prompt_data, log_data = {}, {}, {}, {}
     for file, data, where in files:  # an including recipe's [run], [eval] and [prompt] override the included one's
         bad_run = sorted(set(data.get("run", {})) - {"task", "seed"})
         if bad_run:
@@ -187,6 +190,11 @@ def load_pipeline(path: str | Path, out: str | Path) -> Pipeline:
         run.update(data.get("run", {}))
         eval_data.update(data.get("eval", {}))
         prompt_data.update(data.get("prompt", {}))
+        log_data.update(data.get("log", {}))
+        try:
+            build(LogConfig, dict(log_data), "log")
+        except UserError as e:
+            raise UserError(f"{file}:{where.top('log')}: {e}") from None
         try:
             prompt = build(PromptConfig, dict(prompt_data), "prompt").overrides()
         except UserError as e:
@@ -196,8 +204,10 @@ def load_pipeline(path: str | Path, out: str | Path) -> Pipeline:
             eval_cfg = build(EvalConfig, dict(eval_data), "eval")
         except UserError as e:
             raise UserError(f"{file}:{where.top('eval')}: {e}") from None
+    log_data.update(log or {})
+    build(LogConfig, dict(log_data), "log")
     pipe = Pipeline(path, Path(out), str(run.get("task", "arithmetic")), run.get("seed", 0), eval_cfg, [],
-                    prompt)
+                    prompt, log_data)
     everything = [(s.get("name"), file, where.stage(i)) for file, data, where in files
                   for i, s in enumerate(data.get("stage") or [])]
     if not everything:
@@ -310,6 +320,11 @@ def _resolve_config(pipe: Pipeline, stage: Stage) -> None:
             raise UserError(f"{stage.file}:{where.key(stage.index, 'prompt')}: stage {stage.name!r}: prompt: "
                             "expected a [stage.prompt] table")
         data["prompt"] = {**pipe.prompt, **data.get("prompt", {})}
+    if "log" in fields and pipe.log:  # the recipe's [log] under the stage's own
+        if not isinstance(data.get("log", {}), dict):
+            raise UserError(f"{stage.file}:{where.key(stage.index, 'log')}: stage {stage.name!r}: log: expected a "
+                            "[stage.log] table")
+        data["log"] = {**pipe.log, **data.get("log", {})}
     data.update(stage.inputs)
     stage_dir = pipe.out / stage.name
     data["out"] = str(stage_dir / DATA_FILE) if stage.kind == "generate" else str(stage_dir)

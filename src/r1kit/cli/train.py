@@ -8,22 +8,17 @@ import sys
 from r1kit.cli.flags import device_overrides, eval_config, format_overrides, stage_ledger
 
 
-def cmd_base(args) -> int:
-    from r1kit.config import EvalConfig, ParallelConfig
+def cmd_base(args, overrides: list[str]) -> int:
+    from r1kit.config import apply_overrides, build
     from r1kit.loops.base import BaseConfig, describe, run_base
 
-    kwargs = {"steps": args.steps} if args.steps else {}
+    data = {"task": args.task, "size": args.size, "out": args.out, "seed": args.seed,
+            "eval": {"n": args.eval_n, "k": args.eval_k}, "parallel": device_overrides(args)}
+    if args.steps:
+        data["steps"] = args.steps
     if args.tokenizer:
-        kwargs["tokenizer"] = args.tokenizer
-    cfg = BaseConfig(
-        task=args.task,
-        size=args.size,
-        out=args.out,
-        seed=args.seed,
-        eval=EvalConfig(n=args.eval_n, k=args.eval_k),
-        parallel=ParallelConfig(**device_overrides(args)),
-        **kwargs,
-    )
+        data["tokenizer"] = args.tokenizer
+    cfg = build(BaseConfig, apply_overrides(data, overrides))
     summary = run_base(cfg, ledger_factory=stage_ledger, resume=args.resume)
     print(describe(summary))
     return 0

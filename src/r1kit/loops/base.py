@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from r1kit.algo.sft import cosine_lr, make_optimizer
-from r1kit.config import EvalConfig, ParallelConfig, to_dict
+from r1kit.config import EvalConfig, LogConfig, ParallelConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.evaluation.evaluate import evaluate, format_eval_table
 from r1kit.models.checkpoint import checkpoint_root, latest_checkpoint, load_state, save_checkpoint, step_of
@@ -60,6 +60,7 @@ class BaseConfig:
     final_eval: bool = True  # evaluate the model on the held-out split at the end
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # device and precision (one process)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)  # trackers: TensorBoard, trackio, wandb
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
@@ -102,7 +103,7 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None, res
     )
     if ckpt is None:
         (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh start rewrites the curves
-    log = MetricsLog(out)
+    log = MetricsLog(out, log=cfg.log, config=to_dict(cfg), resumed=ckpt is not None)
     t_start = time.perf_counter()
 
     texts = build_corpus(task, cfg.corpus, cfg.seed)
@@ -197,7 +198,7 @@ def run_base(cfg: BaseConfig, *, progress: bool = True, ledger_factory=None, res
     write_model_card(out, title=f"{out.name}: tiny {task.name} base model ({cfg.size})", eval_result=result,
                      cost_summary=cost_from_ledger(out), lineage=lineage_of(out))
     write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})
-    log.close()
+    log.finish(cfg.steps - 1, result["metrics"] if result else None)
     return summary
 
 

@@ -36,7 +36,7 @@ from r1kit.algo.sft import (
     read_rows,
     teacher_answer_contract,
 )
-from r1kit.config import EvalConfig, ParallelConfig, to_dict
+from r1kit.config import EvalConfig, LogConfig, ParallelConfig, to_dict
 from r1kit.cost.ledger import flops_per_token
 from r1kit.errors import UserError
 from r1kit.evaluation.evaluate import finish_model, format_eval_table
@@ -99,6 +99,7 @@ class DistillConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # device and precision (one process)
     tools: list[str] = field(default_factory=list)  # on-policy: tools the student calls (multi-turn samples)
     tool_use: ToolConfig = field(default_factory=ToolConfig)  # call format and budgets (tools/base.py)
+    log: LogConfig = field(default_factory=LogConfig)  # trackers: TensorBoard, trackio, wandb
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -192,7 +193,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
         state = load_state(ckpt)
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-    log = MetricsLog(out)
+    log = MetricsLog(out, log=cfg.log, config=to_dict(cfg), resumed=start > 0)
     log.truncate_after(start)
     write_json(out / "run.json", {"stage": "distill", "config": to_dict(cfg), "steps": total,
                                   "resumed_from": start or None, "formats": prompter.settings(),
@@ -252,6 +253,7 @@ def run_distill(cfg: DistillConfig, *, resume: bool = False, progress: bool = Tr
         if result is not None:
             summary["eval"] = result
         write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})
+        log.finish(total, result["metrics"] if result else None)
     log.close()
     return summary
 

@@ -5,13 +5,16 @@ Rows are appended to the output JSONL one chunk of questions at a time, each wit
 question id, sampling settings, reward). A sidecar `OUT.progress.json` records how many chunks (and bytes) are
 complete, so an interrupted run keeps what it wrote and `--resume` continues at the next chunk; chunk c is
 sampled with a generator seeded from (seed, c), so a resumed file is identical to an uninterrupted one.
-Only the train split is ever sampled: traces are training data.
+Only the train split is ever sampled: traces are training data. Per chunk, the counts so far go to
+`OUT.metrics.jsonl` and the trackers of `[log]` (with a few kept rows as a table), named after the output's folder
+when it is a pipeline stage's data.jsonl, else after the file.
 
     r1kit generate --model runs/demo/rl/model --task arithmetic --n 2000 --k 4 --out runs/traces.jsonl
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from r1kit.config import ParallelConfig, to_dict
+from r1kit.config import LogConfig, ParallelConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.models.modeling import eos_ids, load_model
 from r1kit.parallel.engine import resolve_engine
-from r1kit.reporting.runlog import progress_bar, write_json
+from r1kit.reporting.runlog import MetricsLog, progress_bar, write_json
 from r1kit.rollout import make_engine
 from r1kit.rollout.multiturn import run_episodes
 from r1kit.rollout.sampler import SamplingParams
@@ -56,6 +59,7 @@ class GenerateConfig:
     tool_use: ToolConfig = field(default_factory=ToolConfig)  # call format and budgets (tools/base.py)
     prompt: PromptConfig = field(default_factory=PromptConfig)  # format options over the task spec's
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # device and precision (one process)
+    log: LogConfig = field(default_factory=LogConfig)  # trackers: TensorBoard, trackio, wandb
 
     def __post_init__(self) -> None:
         if min(self.n, self.k, self.chunk, self.batch_size, self.max_new_tokens) < 1 or self.max_per_prompt < 0:
@@ -70,9 +74,13 @@ def progress_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".progress.json")
 
 
+SAMPLES_PER_CHUNK = 4  # kept rows of each chunk shown in the trackers' table
+
+
 def _identity(cfg: GenerateConfig) -> dict:
-    """The settings a resumed run must share with the run it continues (everything but the file name)."""
-    ident = {k: v for k, v in to_dict(cfg).items() if k != "out"}  # batch_size too: batches shape the samples
+    """The settings a resumed run must share with the run it continues (everything but the file name and where
+    metrics go)."""
+    ident = {k: v for k, v in to_dict(cfg).items() if k not in ("out", "log")}  # batch_size: batches shape samples
     if not cfg.prompt.overrides():
         del ident["prompt"]  # no format options: the same identity as before they existed (old files resume)
     if cfg.backend == "r1kit":
@@ -163,6 +171,8 @@ def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = 
                   "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
                   "formats": prompter.settings(), **({"tools": cfg.tools} if tools else {})}
     n_chunks = -(-len(problems) // cfg.chunk)
+    log = _metrics_log(cfg, out, resumed=state["chunks_done"] > 0)
+    log.truncate_after(state["chunks_done"])
     with open(out, "ab") as f:
         f.truncate(state["bytes"])  # drop rows of a chunk that was being written when the run stopped
     t0 = time.perf_counter()
@@ -222,6 +232,9 @@ def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = 
         state.update(chunks_done=c + 1, bytes=size, rows=state["rows"] + len(lines),
                      sampled=state["sampled"] + len(jobs), config=_identity(cfg))
         write_json(progress_path(out), state)
+        log.log(c + 1, {"questions": min((c + 1) * cfg.chunk, len(problems)), "sampled": state["sampled"],
+                        "kept": state["rows"], "keep_rate": state["rows"] / max(state["sampled"], 1)})
+        log.table(c + 1, "samples", [_shown(json.loads(line)) for line in lines[:SAMPLES_PER_CHUNK]])
         done_now += 1
         bar.update(len(chunk))
         bar.set_postfix(kept=state["rows"], refresh=False)
@@ -233,6 +246,8 @@ def run_generate(cfg: GenerateConfig, *, resume: bool = False, progress: bool = 
     if summary["finished"]:
         state.update(finished=True, summary=summary)
         write_json(progress_path(out), state)
+        log.finish(n_chunks)
+    log.close()
     return summary
 
 
@@ -247,6 +262,19 @@ def _turns(episode, tokenizer) -> dict:
             turns.append({"role": "model" if model else "tool", "text": text})
             start = k
     return {"completion": "".join(t["text"] for t in turns), "turns": turns, "tool_calls": len(episode.calls)}
+def _metrics_log(cfg: GenerateConfig, out: Path, resumed: bool) -> MetricsLog:
+    """OUT.metrics.jsonl and the trackers, named after a pipeline stage's folder or else the output file."""
+    log_cfg = cfg.log
+    if not log_cfg.name and out.name != "data.jsonl":  # (recipe.DATA_FILE: a pipeline stage's output)
+        log_cfg = dataclasses.replace(log_cfg, name=out.stem)
+    config = {k: v for k, v in to_dict(cfg).items() if k != "log"}
+    return MetricsLog(out.parent, name=f"{out.name}.metrics.jsonl", log=log_cfg, config=config, resumed=resumed)
+
+
+def _shown(row: dict) -> dict:
+    """A kept row as the trackers' table shows it."""
+    return {"id": row["id"], "question": row["question"], "completion": row["completion"],
+            "answer": row["answer"], "reference": row["reference"], "length": row["length"]}
 
 
 def describe(summary: dict) -> str:

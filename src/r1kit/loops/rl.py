@@ -165,8 +165,8 @@ def _setup(cfg: RLConfig, resume: bool, progress: bool, ledger_factory) -> _Run:
     tools = make_toolbox(cfg.tools, cfg.tool_use, chat=prompter.chat, tokenizer=tokenizer, system=prompter.system)
     if tools is not None:
         tools.attach(prompter)  # a chat prompt lists the tools
-    log = MetricsLog(out, enabled=info.main)
-    samples = MetricsLog(out, enabled=info.main, tensorboard=False, name=SAMPLES_FILE)
+    log = MetricsLog(out, enabled=info.main, log=cfg.log, config=to_dict(cfg), resumed=start > 0)
+    samples = log.table_log(SAMPLES_FILE)  # its lines go to the trackers as tables
     if info.main:
         log.truncate_after(start)  # the line of step `start` belongs to its checkpoint
         samples.truncate_after(start)
@@ -345,6 +345,7 @@ def _finish(run: _Run, seconds: float, progress: bool) -> dict:
         if result is not None:
             summary["eval"] = result
         write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})
+        run.log.finish(last_step, result["metrics"] if result else None)
     run.log.close()
     if run.background is not None:
         run.background.close()

@@ -32,7 +32,7 @@ from r1kit.algo.sft import (
     teacher_answer_contract,
     teacher_of,
 )
-from r1kit.config import EvalConfig, ParallelConfig, to_dict
+from r1kit.config import EvalConfig, LogConfig, ParallelConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.evaluation.evaluate import finish_model, format_eval_table
 from r1kit.models.checkpoint import (
@@ -83,6 +83,7 @@ class SFTConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # device and precision (one process)
     tools: list[str] = field(default_factory=list)  # tools the final evaluation lets the model call, e.g. python
     tool_use: ToolConfig = field(default_factory=ToolConfig)  # their call format and budgets (tools/base.py)
+    log: LogConfig = field(default_factory=LogConfig)  # trackers: TensorBoard, trackio, wandb
 
     def __post_init__(self) -> None:
         if min(self.epochs, self.batch_size, self.max_len, self.max_tokens, self.checkpoint_every) < 1:
@@ -122,7 +123,7 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
         state = load_state(ckpt)
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-    log = MetricsLog(out)
+    log = MetricsLog(out, log=cfg.log, config=to_dict(cfg), resumed=start > 0)
     log.truncate_after(start)
     write_json(out / "run.json", {"stage": "sft", "config": to_dict(cfg), "examples": len(examples),
                                   "formats": prompter.settings() if prompter else None,
@@ -172,7 +173,7 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False, progress: bool = True, ledg
     if result is not None:
         summary["eval"] = result
     write_json(out / "summary.json", {k: v for k, v in summary.items() if k != "eval"})
-    log.close()
+    log.finish(total, result["metrics"] if result else None)
     return summary
 
 
