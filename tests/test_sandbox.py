@@ -76,6 +76,13 @@ def test_results_carry_time_and_output():
 
 
 @requires_sandbox
+def test_output_printed_before_a_kill_is_kept():
+    """stdout is line-buffered in the program: what it printed before a time or CPU kill reaches the result."""
+    r = run_python("print('before')\nwhile True: pass", limits=Limits(cpu_s=1, wall_s=2.0))
+    assert r.status == "timeout" and r.stdout == "before\n"
+
+
+@requires_sandbox
 def test_expected_stdout_is_compared_on_the_host():
     assert run_python("print(' 42 ')", expected_stdout=" 42", limits=FAST).status == "pass"
     r = run_python("print(41)", expected_stdout="42", limits=FAST)

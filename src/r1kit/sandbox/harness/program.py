@@ -39,6 +39,7 @@ def program(a, out_w, err_w, req_r, res_w):
             os.dup2(fd, target)
         os.closerange(len(keep), 1 << 16)  # everything else the judge had open
         os.setpgid(0, 0)  # its own group: kill(0, sig) and killpg reach the program's processes, not the judge
+        sys.stdout.reconfigure(line_buffering=True)  # a line printed before a kill (time, CPU) is not lost
         prefer_for_oom_kill()
         if a["uid"] is not None:
             become(a["uid"])
